@@ -1,0 +1,221 @@
+//! The lockfile: per target, its key, the inputs that made it, what Debian installed,
+//! and the digests it produced.
+//!
+//! It is a model type with its own canonical writer (like Cargo.lock): a header, a format
+//! version, targets sorted by name, one fact per line, no timestamps. The text is valid
+//! TOML so any tool can read it; kci-build reads it back with `toml` and refuses unknown
+//! fields and versions, naming the file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::names::{Digest, TargetName};
+
+pub const LOCKFILE_VERSION: u32 = 1;
+
+const HEADER: &str = "\
+# This file is written by kci-build; do not edit it by hand.
+# One fact per line: review changes with `git diff` or `kci-build diff`.
+";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lockfile {
+    pub targets: BTreeMap<TargetName, LockedTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedTarget {
+    pub key: Digest,
+    /// The key's input facts (see `KeyInputs::facts`).
+    #[serde(default)]
+    pub input: BTreeMap<String, String>,
+    pub output: LockedOutput,
+    /// Installed Debian packages: `name:arch` → version, read from dpkg's status file.
+    #[serde(default)]
+    pub package: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedOutput {
+    pub manifest: Digest,
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct LockfileError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLockfile {
+    version: u32,
+    #[serde(default)]
+    target: BTreeMap<TargetName, LockedTarget>,
+}
+
+impl Lockfile {
+    pub fn parse(file: &Path, text: &str) -> Result<Lockfile, LockfileError> {
+        let err = |message: String| LockfileError { file: file.to_owned(), message };
+        let raw: RawLockfile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        if raw.version != LOCKFILE_VERSION {
+            return Err(err(format!(
+                "version: lockfile format {} is not supported by this kci-build (it writes {LOCKFILE_VERSION})",
+                raw.version
+            )));
+        }
+        Ok(Lockfile { targets: raw.target })
+    }
+
+    /// The canonical text. Equal models give equal bytes.
+    pub fn to_text(&self) -> String {
+        let mut out = String::from(HEADER);
+        let _ = writeln!(out, "version = {LOCKFILE_VERSION}");
+        for (name, t) in &self.targets {
+            let _ = writeln!(out, "\n[target.{}]", quote(name.as_str()));
+            let _ = writeln!(out, "key = {}", quote(t.key.as_str()));
+            let _ = writeln!(out, "output.manifest = {}", quote(t.output.manifest.as_str()));
+            let _ = writeln!(out, "output.config = {}", quote(t.output.config.as_str()));
+            let _ = writeln!(out, "output.layers = [");
+            for l in &t.output.layers {
+                let _ = writeln!(out, "    {},", quote(l.as_str()));
+            }
+            out.push_str("]\n");
+            for (k, v) in &t.input {
+                let _ = writeln!(out, "input.{} = {}", quote(k), quote(v));
+            }
+            for (k, v) in &t.package {
+                let _ = writeln!(out, "package.{} = {}", quote(k), quote(v));
+            }
+        }
+        out
+    }
+
+    /// Human lines describing what changes from `self` to `new`, for `--locked` errors.
+    pub fn describe_changes(&self, new: &Lockfile) -> Vec<String> {
+        let mut lines = Vec::new();
+        for name in self.targets.keys().filter(|n| !new.targets.contains_key(*n)) {
+            lines.push(format!("{name}: removed"));
+        }
+        for (name, t) in &new.targets {
+            let Some(old) = self.targets.get(name) else {
+                lines.push(format!("{name}: added (key {})", t.key.short()));
+                continue;
+            };
+            if old == t {
+                continue;
+            }
+            let (a, b) = (old.facts(), t.facts());
+            for c in super::key::diff_facts(&a, &b) {
+                lines.push(format!(
+                    "{name}: {}: {} -> {}",
+                    c.path,
+                    c.old.as_deref().unwrap_or("(none)"),
+                    c.new.as_deref().unwrap_or("(none)")
+                ));
+            }
+        }
+        lines
+    }
+}
+
+impl LockedTarget {
+    fn facts(&self) -> BTreeMap<String, String> {
+        let mut f = BTreeMap::new();
+        f.insert("key".into(), self.key.to_string());
+        f.insert("output.manifest".into(), self.output.manifest.to_string());
+        f.insert("output.config".into(), self.output.config.to_string());
+        let layers: Vec<&str> = self.output.layers.iter().map(|d| d.as_str()).collect();
+        f.insert("output.layers".into(), layers.join(" "));
+        f.extend(self.input.iter().map(|(k, v)| (format!("input.{k}"), v.clone())));
+        f.extend(self.package.iter().map(|(k, v)| (format!("package.{k}"), v.clone())));
+        f
+    }
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Lockfile {
+        let d = |b: u8| Digest::of(&[b]);
+        let mut l = Lockfile::default();
+        l.targets.insert(
+            "gcc-12:x86".parse().unwrap(),
+            LockedTarget {
+                key: d(1),
+                input: BTreeMap::from([
+                    ("recipe.dockerfile.args.PKGS".into(), "gcc-12 \"quoted\"\\".into()),
+                    ("context.Dockerfile".into(), format!("{} 644", d(2))),
+                ]),
+                output: LockedOutput { manifest: d(3), config: d(4), layers: vec![d(5), d(6)] },
+                package: BTreeMap::from([("gcc-12:amd64".into(), "12.2.0-14+deb12u1".into()), ("bc:amd64".into(), "1.07.1-3+b1".into())]),
+            },
+        );
+        l.targets.insert(
+            "base".parse().unwrap(),
+            LockedTarget { key: d(7), input: BTreeMap::new(), output: LockedOutput { manifest: d(8), config: d(9), layers: vec![] }, package: BTreeMap::new() },
+        );
+        l
+    }
+
+    #[test]
+    fn writer_matches_golden_file_and_round_trips() {
+        let text = sample().to_text();
+        let golden = include_str!("../../tests/golden/sample.lock");
+        if std::env::var_os("KCI_BLESS").is_some() { std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/sample.lock"), &text).unwrap(); }
+        assert_eq!(text, golden, "lockfile text changed; if intended, update tests/golden/sample.lock");
+        let back = Lockfile::parse(Path::new("x.lock"), &text).unwrap();
+        assert_eq!(back, sample());
+        assert_eq!(back.to_text(), text);
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_field() {
+        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), "version = 9\n").unwrap_err().to_string();
+        assert!(e.starts_with("lockfiles/images.lock: version:"), "{e}");
+        let bad = sample().to_text().replace("key = \"sha256:", "key = \"md5:");
+        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), &bad).unwrap_err().to_string();
+        assert!(e.contains("lockfiles/images.lock") && e.contains("key") && e.contains("sha256"), "{e}");
+    }
+
+    #[test]
+    fn describes_changes_per_fact() {
+        let old = sample();
+        let mut new = sample();
+        let t = new.targets.get_mut(&"gcc-12:x86".parse::<TargetName>().unwrap()).unwrap();
+        t.package.insert("bc:amd64".into(), "1.08".into());
+        new.targets.remove(&"base".parse::<TargetName>().unwrap());
+        let lines = old.describe_changes(&new);
+        assert_eq!(lines, ["base: removed", "gcc-12:x86: package.bc:amd64: 1.07.1-3+b1 -> 1.08"]);
+        assert!(old.describe_changes(&old).is_empty());
+    }
+}

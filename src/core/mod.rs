@@ -1,0 +1,9 @@
+//! The pure core: recipes → graph → plan → cache keys, and the lockfile model.
+//! Nothing in here touches the file system, the network or the Docker daemon.
+
+pub mod graph;
+pub mod key;
+pub mod lockfile;
+pub mod names;
+pub mod plan;
+pub mod recipe;

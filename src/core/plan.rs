@@ -1,0 +1,228 @@
+//! The plan: for each selected target, its key inputs, key and status, computed from the
+//! recipes, the context fingerprints, the lockfile and what the store holds — no I/O.
+//!
+//! A parent's output digest enters the child's key. When the parent is in the store its
+//! stored digest is used; when it is not, but the lockfile records the parent under the
+//! same key, the locked digest is used (a reproducible rebuild gives those bytes again,
+//! and `build` recomputes the child's key from the real digest anyway). Otherwise the
+//! child's key is unknown until the parent is built.
+
+use std::collections::BTreeMap;
+
+use super::key::{KeyInputs, ParentInput, RecipeInputs, KEY_FORMAT, OUTPUT_FORMAT};
+use super::lockfile::{LockedTarget, Lockfile};
+use super::names::{Digest, TargetName};
+use super::recipe::{RecipeError, Settings, TargetKind, TargetRecipe};
+
+/// Fingerprints of a target's build context: relative path → fingerprint.
+pub type ContextFingerprint = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The key is in the local store: nothing to do.
+    Cached,
+    /// The key is known and missing from the store.
+    Build,
+    /// The key depends on a parent that must be built first.
+    AfterParent,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Build => "build",
+            Status::AfterParent => "build (after parent)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// The lockfile has this target under the same key.
+    Same,
+    /// The lockfile has this target under another key.
+    Changed,
+    /// The lockfile does not have it.
+    New,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedTarget<'g> {
+    pub recipe: &'g TargetRecipe,
+    /// Inputs with the parent digest filled in when it is known.
+    pub inputs: KeyInputs,
+    pub key: Option<Digest>,
+    pub status: Status,
+    pub lock: LockState,
+    /// Manifest digest in the store, for cached targets.
+    pub stored: Option<Digest>,
+}
+
+/// Placeholder for a parent digest that is not known yet.
+pub const UNKNOWN_PARENT: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The key inputs of one target once its parent's output digest is known.
+pub fn key_inputs(
+    t: &TargetRecipe,
+    settings: &Settings,
+    context: &ContextFingerprint,
+    mirror: Option<&str>,
+    parent_manifest: Option<Digest>,
+) -> Result<KeyInputs, RecipeError> {
+    let recipe = match &t.kind {
+        TargetKind::Dockerfile { dockerfile, args, .. } => RecipeInputs::Dockerfile { dockerfile: dockerfile.clone(), args: args.clone() },
+        TargetKind::Bootstrap(b) => {
+            let mirror = match b.mirror.as_str() {
+                "auto" => mirror.ok_or_else(|| {
+                    RecipeError::new(
+                        &t.recipe_file,
+                        format!("target ({}).bootstrap.mirror", t.name),
+                        "is `auto` but no Debian mirror was found: set KCI_DEBIAN_MIRROR or add one to /etc/apt/sources.list",
+                    )
+                })?,
+                given => given,
+            };
+            RecipeInputs::Bootstrap {
+                suite: b.suite.clone(),
+                variant: b.variant.clone(),
+                components: b.components.clone(),
+                packages: b.packages.clone(),
+                mirror: mirror.to_owned(),
+            }
+        }
+    };
+    let parent = t.kind.parent().map(|p| ParentInput {
+        name: p.clone(),
+        manifest: parent_manifest.unwrap_or_else(|| UNKNOWN_PARENT.parse().expect("valid digest")),
+    });
+    Ok(KeyInputs {
+        key_format: KEY_FORMAT,
+        output_format: OUTPUT_FORMAT.to_owned(),
+        target: t.name.clone(),
+        platform: t.platform.clone(),
+        source_date_epoch: settings.source_date_epoch,
+        recipe,
+        context: context.clone(),
+        parent,
+    })
+}
+
+/// Plans `targets` (which must be in dependency order and closed over parents).
+/// `stored` maps a key to the manifest digest the store holds for it.
+pub fn plan<'g>(
+    targets: &[&'g TargetRecipe],
+    settings: &Settings,
+    contexts: &BTreeMap<TargetName, ContextFingerprint>,
+    mirror: Option<&str>,
+    lock: &Lockfile,
+    stored: impl Fn(&Digest) -> Option<Digest>,
+) -> Result<Vec<PlannedTarget<'g>>, RecipeError> {
+    let mut out: Vec<PlannedTarget<'g>> = Vec::with_capacity(targets.len());
+    let empty = ContextFingerprint::new();
+    for t in targets {
+        let parent_manifest = match t.kind.parent() {
+            None => None,
+            Some(p) => {
+                let pp = out.iter().find(|x| &x.recipe.name == p).expect("targets are closed over parents and ordered");
+                pp.stored.clone().or_else(|| {
+                    let locked: &LockedTarget = lock.targets.get(p)?;
+                    (Some(&locked.key) == pp.key.as_ref()).then(|| locked.output.manifest.clone())
+                })
+            }
+        };
+        let parent_known = t.kind.parent().is_none() || parent_manifest.is_some();
+        let inputs = key_inputs(t, settings, contexts.get(&t.name).unwrap_or(&empty), mirror, parent_manifest)?;
+        let key = parent_known.then(|| inputs.key());
+        let stored_manifest = key.as_ref().and_then(&stored);
+        let status = match (&key, &stored_manifest) {
+            (None, _) => Status::AfterParent,
+            (Some(_), Some(_)) => Status::Cached,
+            (Some(_), None) => Status::Build,
+        };
+        let lock_state = match lock.targets.get(&t.name) {
+            None => LockState::New,
+            Some(l) if Some(&l.key) == key.as_ref() => LockState::Same,
+            Some(_) => LockState::Changed,
+        };
+        out.push(PlannedTarget { recipe: t, inputs, key, status, lock: lock_state, stored: stored_manifest });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::graph::tests::graph;
+    use crate::core::lockfile::LockedOutput;
+
+    const G: &str = r#"
+[[target]]
+name = "debian"
+bootstrap = { suite = "bookworm" }
+[[target]]
+name = "build-base"
+parent = "debian"
+[[target]]
+name = "gcc:x86"
+parent = "build-base"
+args = { V = "12" }
+"#;
+
+    fn settings() -> Settings {
+        Settings { prefix: "kernelci/".into(), source_date_epoch: 1 }
+    }
+
+    #[test]
+    fn statuses_follow_the_store_and_parents() {
+        let g = graph(G).unwrap();
+        let sel = g.closure(&[]).unwrap();
+        let ctx = BTreeMap::new();
+        let lock = Lockfile::default();
+        // Nothing stored: the root can be keyed, children wait for it.
+        let p = plan(&sel, &settings(), &ctx, Some("http://mirror/debian"), &lock, |_| None).unwrap();
+        let st: Vec<Status> = p.iter().map(|x| x.status).collect();
+        assert_eq!(st, [Status::Build, Status::AfterParent, Status::AfterParent]);
+        // Root stored: its child gets a key.
+        let root_key = p[0].key.clone().unwrap();
+        let m = Digest::of(b"m");
+        let p = plan(&sel, &settings(), &ctx, Some("http://mirror/debian"), &lock, |k| (k == &root_key).then(|| m.clone())).unwrap();
+        assert_eq!(p[0].status, Status::Cached);
+        assert_eq!(p[1].status, Status::Build);
+        assert_eq!(p[1].inputs.parent.as_ref().unwrap().manifest, m);
+        assert_eq!(p[2].status, Status::AfterParent);
+    }
+
+    #[test]
+    fn a_locked_parent_digest_keys_children_and_parent_changes_propagate() {
+        let g = graph(G).unwrap();
+        let sel = g.closure(&[]).unwrap();
+        let ctx = BTreeMap::new();
+        let p = plan(&sel, &settings(), &ctx, Some("http://m"), &Lockfile::default(), |_| None).unwrap();
+        let mut lock = Lockfile::default();
+        lock.targets.insert(
+            "debian".parse().unwrap(),
+            LockedTarget {
+                key: p[0].key.clone().unwrap(),
+                input: p[0].inputs.facts(),
+                output: LockedOutput { manifest: Digest::of(b"base"), config: Digest::of(b"c"), layers: vec![] },
+                package: BTreeMap::new(),
+            },
+        );
+        let p1 = plan(&sel, &settings(), &ctx, Some("http://m"), &lock, |_| None).unwrap();
+        assert_eq!(p1[0].lock, LockState::Same);
+        assert_eq!(p1[1].status, Status::Build, "child keyed from the locked parent digest");
+        // Another mirror: the root's key changes, so the lock no longer vouches for its digest.
+        let p2 = plan(&sel, &settings(), &ctx, Some("http://other"), &lock, |_| None).unwrap();
+        assert_eq!(p2[0].lock, LockState::Changed);
+        assert_eq!(p2[1].status, Status::AfterParent);
+    }
+
+    #[test]
+    fn auto_mirror_without_a_mirror_names_the_field() {
+        let g = graph(G).unwrap();
+        let sel = g.closure(&[]).unwrap();
+        let e = plan(&sel, &settings(), &BTreeMap::new(), None, &Lockfile::default(), |_| None).unwrap_err().to_string();
+        assert!(e.contains("target (debian).bootstrap.mirror"), "{e}");
+    }
+}

@@ -1,0 +1,248 @@
+//! OCI images: assemble a canonical config and manifest from canonical layers (oci-spec
+//! types, OLPC canonical JSON, `created` = `SOURCE_DATE_EPOCH`, no host fields), read the
+//! archives `docker save` produces, and write the archive `docker load` takes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Arch, Config, Descriptor, History, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
+    RootFsBuilder,
+};
+
+use crate::core::key::canonical_json;
+use crate::core::names::{Digest, Platform};
+use crate::layer::{self, HashWriter, Section};
+use crate::store::{Store, StoreError, StoredLayer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+/// `SOURCE_DATE_EPOCH` as RFC 3339 (UTC, seconds).
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Rewrites a layer canonically, gzips it into the store and returns its record plus the
+/// dpkg status it carried.
+pub fn store_layer(store: &Store, src: Section, sde: u64) -> Result<(StoredLayer, Option<Vec<u8>>), ImageError> {
+    let blob = store.blob_writer()?;
+    let mut gz = layer::gzip(blob);
+    let canonical = layer::canonicalize(src, sde, &mut gz).map_err(io_ctx("rewriting layer"))?;
+    let blob = gz.finish().map_err(io_ctx("compressing layer"))?;
+    let (digest, size) = blob.commit()?;
+    Ok((StoredLayer { digest, diff_id: canonical.diff_id, size }, canonical.dpkg_status))
+}
+
+/// One history line of the image being assembled.
+#[derive(Debug, Clone)]
+pub struct HistoryLine {
+    pub created_by: String,
+    pub empty_layer: bool,
+}
+
+/// Writes config and manifest blobs; returns (config digest, manifest digest).
+pub fn assemble(
+    store: &Store,
+    platform: &Platform,
+    runtime: Option<Config>,
+    layers: &[StoredLayer],
+    history: &[HistoryLine],
+    sde: u64,
+) -> Result<(Digest, Digest), ImageError> {
+    let created = rfc3339(sde);
+    let history: Vec<History> = history
+        .iter()
+        .map(|h| {
+            let mut b = HistoryBuilder::default().created(created.clone()).created_by(h.created_by.clone());
+            if h.empty_layer {
+                b = b.empty_layer(true);
+            }
+            b.build().map_err(|e| ImageError::Invalid(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let mut cb = ImageConfigurationBuilder::default()
+        .created(created)
+        .architecture(Arch::from(platform.architecture.as_str()))
+        .os(Os::from(platform.os.as_str()))
+        .rootfs(rootfs)
+        .history(history);
+    if let Some(v) = &platform.variant {
+        cb = cb.variant(v.clone());
+    }
+    if let Some(rt) = runtime {
+        cb = cb.config(rt);
+    }
+    let config: ImageConfiguration = cb.build().map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let config_bytes = canonical_json(&config);
+    let config_digest = store.put_bytes(&config_bytes)?;
+    let desc = |mt: MediaType, size: u64, d: &Digest| -> Result<Descriptor, ImageError> {
+        let od = oci_spec::image::Digest::from_str(d.as_str()).map_err(|e| ImageError::Invalid(e.to_string()))?;
+        Ok(Descriptor::new(mt, size, od))
+    };
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(desc(MediaType::ImageConfig, config_bytes.len() as u64, &config_digest)?)
+        .layers(layers.iter().map(|l| desc(MediaType::ImageLayerGzip, l.size, &l.digest)).collect::<Result<Vec<_>, _>>()?)
+        .build()
+        .map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let manifest_digest = store.put_bytes(&canonical_json(&manifest))?;
+    Ok((config_digest, manifest_digest))
+}
+
+/// An image archive written by `docker save` (legacy layout or Docker ≥ 25's OCI layout):
+/// its config and where each layer tar sits inside the archive file.
+pub struct SavedImage {
+    pub config: serde_json::Value,
+    pub layers: Vec<(u64, u64)>,
+}
+
+pub fn read_saved(path: &Path) -> Result<SavedImage, ImageError> {
+    let f = File::open(path).map_err(io_ctx("opening saved image"))?;
+    let mut ar = tar::Archive::new(f);
+    // path → (offset, size) or symlink target.
+    let mut regions: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
+    let mut manifest = None;
+    for e in ar.entries_with_seek().map_err(io_ctx("reading saved image"))? {
+        let mut e = e.map_err(io_ctx("reading saved image"))?;
+        let p = e.path().map_err(io_ctx("reading saved image"))?.to_string_lossy().trim_start_matches("./").to_owned();
+        match e.header().entry_type() {
+            tar::EntryType::Symlink => {
+                if let Some(t) = e.link_name().ok().flatten() {
+                    let dir = Path::new(&p).parent().unwrap_or(Path::new(""));
+                    links.insert(p.clone(), normalise_rel(&dir.join(t)));
+                }
+            }
+            _ if p == "manifest.json" => {
+                let mut s = Vec::new();
+                e.read_to_end(&mut s).map_err(io_ctx("reading manifest.json"))?;
+                manifest = Some(s);
+            }
+            _ => {
+                regions.insert(p, (e.raw_file_position(), e.size()));
+            }
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.ok_or_else(|| ImageError::Invalid("saved image has no manifest.json".into()))?)
+        .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
+    let entry = &manifest[0];
+    let find = |p: &str| -> Result<(u64, u64), ImageError> {
+        let p = links.get(p).map(String::as_str).unwrap_or(p);
+        regions.get(p).copied().ok_or_else(|| ImageError::Invalid(format!("saved image lacks {p}")))
+    };
+    let config_path = entry["Config"].as_str().ok_or_else(|| ImageError::Invalid("manifest.json has no Config".into()))?;
+    let (off, len) = find(config_path)?;
+    let mut f = File::open(path).map_err(io_ctx("opening saved image"))?;
+    f.seek(SeekFrom::Start(off)).map_err(io_ctx("reading config"))?;
+    let mut cfg = vec![0; len as usize];
+    f.read_exact(&mut cfg).map_err(io_ctx("reading config"))?;
+    let config = serde_json::from_slice(&cfg).map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
+    let layers = entry["Layers"]
+        .as_array()
+        .ok_or_else(|| ImageError::Invalid("manifest.json has no Layers".into()))?
+        .iter()
+        .map(|l| find(l.as_str().unwrap_or_default()))
+        .collect::<Result<_, _>>()?;
+    Ok(SavedImage { config, layers })
+}
+
+fn normalise_rel(p: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+/// Writes the archive `docker load` (POST /images/load) takes for a stored image: a
+/// legacy `manifest.json`, the config blob and the gzip layer blobs (the daemon
+/// decompresses them). The loaded image's id is the config digest.
+pub fn write_load_archive(store: &Store, config: &Digest, layers: &[StoredLayer], tag: &str, out: impl Write) -> Result<(), ImageError> {
+    let manifest = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", config.hex()),
+        "RepoTags": [tag],
+        "Layers": layers.iter().map(|l| format!("blobs/sha256/{}", l.digest.hex())).collect::<Vec<_>>(),
+    }]);
+    let mut b = tar::Builder::new(HashWriter::new(out));
+    let mut add = |name: String, path: &Path| -> Result<(), ImageError> {
+        let mut f = File::open(path).map_err(io_ctx(format!("reading {}", path.display())))?;
+        let len = f.metadata().map_err(io_ctx("stat"))?.len();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, &mut f).map_err(io_ctx("writing load archive"))
+    };
+    add(format!("blobs/sha256/{}", config.hex()), &store.blob_path(config))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for l in layers {
+        if seen.insert(&l.digest) {
+            add(format!("blobs/sha256/{}", l.digest.hex()), &store.blob_path(&l.digest))?;
+        }
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "manifest.json", bytes.as_slice()).map_err(io_ctx("writing load archive"))?;
+    b.into_inner().map_err(io_ctx("writing load archive"))?;
+    Ok(())
+}
+
+/// Reads back a stored image's config.
+pub fn read_config(store: &Store, config: &Digest) -> Result<ImageConfiguration, ImageError> {
+    let bytes = store.read_blob(config)?;
+    serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid(format!("stored config {config}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_of_known_epochs() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_717_200_000), "2024-06-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
+}
