@@ -112,7 +112,9 @@ fn scrub(path: &str) -> Scrub {
             return Scrub::Drop;
         }
     }
-    if under("tmp").is_some() || under("run").is_some() || under("var/tmp").is_some() {
+    // Runtime directories: the container runtime provides /dev, /proc, /sys; /run and the
+    // temp directories hold nothing an image should ship.
+    if ["dev", "proc", "sys", "run", "tmp", "var/tmp"].iter().any(|d| under(d).is_some()) {
         return Scrub::Drop;
     }
     Scrub::Keep

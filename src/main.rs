@@ -1,1 +1,65 @@
-fn main(){}
+//! kci-build's entry point: parse, set up output, run one command, map to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kci_build::cli::{Cli, Command};
+use kci_build::error::{classify, ExitCode as Code, Rendered};
+use kci_build::ops::{self, Paths, Workspace};
+use kci_build::printer::Printer;
+use kci_build::store::Store;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors are bad input (1); help and version are success.
+            return ExitCode::from(if e.use_stderr() { Code::BadInput as u8 } else { 0 });
+        }
+    };
+    init_tracing(cli.verbose);
+    let printer = Printer::new(cli.color, cli.quiet);
+    match run(&cli, &printer) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            printer.error(Rendered(&e));
+            ExitCode::from(classify(&e) as u8)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "kci_build=info",
+        _ => "kci_build=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KCI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
+    let paths = Paths { images: cli.images.clone(), lockfile: cli.lockfile.clone(), store: cli.store.clone().unwrap_or_else(Store::default_root) };
+    let ws = Workspace::load(&paths)?;
+    match &cli.command {
+        Command::Plan { targets, json } => print!("{}", ops::plan::run(&ws, targets, *json)?),
+        Command::Why { target } => print!("{}", ops::why::run(&ws, target)?),
+        Command::Build { targets, jobs, locked, json } => {
+            let opts = ops::build::BuildOptions { targets: targets.clone(), jobs: *jobs, locked: *locked, verbose: cli.verbose > 0 };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(ops::build::run(&ws, &opts, printer))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+        }
+        Command::Lock { .. } => {
+            let problems = ops::lock::check(&ws)?;
+            if !problems.is_empty() {
+                anyhow::bail!("{} is out of date:\n  {}\nhelp: run `kci-build build` and commit the lockfile", paths.lockfile.display(), problems.join("\n  "));
+            }
+            printer.status("Checked", format!("{} matches the recipes ({} targets)", paths.lockfile.display(), ws.lock.targets.len()));
+        }
+    }
+    Ok(())
+}

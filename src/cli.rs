@@ -1,0 +1,77 @@
+//! Command-line interface: what users type, and the help that teaches it.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::core::names::TargetName;
+use crate::printer::ColorChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kci-build",
+    version,
+    about = "Reproducible, content-addressed builds of KernelCI's toolchain images",
+    long_about = "kci-build builds KernelCI's kernel toolchain images from pinned recipes in images/.\n\
+Every target's cache key hashes all its inputs (recipe, build context, build args, platform,\n\
+SOURCE_DATE_EPOCH, the parent's output digest), so unchanged targets are never rebuilt and\n\
+the same inputs give the same bytes. Results live in a local OCI store; lockfiles/images.lock\n\
+records keys, inputs, installed Debian packages and output digests for review.",
+    after_help = "Examples:\n  kci-build plan                       what would be built, and why not\n  kci-build build --jobs 2             build everything missing, update the lockfile\n  kci-build build gcc-12:arm64 -v      one target (and its parents), streaming logs\n  kci-build why gcc-12:arm64           which inputs changed since the lockfile\n  kci-build build --locked             CI: fail if the lockfile would change\n\nExit codes: 0 success, 1 bad input or failed build, 2 environment (Docker, mmdebstrap, disk)."
+)]
+pub struct Cli {
+    /// More output: -v streams build logs and traces, -vv adds debug traces.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to colour stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+    /// The recipe tree: `config.toml` and one directory per image.
+    #[arg(long, global = true, env = "KCI_BUILD_IMAGES", default_value = "images")]
+    pub images: PathBuf,
+    /// The lockfile to read and write.
+    #[arg(long, global = true, env = "KCI_BUILD_LOCKFILE", default_value = "lockfiles/images.lock")]
+    pub lockfile: PathBuf,
+    /// The content-addressed store [default: <user cache dir>/kci-build/store].
+    #[arg(long, global = true, env = "KCI_BUILD_STORE")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the build graph with each target's key and status; changes nothing.
+    Plan {
+        /// Targets to plan (with their parents); all when none are given.
+        targets: Vec<TargetName>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain whether a target is cached and which inputs changed since the lockfile.
+    Why { target: TargetName },
+    /// Build missing targets in dependency order and update the lockfile.
+    Build {
+        /// Targets to build (with their parents); all when none are given.
+        targets: Vec<TargetName>,
+        /// How many targets to build at once.
+        #[arg(short, long, default_value_t = 2)]
+        jobs: usize,
+        /// Refuse to change the lockfile: any difference is an error that says what changed.
+        #[arg(long)]
+        locked: bool,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the lockfile against the recipes (for CI).
+    Lock {
+        /// Exit 1 when the lockfile does not match the recipes.
+        #[arg(long, required = true)]
+        check: bool,
+    },
+}

@@ -1,0 +1,97 @@
+//! One module per command. Each loads what it needs through [`Workspace`], runs, and
+//! returns data or an error; `main` maps the result to an exit code.
+
+pub mod build;
+pub mod lock;
+pub mod plan;
+pub mod why;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::context::{self, ContextEntry};
+use crate::core::graph::Graph;
+use crate::core::lockfile::Lockfile;
+use crate::core::names::TargetName;
+use crate::core::plan::{self as core_plan, ContextFingerprint, PlannedTarget};
+use crate::core::recipe::{self, Settings, TargetRecipe};
+use crate::fsutil;
+use crate::store::Store;
+
+/// Where things are: the recipe tree, the lockfile and the store.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub images: PathBuf,
+    pub lockfile: PathBuf,
+    pub store: PathBuf,
+}
+
+/// Recipes, lockfile, contexts and store, loaded once per command.
+pub struct Workspace {
+    pub paths: Paths,
+    pub settings: Settings,
+    pub graph: Graph,
+    pub lock: Lockfile,
+    /// The lockfile's text as read (None when it does not exist yet).
+    pub lock_text: Option<String>,
+    pub mirror: Option<String>,
+    pub store: Store,
+}
+
+impl Workspace {
+    pub fn load(paths: &Paths) -> anyhow::Result<Workspace> {
+        let config_path = paths.images.join("config.toml");
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}: is --images pointing at a recipe tree?", config_path.display()))?;
+        let settings = Settings::parse(&config_path, &text)?;
+        let mut targets = Vec::new();
+        for file in image_files(&paths.images)? {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            targets.extend(recipe::parse_image_file(&file, &text)?);
+        }
+        let graph = Graph::new(targets)?;
+        let lock_text = fsutil::read_optional(&paths.lockfile).with_context(|| format!("reading {}", paths.lockfile.display()))?;
+        let lock = match &lock_text {
+            Some(t) => Lockfile::parse(&paths.lockfile, t)?,
+            None => Lockfile::default(),
+        };
+        let store = Store::open(&paths.store)?;
+        Ok(Workspace { paths: paths.clone(), settings, graph, lock, lock_text, mirror: crate::bootstrap::resolve_mirror(), store })
+    }
+
+    /// The requested targets and their ancestors, in dependency order.
+    pub fn selection(&self, requested: &[TargetName]) -> anyhow::Result<Vec<&TargetRecipe>> {
+        Ok(self.graph.closure(requested)?)
+    }
+
+    /// Scans the build contexts of `targets` (each directory once).
+    pub fn scan_contexts(&self, targets: &[&TargetRecipe]) -> anyhow::Result<BTreeMap<TargetName, Vec<ContextEntry>>> {
+        let mut by_dir: BTreeMap<&Path, Vec<ContextEntry>> = BTreeMap::new();
+        for t in targets {
+            if !by_dir.contains_key(t.context_dir.as_path()) {
+                by_dir.insert(&t.context_dir, context::scan(&t.context_dir)?);
+            }
+        }
+        Ok(targets.iter().map(|t| (t.name.clone(), by_dir[t.context_dir.as_path()].clone())).collect())
+    }
+
+    pub fn plan<'w>(&'w self, targets: &[&'w TargetRecipe], contexts: &BTreeMap<TargetName, Vec<ContextEntry>>) -> anyhow::Result<Vec<PlannedTarget<'w>>> {
+        let fps: BTreeMap<TargetName, ContextFingerprint> = contexts.iter().map(|(n, e)| (n.clone(), context::fingerprint(e))).collect();
+        Ok(core_plan::plan(targets, &self.settings, &fps, self.mirror.as_deref(), &self.lock, |k| self.store.lookup(k).map(|i| i.manifest))?)
+    }
+}
+
+/// `images/*/image.toml`, sorted.
+fn image_files(images: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let dir = std::fs::read_dir(images).with_context(|| format!("reading {}", images.display()))?;
+    for e in dir {
+        let p = e?.path().join(context::RECIPE_FILE);
+        if p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

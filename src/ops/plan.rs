@@ -1,0 +1,67 @@
+//! `kci-build plan`: the graph with keys and status, computed without side effects.
+
+use serde::Serialize;
+
+use super::Workspace;
+use crate::core::names::TargetName;
+use crate::core::plan::{LockState, PlannedTarget};
+
+#[derive(Debug, Serialize)]
+pub struct PlanEntry {
+    pub name: String,
+    pub parent: Option<String>,
+    pub key: Option<String>,
+    pub status: &'static str,
+    pub lock: &'static str,
+    pub manifest: Option<String>,
+}
+
+pub fn entries(planned: &[PlannedTarget<'_>]) -> Vec<PlanEntry> {
+    planned
+        .iter()
+        .map(|p| PlanEntry {
+            name: p.recipe.name.to_string(),
+            parent: p.recipe.kind.parent().map(|x| x.to_string()),
+            key: p.key.as_ref().map(|k| k.to_string()),
+            status: p.status.as_str(),
+            lock: lock_word(p.lock),
+            manifest: p.stored.as_ref().map(|m| m.to_string()),
+        })
+        .collect()
+}
+
+pub fn lock_word(l: LockState) -> &'static str {
+    match l {
+        LockState::Same => "locked",
+        LockState::Changed => "changed",
+        LockState::New => "new",
+    }
+}
+
+/// Runs the plan and renders it: JSON, or an indented tree.
+pub fn run(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<String> {
+    let sel = ws.selection(targets)?;
+    let contexts = ws.scan_contexts(&sel)?;
+    let planned = ws.plan(&sel, &contexts)?;
+    let entries = entries(&planned);
+    if json {
+        return Ok(serde_json::to_string_pretty(&entries)? + "\n");
+    }
+    let depth = |name: &str| -> usize {
+        let mut d = 0;
+        let mut cur = entries.iter().find(|e| e.name == name);
+        while let Some(p) = cur.and_then(|e| e.parent.as_deref()) {
+            d += 1;
+            cur = entries.iter().find(|e| e.name == p);
+        }
+        d
+    };
+    let width = entries.iter().map(|e| e.name.len() + 2 * depth(&e.name)).max().unwrap_or(0);
+    let mut out = String::new();
+    for e in &entries {
+        let name = format!("{}{}", "  ".repeat(depth(&e.name)), e.name);
+        let key = e.key.as_deref().map(|k| &k[7..19]).unwrap_or("(unknown)");
+        out.push_str(&format!("{name:width$}  {key:12}  {:20}  {}\n", e.status, e.lock));
+    }
+    Ok(out)
+}

@@ -1,0 +1,49 @@
+//! `kci-build why TARGET`: is it cached, and which of its inputs changed since the lockfile.
+
+use std::fmt::Write as _;
+
+use super::Workspace;
+use crate::core::key::diff_facts;
+use crate::core::names::TargetName;
+use crate::core::plan::{Status, UNKNOWN_PARENT};
+
+pub fn run(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
+    let sel = ws.selection(std::slice::from_ref(target))?;
+    let contexts = ws.scan_contexts(&sel)?;
+    let planned = ws.plan(&sel, &contexts)?;
+    let p = planned.last().expect("the selection ends with the target itself");
+    let mut out = String::new();
+    let key = p.key.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unknown until its parent is built".into());
+    let _ = writeln!(out, "{target}: key {key}");
+    let _ = match p.status {
+        Status::Cached => writeln!(out, "  cached: the store has this key ({})", p.stored.as_ref().expect("cached implies stored")),
+        Status::Build => writeln!(out, "  to build: the store has no image for this key"),
+        Status::AfterParent => {
+            let parent = p.recipe.kind.parent().expect("only children wait for parents");
+            writeln!(out, "  to build: its parent `{parent}` must be built first (its output digest enters this key)")
+        }
+    };
+    let lock_file = ws.paths.lockfile.display();
+    match ws.lock.targets.get(target) {
+        None => {
+            let _ = writeln!(out, "  {lock_file} has no entry for it: it is new");
+        }
+        Some(locked) => {
+            let changes = diff_facts(&locked.input, &p.inputs.facts());
+            if changes.is_empty() && Some(&locked.key) == p.key.as_ref() {
+                let _ = writeln!(out, "  no input changed since {lock_file}");
+            } else {
+                let _ = writeln!(out, "  inputs changed since {lock_file}:");
+                for c in changes {
+                    let new = match c.new.as_deref() {
+                        Some(UNKNOWN_PARENT) => "(rebuilt parent, digest not known yet)",
+                        Some(v) => v,
+                        None => "(removed)",
+                    };
+                    let _ = writeln!(out, "    {}: {} -> {}", c.path, c.old.as_deref().unwrap_or("(absent)"), new);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
