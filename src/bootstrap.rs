@@ -25,7 +25,10 @@ pub fn resolve_mirror() -> Option<String> {
         texts.push(t);
     }
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<_> = dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources")).collect();
+        let mut paths: Vec<_> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+            .collect();
         paths.sort();
         texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
     }
@@ -34,7 +37,10 @@ pub fn resolve_mirror() -> Option<String> {
 
 /// The first Debian archive URL (not the security archive) in one-line or deb822 sources.
 pub fn mirror_from_sources(texts: &[String]) -> Option<String> {
-    let is_archive = |u: &str| (u.starts_with("http://") || u.starts_with("https://")) && u.trim_end_matches('/').ends_with("/debian");
+    let is_archive = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://"))
+            && u.trim_end_matches('/').ends_with("/debian")
+    };
     for text in texts {
         for line in text.lines() {
             let line = line.trim();
@@ -79,8 +85,18 @@ pub enum BootstrapError {
 }
 
 /// Runs mmdebstrap into `out` (a tarball), streaming its output lines to `log`.
-pub async fn mmdebstrap(b: &Bootstrap, platform: &Platform, mirror: &str, sde: u64, out: &Path, mut log: impl FnMut(&str)) -> Result<(), BootstrapError> {
-    let arch = debian_arch(platform).ok_or_else(|| EnvironmentError { message: format!("no Debian architecture for platform {platform}"), hint: "use a platform Debian supports".into() })?;
+pub async fn mmdebstrap(
+    b: &Bootstrap,
+    platform: &Platform,
+    mirror: &str,
+    sde: u64,
+    out: &Path,
+    mut log: impl FnMut(&str),
+) -> Result<(), BootstrapError> {
+    let arch = debian_arch(platform).ok_or_else(|| EnvironmentError {
+        message: format!("no Debian architecture for platform {platform}"),
+        hint: "use a platform Debian supports".into(),
+    })?;
     let mut cmd = tokio::process::Command::new("mmdebstrap");
     cmd.arg(format!("--variant={}", b.variant))
         .arg(format!("--architectures={arch}"))
@@ -91,12 +107,19 @@ pub async fn mmdebstrap(b: &Bootstrap, platform: &Platform, mirror: &str, sde: u
         cmd.arg(format!("--include={}", b.packages.join(",")));
     }
     cmd.arg(&b.suite).arg(out).arg(mirror);
-    cmd.env("SOURCE_DATE_EPOCH", sde.to_string()).env("LC_ALL", "C.UTF-8").env_remove("TMPDIR");
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.env("SOURCE_DATE_EPOCH", sde.to_string())
+        .env("LC_ALL", "C.UTF-8")
+        .env_remove("TMPDIR");
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     tracing::info!(?cmd, "running mmdebstrap");
     let mut child = cmd.spawn().map_err(|e| EnvironmentError {
         message: format!("cannot run mmdebstrap: {e}"),
-        hint: "install it (`apt-get install mmdebstrap`); kci-build bootstraps Debian bases with it".into(),
+        hint:
+            "install it (`apt-get install mmdebstrap`); kci-build bootstraps Debian bases with it"
+                .into(),
     })?;
     let stderr = child.stderr.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
@@ -117,9 +140,15 @@ pub async fn mmdebstrap(b: &Bootstrap, platform: &Platform, mirror: &str, sde: u
             l = out_lines.next_line(), if !out_done => match l { Ok(Some(l)) => push(l, &mut log), _ => out_done = true },
         }
     }
-    let status = child.wait().await.map_err(|e| EnvironmentError { message: format!("waiting for mmdebstrap: {e}"), hint: String::new() })?;
+    let status = child.wait().await.map_err(|e| EnvironmentError {
+        message: format!("waiting for mmdebstrap: {e}"),
+        hint: String::new(),
+    })?;
     if !status.success() {
-        return Err(BootstrapError::Failed { status: status.to_string(), tail: tail.into_iter().collect::<Vec<_>>().join("\n") });
+        return Err(BootstrapError::Failed {
+            status: status.to_string(),
+            tail: tail.into_iter().collect::<Vec<_>>().join("\n"),
+        });
     }
     Ok(())
 }
@@ -131,10 +160,19 @@ mod tests {
     #[test]
     fn finds_the_archive_in_deb822_and_one_line_sources() {
         let deb822 = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n".to_owned();
-        assert_eq!(mirror_from_sources(&[deb822]).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            mirror_from_sources(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
         let one = "deb http://mirror.example/debian-security bookworm-security main\ndeb [arch=amd64] https://m.example/debian/ bookworm main\n".to_owned();
-        assert_eq!(mirror_from_sources(&[one]).as_deref(), Some("https://m.example/debian"));
-        assert_eq!(mirror_from_sources(&["deb http://x/ubuntu jammy main".to_owned()]), None);
+        assert_eq!(
+            mirror_from_sources(&[one]).as_deref(),
+            Some("https://m.example/debian")
+        );
+        assert_eq!(
+            mirror_from_sources(&["deb http://x/ubuntu jammy main".to_owned()]),
+            None
+        );
     }
 
     #[test]

@@ -30,10 +30,20 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "auto")]
     pub color: ColorChoice,
     /// The recipe tree: `config.toml` and one directory per image.
-    #[arg(long, global = true, env = "KCI_BUILD_IMAGES", default_value = "images")]
+    #[arg(
+        long,
+        global = true,
+        env = "KCI_BUILD_IMAGES",
+        default_value = "images"
+    )]
     pub images: PathBuf,
     /// The lockfile to read and write.
-    #[arg(long, global = true, env = "KCI_BUILD_LOCKFILE", default_value = "lockfiles/images.lock")]
+    #[arg(
+        long,
+        global = true,
+        env = "KCI_BUILD_LOCKFILE",
+        default_value = "lockfiles/images.lock"
+    )]
     pub lockfile: PathBuf,
     /// The content-addressed store [default: <user cache dir>/kci-build/store].
     #[arg(long, global = true, env = "KCI_BUILD_STORE")]

@@ -43,15 +43,24 @@ pub struct ContextError {
 }
 
 fn ctx_err(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
-    move |source| ContextError { path: path.to_owned(), source }
+    move |source| ContextError {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Walks `dir` (sorted by name) and hashes its files in parallel.
 pub fn scan(dir: &Path) -> Result<Vec<ContextEntry>, ContextError> {
     let mut raw = Vec::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| ContextError { path: dir.to_owned(), source: e.into() })?;
-        let rel = entry.path().strip_prefix(dir).expect("inside the walk root");
+        let entry = entry.map_err(|e| ContextError {
+            path: dir.to_owned(),
+            source: e.into(),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .expect("inside the walk root");
         let rel = rel.to_str().ok_or_else(|| ContextError {
             path: entry.path().to_owned(),
             source: io::Error::new(io::ErrorKind::InvalidData, "file name is not UTF-8"),
@@ -59,7 +68,11 @@ pub fn scan(dir: &Path) -> Result<Vec<ContextEntry>, ContextError> {
         if rel == RECIPE_FILE {
             continue;
         }
-        raw.push((rel.replace('\\', "/"), entry.path().to_owned(), entry.file_type()));
+        raw.push((
+            rel.replace('\\', "/"),
+            entry.path().to_owned(),
+            entry.file_type(),
+        ));
     }
     raw.into_par_iter()
         .map(|(rel, abs, ft)| {
@@ -69,7 +82,10 @@ pub fn scan(dir: &Path) -> Result<Vec<ContextEntry>, ContextError> {
                 EntryKind::Dir
             } else {
                 let meta = std::fs::metadata(&abs).map_err(ctx_err(&abs))?;
-                EntryKind::File { digest: hash_file(&abs).map_err(ctx_err(&abs))?, executable: meta.permissions().mode() & 0o111 != 0 }
+                EntryKind::File {
+                    digest: hash_file(&abs).map_err(ctx_err(&abs))?,
+                    executable: meta.permissions().mode() & 0o111 != 0,
+                }
             };
             Ok(ContextEntry { rel, abs, kind })
         })
@@ -97,7 +113,9 @@ pub fn fingerprint(entries: &[ContextEntry]) -> ContextFingerprint {
         .iter()
         .map(|e| {
             let fp = match &e.kind {
-                EntryKind::File { digest, executable } => format!("{digest} {}", if *executable { "755" } else { "644" }),
+                EntryKind::File { digest, executable } => {
+                    format!("{digest} {}", if *executable { "755" } else { "644" })
+                }
                 EntryKind::Symlink(t) => format!("symlink {}", t.display()),
                 EntryKind::Dir => "dir".to_owned(),
             };
@@ -153,10 +171,17 @@ mod tests {
         fs::write(d.path().join("sub/run.sh"), "#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("run.sh", d.path().join("sub/link")).unwrap();
         let fp = fingerprint(&scan(d.path()).unwrap());
-        assert_eq!(fp.keys().collect::<Vec<_>>(), ["Dockerfile", "sub", "sub/link", "sub/run.sh"]);
+        assert_eq!(
+            fp.keys().collect::<Vec<_>>(),
+            ["Dockerfile", "sub", "sub/link", "sub/run.sh"]
+        );
         assert_eq!(fp["sub/link"], "symlink run.sh");
         assert!(fp["sub/run.sh"].ends_with(" 644"));
-        fs::set_permissions(d.path().join("sub/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(
+            d.path().join("sub/run.sh"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let fp2 = fingerprint(&scan(d.path()).unwrap());
         assert!(fp2["sub/run.sh"].ends_with(" 755"));
         fs::write(d.path().join(RECIPE_FILE), "changed").unwrap();
@@ -169,6 +194,7 @@ mod tests {
 
     fn filetime_touch(p: &Path) {
         let f = File::options().write(true).open(p).unwrap();
-        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(100)).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(100))
+            .unwrap();
     }
 }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 
-use bollard::query_parameters::{BuildImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -23,9 +25,15 @@ pub enum DaemonError {
     #[error("the build failed: {0}")]
     BuildFailed(String),
     #[error("Docker API: {context}: {source}")]
-    Api { context: String, source: bollard::errors::Error },
+    Api {
+        context: String,
+        source: bollard::errors::Error,
+    },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// What a build asks of the daemon.
@@ -44,7 +52,11 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// Loads a `docker load` archive from a file.
     fn load(&self, archive: &Path) -> impl Future<Output = Result<(), DaemonError>> + Send;
     /// Builds and returns the image id; every output line goes to `log`.
-    fn build(&self, req: BuildRequest, log: impl FnMut(&str) + Send) -> impl Future<Output = Result<String, DaemonError>> + Send;
+    fn build(
+        &self,
+        req: BuildRequest,
+        log: impl FnMut(&str) + Send,
+    ) -> impl Future<Output = Result<String, DaemonError>> + Send;
     /// Writes `docker save <id>` to `dest`.
     fn save(&self, id: &str, dest: &Path) -> impl Future<Output = Result<(), DaemonError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), DaemonError>> + Send;
@@ -64,10 +76,13 @@ impl DockerEngine {
     /// Connects to `$DOCKER_HOST` (default: the local socket), negotiates the API version
     /// and pings, so an unreachable daemon is reported before any work starts.
     pub async fn connect() -> Result<DockerEngine, EnvironmentError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-        let unreachable = |e: bollard::errors::Error| EnvironmentError {
+        let host = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let unreachable = |e: bollard::errors::Error| {
+            EnvironmentError {
             message: format!("cannot reach the Docker daemon at {host}: {e}"),
             hint: "start it (`systemctl start docker`, or `dockerd &` as root), or point DOCKER_HOST at a running daemon".into(),
+        }
         };
         let docker = Docker::connect_with_defaults().map_err(unreachable)?;
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
@@ -81,22 +96,37 @@ impl Engine for DockerEngine {
     async fn has_image(&self, id: &str) -> Result<bool, DaemonError> {
         match self.docker.inspect_image(id).await {
             Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
             Err(e) => Err(api(format!("inspecting {id}"))(e)),
         }
     }
 
     async fn load(&self, archive: &Path) -> Result<(), DaemonError> {
-        let file = tokio::fs::File::open(archive).await.map_err(|source| DaemonError::Io { context: format!("opening {}", archive.display()), source })?;
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|source| DaemonError::Io {
+                context: format!("opening {}", archive.display()),
+                source,
+            })?;
         let body = tokio_util_like::chunks(file);
-        let mut s = self.docker.import_image_stream(ImportImageOptionsBuilder::default().quiet(true).build(), body, None);
+        let mut s = self.docker.import_image_stream(
+            ImportImageOptionsBuilder::default().quiet(true).build(),
+            body,
+            None,
+        );
         while let Some(item) = s.next().await {
             item.map_err(api("loading an image"))?;
         }
         Ok(())
     }
 
-    async fn build(&self, req: BuildRequest, mut log: impl FnMut(&str) + Send) -> Result<String, DaemonError> {
+    async fn build(
+        &self,
+        req: BuildRequest,
+        mut log: impl FnMut(&str) + Send,
+    ) -> Result<String, DaemonError> {
         let opts = BuildImageOptionsBuilder::default()
             .dockerfile(&req.dockerfile)
             .t(&req.tag)
@@ -106,7 +136,9 @@ impl Engine for DockerEngine {
             .networkmode("host")
             .buildargs(&req.build_args)
             .build();
-        let mut stream = self.docker.build_image(opts, None, Some(bollard::body_full(req.context_tar.into())));
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(req.context_tar.into())));
         let mut pending = String::new();
         let mut id = None;
         while let Some(item) = stream.next().await {
@@ -130,14 +162,23 @@ impl Engine for DockerEngine {
         match id {
             Some(id) => Ok(id),
             None => {
-                let img = self.docker.inspect_image(&req.tag).await.map_err(api(format!("inspecting {}", req.tag)))?;
-                img.id.ok_or_else(|| DaemonError::BuildFailed("the daemon reported no image id".into()))
+                let img = self
+                    .docker
+                    .inspect_image(&req.tag)
+                    .await
+                    .map_err(api(format!("inspecting {}", req.tag)))?;
+                img.id.ok_or_else(|| {
+                    DaemonError::BuildFailed("the daemon reported no image id".into())
+                })
             }
         }
     }
 
     async fn save(&self, id: &str, dest: &Path) -> Result<(), DaemonError> {
-        let io = |source| DaemonError::Io { context: format!("writing {}", dest.display()), source };
+        let io = |source| DaemonError::Io {
+            context: format!("writing {}", dest.display()),
+            source,
+        };
         let mut f = tokio::fs::File::create(dest).await.map_err(io)?;
         let mut s = self.docker.export_image(id);
         while let Some(chunk) = s.next().await {
@@ -149,8 +190,19 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, id: &str) -> Result<(), DaemonError> {
-        match self.docker.remove_image(id, Some(RemoveImageOptionsBuilder::default().force(true).build()), None).await {
-            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        match self
+            .docker
+            .remove_image(
+                id,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await
+        {
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(api(format!("removing {id}"))(e)),
         }
     }
@@ -192,7 +244,9 @@ mod tokio_util_like {
     use futures_util::Stream;
     use tokio::io::AsyncReadExt;
 
-    pub fn chunks(file: tokio::fs::File) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    pub fn chunks(
+        file: tokio::fs::File,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         futures_util::stream::unfold(Some(file), |state| async move {
             let mut file = state?;
             let mut buf = vec![0u8; 1 << 20];
@@ -214,7 +268,11 @@ mod tests {
     fn log_lines_are_reassembled() {
         let mut got = Vec::new();
         let mut pending = String::new();
-        for part in ["Step 1/2 : FR", "OM scratch\n ---> abc\n\x1b[91mSte", "p 2/2\x1b[0m"] {
+        for part in [
+            "Step 1/2 : FR",
+            "OM scratch\n ---> abc\n\x1b[91mSte",
+            "p 2/2\x1b[0m",
+        ] {
             pending.push_str(part);
             super::flush_lines(&mut pending, &mut |l: &str| got.push(l.to_owned()), false);
         }

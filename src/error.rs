@@ -24,10 +24,15 @@ pub enum ExitCode {
 /// The exit code an error maps to: environment problems anywhere in the chain win.
 pub fn classify(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
-        if cause.downcast_ref::<EnvironmentError>().is_some() || cause.downcast_ref::<crate::store::StoreError>().is_some() {
+        if cause.downcast_ref::<EnvironmentError>().is_some()
+            || cause.downcast_ref::<crate::store::StoreError>().is_some()
+        {
             return ExitCode::Environment;
         }
-        if let Some(crate::docker::DaemonError::Api { .. } | crate::docker::DaemonError::Unreachable(_)) = cause.downcast_ref::<crate::docker::DaemonError>() {
+        if let Some(
+            crate::docker::DaemonError::Api { .. } | crate::docker::DaemonError::Unreachable(_),
+        ) = cause.downcast_ref::<crate::docker::DaemonError>()
+        {
             return ExitCode::Environment;
         }
     }
@@ -51,7 +56,11 @@ impl fmt::Display for Rendered<'_> {
             }
             last = text;
         }
-        if let Some(env) = self.0.chain().find_map(|c| c.downcast_ref::<EnvironmentError>()) {
+        if let Some(env) = self
+            .0
+            .chain()
+            .find_map(|c| c.downcast_ref::<EnvironmentError>())
+        {
             write!(f, "\nhelp: {}", env.hint)?;
         }
         Ok(())

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use oci_spec::image::{
-    Arch, Config, Descriptor, History, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
-    RootFsBuilder,
+    Arch, Config, Descriptor, History, HistoryBuilder, ImageConfiguration,
+    ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 
 use crate::core::key::canonical_json;
@@ -47,18 +47,34 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Rewrites a layer canonically, gzips it into the store and returns its record plus the
 /// dpkg status it carried.
-pub fn store_layer(store: &Store, src: Section, sde: u64) -> Result<(StoredLayer, Option<Vec<u8>>), ImageError> {
+pub fn store_layer(
+    store: &Store,
+    src: Section,
+    sde: u64,
+) -> Result<(StoredLayer, Option<Vec<u8>>), ImageError> {
     let blob = store.blob_writer()?;
     let mut gz = layer::gzip(blob);
     let canonical = layer::canonicalize(src, sde, &mut gz).map_err(io_ctx("rewriting layer"))?;
     let blob = gz.finish().map_err(io_ctx("compressing layer"))?;
     let (digest, size) = blob.commit()?;
-    Ok((StoredLayer { digest, diff_id: canonical.diff_id, size }, canonical.dpkg_status))
+    Ok((
+        StoredLayer {
+            digest,
+            diff_id: canonical.diff_id,
+            size,
+        },
+        canonical.dpkg_status,
+    ))
 }
 
 /// One history line of the image being assembled.
@@ -81,7 +97,9 @@ pub fn assemble(
     let history: Vec<History> = history
         .iter()
         .map(|h| {
-            let mut b = HistoryBuilder::default().created(created.clone()).created_by(h.created_by.clone());
+            let mut b = HistoryBuilder::default()
+                .created(created.clone())
+                .created_by(h.created_by.clone());
             if h.empty_layer {
                 b = b.empty_layer(true);
             }
@@ -90,7 +108,12 @@ pub fn assemble(
         .collect::<Result<_, _>>()?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()
         .map_err(|e| ImageError::Invalid(e.to_string()))?;
     let mut cb = ImageConfigurationBuilder::default()
@@ -109,14 +132,24 @@ pub fn assemble(
     let config_bytes = canonical_json(&config);
     let config_digest = store.put_bytes(&config_bytes)?;
     let desc = |mt: MediaType, size: u64, d: &Digest| -> Result<Descriptor, ImageError> {
-        let od = oci_spec::image::Digest::from_str(d.as_str()).map_err(|e| ImageError::Invalid(e.to_string()))?;
+        let od = oci_spec::image::Digest::from_str(d.as_str())
+            .map_err(|e| ImageError::Invalid(e.to_string()))?;
         Ok(Descriptor::new(mt, size, od))
     };
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(desc(MediaType::ImageConfig, config_bytes.len() as u64, &config_digest)?)
-        .layers(layers.iter().map(|l| desc(MediaType::ImageLayerGzip, l.size, &l.digest)).collect::<Result<Vec<_>, _>>()?)
+        .config(desc(
+            MediaType::ImageConfig,
+            config_bytes.len() as u64,
+            &config_digest,
+        )?)
+        .layers(
+            layers
+                .iter()
+                .map(|l| desc(MediaType::ImageLayerGzip, l.size, &l.digest))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
         .build()
         .map_err(|e| ImageError::Invalid(e.to_string()))?;
     let manifest_digest = store.put_bytes(&canonical_json(&manifest))?;
@@ -137,9 +170,17 @@ pub fn read_saved(path: &Path) -> Result<SavedImage, ImageError> {
     let mut regions: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut links: BTreeMap<String, String> = BTreeMap::new();
     let mut manifest = None;
-    for e in ar.entries_with_seek().map_err(io_ctx("reading saved image"))? {
+    for e in ar
+        .entries_with_seek()
+        .map_err(io_ctx("reading saved image"))?
+    {
         let mut e = e.map_err(io_ctx("reading saved image"))?;
-        let p = e.path().map_err(io_ctx("reading saved image"))?.to_string_lossy().trim_start_matches("./").to_owned();
+        let p = e
+            .path()
+            .map_err(io_ctx("reading saved image"))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
         match e.header().entry_type() {
             tar::EntryType::Symlink => {
                 if let Some(t) = e.link_name().ok().flatten() {
@@ -149,7 +190,8 @@ pub fn read_saved(path: &Path) -> Result<SavedImage, ImageError> {
             }
             _ if p == "manifest.json" => {
                 let mut s = Vec::new();
-                e.read_to_end(&mut s).map_err(io_ctx("reading manifest.json"))?;
+                e.read_to_end(&mut s)
+                    .map_err(io_ctx("reading manifest.json"))?;
                 manifest = Some(s);
             }
             _ => {
@@ -157,20 +199,29 @@ pub fn read_saved(path: &Path) -> Result<SavedImage, ImageError> {
             }
         }
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest.ok_or_else(|| ImageError::Invalid("saved image has no manifest.json".into()))?)
-        .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &manifest.ok_or_else(|| ImageError::Invalid("saved image has no manifest.json".into()))?,
+    )
+    .map_err(|e| ImageError::Invalid(format!("manifest.json: {e}")))?;
     let entry = &manifest[0];
     let find = |p: &str| -> Result<(u64, u64), ImageError> {
         let p = links.get(p).map(String::as_str).unwrap_or(p);
-        regions.get(p).copied().ok_or_else(|| ImageError::Invalid(format!("saved image lacks {p}")))
+        regions
+            .get(p)
+            .copied()
+            .ok_or_else(|| ImageError::Invalid(format!("saved image lacks {p}")))
     };
-    let config_path = entry["Config"].as_str().ok_or_else(|| ImageError::Invalid("manifest.json has no Config".into()))?;
+    let config_path = entry["Config"]
+        .as_str()
+        .ok_or_else(|| ImageError::Invalid("manifest.json has no Config".into()))?;
     let (off, len) = find(config_path)?;
     let mut f = File::open(path).map_err(io_ctx("opening saved image"))?;
-    f.seek(SeekFrom::Start(off)).map_err(io_ctx("reading config"))?;
+    f.seek(SeekFrom::Start(off))
+        .map_err(io_ctx("reading config"))?;
     let mut cfg = vec![0; len as usize];
     f.read_exact(&mut cfg).map_err(io_ctx("reading config"))?;
-    let config = serde_json::from_slice(&cfg).map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
+    let config = serde_json::from_slice(&cfg)
+        .map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
     let layers = entry["Layers"]
         .as_array()
         .ok_or_else(|| ImageError::Invalid("manifest.json has no Layers".into()))?
@@ -197,7 +248,13 @@ fn normalise_rel(p: &Path) -> String {
 /// Writes the archive `docker load` (POST /images/load) takes for a stored image: a
 /// legacy `manifest.json`, the config blob and the gzip layer blobs (the daemon
 /// decompresses them). The loaded image's id is the config digest.
-pub fn write_load_archive(store: &Store, config: &Digest, layers: &[StoredLayer], tag: &str, out: impl Write) -> Result<(), ImageError> {
+pub fn write_load_archive(
+    store: &Store,
+    config: &Digest,
+    layers: &[StoredLayer],
+    tag: &str,
+    out: impl Write,
+) -> Result<(), ImageError> {
     let manifest = serde_json::json!([{
         "Config": format!("blobs/sha256/{}", config.hex()),
         "RepoTags": [tag],
@@ -211,20 +268,28 @@ pub fn write_load_archive(store: &Store, config: &Digest, layers: &[StoredLayer]
         h.set_size(len);
         h.set_mode(0o644);
         h.set_mtime(0);
-        b.append_data(&mut h, name, &mut f).map_err(io_ctx("writing load archive"))
+        b.append_data(&mut h, name, &mut f)
+            .map_err(io_ctx("writing load archive"))
     };
-    add(format!("blobs/sha256/{}", config.hex()), &store.blob_path(config))?;
+    add(
+        format!("blobs/sha256/{}", config.hex()),
+        &store.blob_path(config),
+    )?;
     let mut seen = std::collections::BTreeSet::new();
     for l in layers {
         if seen.insert(&l.digest) {
-            add(format!("blobs/sha256/{}", l.digest.hex()), &store.blob_path(&l.digest))?;
+            add(
+                format!("blobs/sha256/{}", l.digest.hex()),
+                &store.blob_path(&l.digest),
+            )?;
         }
     }
     let bytes = serde_json::to_vec(&manifest).expect("json");
     let mut h = tar::Header::new_gnu();
     h.set_size(bytes.len() as u64);
     h.set_mode(0o644);
-    b.append_data(&mut h, "manifest.json", bytes.as_slice()).map_err(io_ctx("writing load archive"))?;
+    b.append_data(&mut h, "manifest.json", bytes.as_slice())
+        .map_err(io_ctx("writing load archive"))?;
     b.into_inner().map_err(io_ctx("writing load archive"))?;
     Ok(())
 }
@@ -232,7 +297,8 @@ pub fn write_load_archive(store: &Store, config: &Digest, layers: &[StoredLayer]
 /// Reads back a stored image's config.
 pub fn read_config(store: &Store, config: &Digest) -> Result<ImageConfiguration, ImageError> {
     let bytes = store.read_blob(config)?;
-    serde_json::from_slice(&bytes).map_err(|e| ImageError::Invalid(format!("stored config {config}: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ImageError::Invalid(format!("stored config {config}: {e}")))
 }
 
 #[cfg(test)]

@@ -28,14 +28,24 @@ pub struct Section {
 
 impl Section {
     pub fn new(file: File, start: u64, len: u64) -> Section {
-        Section { file, start, len, pos: 0 }
+        Section {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
     }
     pub fn whole(file: File) -> io::Result<Section> {
         let len = file.metadata()?.len();
         Ok(Section::new(file, 0, len))
     }
     fn try_clone(&self) -> io::Result<Section> {
-        Ok(Section { file: self.file.try_clone()?, start: self.start, len: self.len, pos: 0 })
+        Ok(Section {
+            file: self.file.try_clone()?,
+            start: self.start,
+            len: self.len,
+            pos: 0,
+        })
     }
 }
 
@@ -61,7 +71,10 @@ impl Seek for Section {
             SeekFrom::End(d) => self.len as i128 + d as i128,
         };
         if new < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before start"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
         }
         self.pos = new as u64;
         Ok(self.pos)
@@ -101,7 +114,11 @@ fn scrub(path: &str) -> Scrub {
     if path == "etc/shadow" || path == "etc/shadow-" {
         return Scrub::Shadow;
     }
-    let under = |dir: &str| path.strip_prefix(dir).and_then(|r| r.strip_prefix('/')).filter(|r| !r.is_empty());
+    let under = |dir: &str| {
+        path.strip_prefix(dir)
+            .and_then(|r| r.strip_prefix('/'))
+            .filter(|r| !r.is_empty())
+    };
     if let Some(rest) = under("var/cache/apt") {
         if rest.ends_with(".bin") || (rest.starts_with("archives/") && rest.ends_with(".deb")) {
             return Scrub::Drop;
@@ -114,7 +131,10 @@ fn scrub(path: &str) -> Scrub {
     }
     // Runtime directories: the container runtime provides /dev, /proc, /sys; /run and the
     // temp directories hold nothing an image should ship.
-    if ["dev", "proc", "sys", "run", "tmp", "var/tmp"].iter().any(|d| under(d).is_some()) {
+    if ["dev", "proc", "sys", "run", "tmp", "var/tmp"]
+        .iter()
+        .any(|d| under(d).is_some())
+    {
         return Scrub::Drop;
     }
     Scrub::Keep
@@ -125,7 +145,10 @@ fn rewrite_shadow(content: &[u8], sde: u64) -> Vec<u8> {
     let text = String::from_utf8_lossy(content);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        let (body, nl) = line.strip_suffix('\n').map(|b| (b, "\n")).unwrap_or((line, ""));
+        let (body, nl) = line
+            .strip_suffix('\n')
+            .map(|b| (b, "\n"))
+            .unwrap_or((line, ""));
         let mut fields: Vec<&str> = body.split(':').collect();
         if fields.len() > 2 && !fields[2].is_empty() {
             fields[2] = &days;
@@ -154,9 +177,21 @@ struct Meta {
 }
 
 fn normalise(p: &[u8]) -> io::Result<String> {
-    let s = std::str::from_utf8(p).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("non-UTF-8 path in layer: {:?}", String::from_utf8_lossy(p))))?;
-    let s = s.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
-    Ok(if s == "." { String::new() } else { s.to_owned() })
+    let s = std::str::from_utf8(p).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("non-UTF-8 path in layer: {:?}", String::from_utf8_lossy(p)),
+        )
+    })?;
+    let s = s
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
+    Ok(if s == "." {
+        String::new()
+    } else {
+        s.to_owned()
+    })
 }
 
 /// The result of a rewrite.
@@ -176,9 +211,17 @@ pub fn canonicalize(src: Section, sde: u64, out: impl Write) -> io::Result<Canon
     metas.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     metas.dedup_by(|later, earlier| later.path == earlier.path); // a tar may repeat a path; keep one
     let leaders = hardlink_leaders(&metas);
-    let by_path: BTreeMap<&str, usize> = metas.iter().enumerate().map(|(i, m)| (m.path.as_str(), i)).collect();
+    let by_path: BTreeMap<&str, usize> = metas
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.path.as_str(), i))
+        .collect();
 
-    let mut hashing = HashWriter { inner: out, hash: Sha256::new(), size: 0 };
+    let mut hashing = HashWriter {
+        inner: out,
+        hash: Sha256::new(),
+        size: 0,
+    };
     let mut dpkg_status = None;
     {
         let mut b = tar::Builder::new(&mut hashing);
@@ -186,18 +229,34 @@ pub fn canonicalize(src: Section, sde: u64, out: impl Write) -> io::Result<Canon
             // Hard links: the group's first member (in sorted order) carries the data.
             match leaders.get(m.path.as_str()) {
                 Some(leader) if leader == &m.path => {
-                    let root = m.link.as_deref().filter(|_| m.kind == tar::EntryType::Link).unwrap_or(&m.path);
+                    let root = m
+                        .link
+                        .as_deref()
+                        .filter(|_| m.kind == tar::EntryType::Link)
+                        .unwrap_or(&m.path);
                     let src = by_path.get(root).map(|&i| &metas[i]).unwrap_or(m);
                     write_entry(&mut b, src, &m.path, None, sde, &mut data, &mut dpkg_status)?;
                 }
-                Some(leader) => write_entry(&mut b, m, &m.path, Some(leader), sde, &mut data, &mut dpkg_status)?,
+                Some(leader) => write_entry(
+                    &mut b,
+                    m,
+                    &m.path,
+                    Some(leader),
+                    sde,
+                    &mut data,
+                    &mut dpkg_status,
+                )?,
                 None => write_entry(&mut b, m, &m.path, None, sde, &mut data, &mut dpkg_status)?,
             }
         }
         b.finish()?;
     }
     let entries = metas.len();
-    Ok(Canonical { diff_id: Digest::from_hash(&hashing.hash.finalize()), dpkg_status, entries })
+    Ok(Canonical {
+        diff_id: Digest::from_hash(&hashing.hash.finalize()),
+        dpkg_status,
+        entries,
+    })
 }
 
 fn read_headers(src: Section, sde: u64, data: &mut Section) -> io::Result<Vec<Meta>> {
@@ -209,7 +268,14 @@ fn read_headers(src: Section, sde: u64, data: &mut Section) -> io::Result<Vec<Me
         let kind = h.entry_type();
         if !matches!(
             kind,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory | tar::EntryType::Symlink | tar::EntryType::Link | tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+            tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::Directory
+                | tar::EntryType::Symlink
+                | tar::EntryType::Link
+                | tar::EntryType::Char
+                | tar::EntryType::Block
+                | tar::EntryType::Fifo
         ) {
             continue;
         }
@@ -222,7 +288,9 @@ fn read_headers(src: Section, sde: u64, data: &mut Section) -> io::Result<Vec<Me
             continue;
         }
         let link = match kind {
-            tar::EntryType::Symlink => e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned()),
+            tar::EntryType::Symlink => e
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned()),
             tar::EntryType::Link => e.link_name_bytes().map(|l| normalise(&l)).transpose()?,
             _ => None,
         };
@@ -253,7 +321,11 @@ fn read_headers(src: Section, sde: u64, data: &mut Section) -> io::Result<Vec<Me
         };
         let meta = Meta {
             path,
-            kind: if kind == tar::EntryType::Continuous { tar::EntryType::Regular } else { kind },
+            kind: if kind == tar::EntryType::Continuous {
+                tar::EntryType::Regular
+            } else {
+                kind
+            },
             mode: h.mode()? & 0o7777,
             uid: h.uid()?,
             gid: h.gid()?,
@@ -262,7 +334,10 @@ fn read_headers(src: Section, sde: u64, data: &mut Section) -> io::Result<Vec<Me
             data_pos,
             link,
             dev: if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
-                (h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0))
+                (
+                    h.device_major()?.unwrap_or(0),
+                    h.device_minor()?.unwrap_or(0),
+                )
             } else {
                 (0, 0)
             },
@@ -329,7 +404,11 @@ fn write_entry<W: Write>(
         h.set_size(0);
         return b.append_link(&mut h, path, leader);
     }
-    let kind = if m.kind == tar::EntryType::Link { tar::EntryType::Regular } else { m.kind };
+    let kind = if m.kind == tar::EntryType::Link {
+        tar::EntryType::Regular
+    } else {
+        m.kind
+    };
     h.set_entry_type(kind);
     match kind {
         tar::EntryType::Directory => {
@@ -392,7 +471,11 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashWriter { inner, hash: Sha256::new(), size: 0 }
+        HashWriter {
+            inner,
+            hash: Sha256::new(),
+            size: 0,
+        }
     }
 }
 
@@ -411,7 +494,10 @@ impl<W: Write> Write for HashWriter<W> {
 /// The gzip settings that are part of `OUTPUT_FORMAT`: zlib-rs, level 6, header with
 /// mtime 0, no name, OS byte 255.
 pub fn gzip<W: Write>(w: W) -> flate2::write::GzEncoder<W> {
-    flate2::GzBuilder::new().operating_system(255).mtime(0).write(w, flate2::Compression::new(6))
+    flate2::GzBuilder::new()
+        .operating_system(255)
+        .mtime(0)
+        .write(w, flate2::Compression::new(6))
 }
 
 #[cfg(test)]
@@ -436,23 +522,38 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         for name in order {
             match *name {
-                "etc/" => b.append_data(&mut header(tar::EntryType::Directory, 0o755, late_mtime), "etc/", io::empty()).unwrap(),
+                "etc/" => b
+                    .append_data(
+                        &mut header(tar::EntryType::Directory, 0o755, late_mtime),
+                        "etc/",
+                        io::empty(),
+                    )
+                    .unwrap(),
                 "etc/hostname" => {
                     let mut h = header(tar::EntryType::Regular, 0o644, 50);
                     h.set_size(3);
-                    b.append_data(&mut h, "./etc/hostname", &b"kci"[..]).unwrap()
+                    b.append_data(&mut h, "./etc/hostname", &b"kci"[..])
+                        .unwrap()
                 }
-                "etc/link" => b.append_link(&mut header(tar::EntryType::Link, 0o644, 50), "etc/link", "etc/hostname").unwrap(),
+                "etc/link" => b
+                    .append_link(
+                        &mut header(tar::EntryType::Link, 0o644, 50),
+                        "etc/link",
+                        "etc/hostname",
+                    )
+                    .unwrap(),
                 "var/log/dpkg.log" => {
                     let mut h = header(tar::EntryType::Regular, 0o644, late_mtime);
                     h.set_size(4);
-                    b.append_data(&mut h, "var/log/dpkg.log", &b"noise"[..4]).unwrap()
+                    b.append_data(&mut h, "var/log/dpkg.log", &b"noise"[..4])
+                        .unwrap()
                 }
                 "etc/shadow" => {
                     let body = format!("root:*:{}:0:99999:7:::\n", late_mtime / 86400);
                     let mut h = header(tar::EntryType::Regular, 0o640, late_mtime);
                     h.set_size(body.len() as u64);
-                    b.append_data(&mut h, "etc/shadow", body.as_bytes()).unwrap()
+                    b.append_data(&mut h, "etc/shadow", body.as_bytes())
+                        .unwrap()
                 }
                 _ => unreachable!(),
             }
@@ -470,8 +571,26 @@ mod tests {
 
     #[test]
     fn order_times_names_and_noise_do_not_change_the_bytes() {
-        let (a, ca) = canon(&layer(&["etc/", "etc/hostname", "etc/link", "etc/shadow", "var/log/dpkg.log"], 10_000_000));
-        let (b, cb) = canon(&layer(&["var/log/dpkg.log", "etc/shadow", "etc/hostname", "etc/link", "etc/"], 20_000_000));
+        let (a, ca) = canon(&layer(
+            &[
+                "etc/",
+                "etc/hostname",
+                "etc/link",
+                "etc/shadow",
+                "var/log/dpkg.log",
+            ],
+            10_000_000,
+        ));
+        let (b, cb) = canon(&layer(
+            &[
+                "var/log/dpkg.log",
+                "etc/shadow",
+                "etc/hostname",
+                "etc/link",
+                "etc/",
+            ],
+            20_000_000,
+        ));
         assert_eq!(a, b);
         assert_eq!(ca.diff_id, cb.diff_id);
         assert_eq!(ca.diff_id, Digest::from_hash(&Sha256::digest(&a)));
@@ -484,7 +603,12 @@ mod tests {
                 let mut body = String::new();
                 e.read_to_string(&mut body).unwrap();
                 let h = e.header();
-                (e.path().unwrap().display().to_string(), h.mtime().unwrap(), h.uid().unwrap(), body)
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mtime().unwrap(),
+                    h.uid().unwrap(),
+                    body,
+                )
             })
             .collect();
         assert_eq!(
@@ -493,7 +617,12 @@ mod tests {
                 ("etc/".to_owned(), 100, 1000, String::new()),
                 ("etc/hostname".into(), 50, 1000, "kci".into()),
                 ("etc/link".into(), 50, 1000, String::new()),
-                ("etc/shadow".into(), 100, 1000, "root:*:0:0:99999:7:::\n".into()),
+                (
+                    "etc/shadow".into(),
+                    100,
+                    1000,
+                    "root:*:0:0:99999:7:::\n".into()
+                ),
             ]
         );
     }
@@ -504,7 +633,12 @@ mod tests {
         let mut h = header(tar::EntryType::Regular, 0o755, 1);
         h.set_size(2);
         b.append_data(&mut h, "usr/bin/zz", &b"hi"[..]).unwrap();
-        b.append_link(&mut header(tar::EntryType::Link, 0o755, 1), "usr/bin/aa", "usr/bin/zz").unwrap();
+        b.append_link(
+            &mut header(tar::EntryType::Link, 0o755, 1),
+            "usr/bin/aa",
+            "usr/bin/zz",
+        )
+        .unwrap();
         let (out, _) = canon(&b.into_inner().unwrap());
         let mut ar = tar::Archive::new(out.as_slice());
         let e: Vec<(String, tar::EntryType, Option<String>)> = ar
@@ -512,10 +646,24 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().entry_type(), e.link_name().unwrap().map(|l| l.display().to_string()))
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                    e.link_name().unwrap().map(|l| l.display().to_string()),
+                )
             })
             .collect();
-        assert_eq!(e, [("usr/bin/aa".into(), tar::EntryType::Regular, None), ("usr/bin/zz".into(), tar::EntryType::Link, Some("usr/bin/aa".into()))]);
+        assert_eq!(
+            e,
+            [
+                ("usr/bin/aa".into(), tar::EntryType::Regular, None),
+                (
+                    "usr/bin/zz".into(),
+                    tar::EntryType::Link,
+                    Some("usr/bin/aa".into())
+                )
+            ]
+        );
     }
 
     #[test]

@@ -1,15 +1,15 @@
 //! kci-build: reproducible, content-addressed builds of KernelCI's toolchain images.
 
-pub mod core;
+pub mod bootstrap;
+pub mod cli;
 pub mod context;
+pub mod core;
+pub mod docker;
 pub mod dpkg;
+pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod layer;
-pub mod store;
-pub mod bootstrap;
-pub mod cli;
-pub mod docker;
-pub mod error;
 pub mod ops;
 pub mod printer;
+pub mod store;

@@ -15,7 +15,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // Usage errors are bad input (1); help and version are success.
-            return ExitCode::from(if e.use_stderr() { Code::BadInput as u8 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                Code::BadInput as u8
+            } else {
+                0
+            });
         }
     };
     init_tracing(cli.verbose);
@@ -35,19 +39,40 @@ fn init_tracing(verbose: u8) {
         1 => "kci_build=info",
         _ => "kci_build=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KCI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KCI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
-    let paths = Paths { images: cli.images.clone(), lockfile: cli.lockfile.clone(), store: cli.store.clone().unwrap_or_else(Store::default_root) };
+    let paths = Paths {
+        images: cli.images.clone(),
+        lockfile: cli.lockfile.clone(),
+        store: cli.store.clone().unwrap_or_else(Store::default_root),
+    };
     let ws = Workspace::load(&paths)?;
     match &cli.command {
         Command::Plan { targets, json } => print!("{}", ops::plan::run(&ws, targets, *json)?),
         Command::Why { target } => print!("{}", ops::why::run(&ws, target)?),
-        Command::Build { targets, jobs, locked, json } => {
-            let opts = ops::build::BuildOptions { targets: targets.clone(), jobs: *jobs, locked: *locked, verbose: cli.verbose > 0 };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Command::Build {
+            targets,
+            jobs,
+            locked,
+            json,
+        } => {
+            let opts = ops::build::BuildOptions {
+                targets: targets.clone(),
+                jobs: *jobs,
+                locked: *locked,
+                verbose: cli.verbose > 0,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let report = rt.block_on(ops::build::run(&ws, &opts, printer))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -56,9 +81,20 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;
             if !problems.is_empty() {
-                anyhow::bail!("{} is out of date:\n  {}\nhelp: run `kci-build build` and commit the lockfile", paths.lockfile.display(), problems.join("\n  "));
+                anyhow::bail!(
+                    "{} is out of date:\n  {}\nhelp: run `kci-build build` and commit the lockfile",
+                    paths.lockfile.display(),
+                    problems.join("\n  ")
+                );
             }
-            printer.status("Checked", format!("{} matches the recipes ({} targets)", paths.lockfile.display(), ws.lock.targets.len()));
+            printer.status(
+                "Checked",
+                format!(
+                    "{} matches the recipes ({} targets)",
+                    paths.lockfile.display(),
+                    ws.lock.targets.len()
+                ),
+            );
         }
     }
     Ok(())

@@ -43,7 +43,9 @@ impl Printer {
             ColorChoice::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
         };
         let bars = (tty && !quiet).then(MultiProgress::new);
-        Printer { inner: Arc::new(Inner { color, quiet, bars }) }
+        Printer {
+            inner: Arc::new(Inner { color, quiet, bars }),
+        }
     }
 
     /// `   Building gcc-12:x86 …` — a right-aligned verb, like cargo.
@@ -60,7 +62,11 @@ impl Printer {
             Tone::Warn => "1;33",
             Tone::Bad => "1;31",
         };
-        let verb = if self.inner.color { format!("\x1b[{code}m{verb:>12}\x1b[0m") } else { format!("{verb:>12}") };
+        let verb = if self.inner.color {
+            format!("\x1b[{code}m{verb:>12}\x1b[0m")
+        } else {
+            format!("{verb:>12}")
+        };
         self.raw(&format!("{verb} {message}"));
     }
 
@@ -73,7 +79,11 @@ impl Printer {
     }
 
     fn prefixed(&self, label: &str, code: &str, message: impl Display) {
-        let label = if self.inner.color { format!("\x1b[{code}m{label}\x1b[0m") } else { label.to_owned() };
+        let label = if self.inner.color {
+            format!("\x1b[{code}m{label}\x1b[0m")
+        } else {
+            label.to_owned()
+        };
         self.raw(&format!("{label}: {message}"));
     }
 
@@ -93,7 +103,10 @@ impl Printer {
     pub fn spinner(&self, prefix: &str) -> Option<ProgressBar> {
         let m = self.inner.bars.as_ref()?;
         let pb = m.add(ProgressBar::new_spinner());
-        pb.set_style(ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {wide_msg}").expect("valid template"));
+        pb.set_style(
+            ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} [{elapsed}] {wide_msg}")
+                .expect("valid template"),
+        );
         pb.set_prefix(prefix.to_owned());
         pb.enable_steady_tick(Duration::from_millis(120));
         Some(pb)

@@ -55,12 +55,18 @@ pub struct Store {
 impl Store {
     /// Opens (and creates when missing) a store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let s = Store { root: root.to_owned() };
+        let s = Store {
+            root: root.to_owned(),
+        };
         for d in ["blobs/sha256", "keys", "tmp", "logs"] {
             fs::create_dir_all(root.join(d)).map_err(s.err(format!("creating {d}")))?;
         }
         if !root.join("oci-layout").exists() {
-            fsutil::atomic_write(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(s.err("writing oci-layout"))?;
+            fsutil::atomic_write(
+                &root.join("oci-layout"),
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )
+            .map_err(s.err("writing oci-layout"))?;
         }
         if !root.join("index.json").exists() {
             s.write_index(&[]).map_err(s.err("writing index.json"))?;
@@ -73,7 +79,10 @@ impl Store {
         if let Some(p) = std::env::var_os("KCI_BUILD_STORE") {
             return PathBuf::from(p);
         }
-        dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("kci-build").join("store")
+        dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("kci-build")
+            .join("store")
     }
 
     pub fn root(&self) -> &Path {
@@ -82,7 +91,11 @@ impl Store {
 
     fn err(&self, context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError + '_ {
         let context = context.into();
-        move |source| StoreError { root: self.root.clone(), context, source }
+        move |source| StoreError {
+            root: self.root.clone(),
+            context,
+            source,
+        }
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -98,7 +111,9 @@ impl Store {
     }
 
     pub fn log_path(&self, target: &TargetName, key: &Digest) -> PathBuf {
-        self.root.join("logs").join(format!("{}-{}.log", target.file_stem(), key.short()))
+        self.root
+            .join("logs")
+            .join(format!("{}-{}.log", target.file_stem(), key.short()))
     }
 
     /// Stores a small blob (config, manifest) and returns its digest.
@@ -115,16 +130,28 @@ impl Store {
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let bytes = fs::read(self.blob_path(d)).map_err(self.err(format!("reading blob {d}")))?;
         if Digest::of(&bytes) != *d {
-            return Err(self.err(format!("blob {d}"))(io::Error::new(io::ErrorKind::InvalidData, "content does not match its digest; delete it and rebuild")));
+            return Err(self.err(format!("blob {d}"))(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "content does not match its digest; delete it and rebuild",
+            )));
         }
         Ok(bytes)
     }
 
     /// A writer that hashes what it is given and lands in `blobs/` on `commit`.
     pub fn blob_writer(&self) -> Result<BlobWriter<'_>, StoreError> {
-        let tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(self.tmp_dir()).map_err(self.err("creating a temp blob"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(self.tmp_dir())
+            .map_err(self.err("creating a temp blob"))?;
         let file = tmp.reopen().map_err(self.err("opening a temp blob"))?;
-        Ok(BlobWriter { store: self, tmp, out: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new(), size: 0 })
+        Ok(BlobWriter {
+            store: self,
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// The image stored under `key`, if it and all its blobs are present.
@@ -145,25 +172,33 @@ impl Store {
     /// Records a finished image under its key (after all its blobs are in place) and adds
     /// it to `index.json`.
     pub fn record(&self, img: &StoredImage) -> Result<(), StoreError> {
-        fsutil::atomic_write(&self.key_path(&img.key), &canonical_json(img)).map_err(self.err("writing key record"))?;
-        let lock = File::create(self.root.join("index.lock")).map_err(self.err("locking index.json"))?;
+        fsutil::atomic_write(&self.key_path(&img.key), &canonical_json(img))
+            .map_err(self.err("writing key record"))?;
+        let lock =
+            File::create(self.root.join("index.lock")).map_err(self.err("locking index.json"))?;
         lock.lock().map_err(self.err("locking index.json"))?;
         let mut all = Vec::new();
         for e in fs::read_dir(self.root.join("keys")).map_err(self.err("listing keys"))? {
             let path = e.map_err(self.err("listing keys"))?.path();
-            if let Some(img) = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<StoredImage>(&b).ok()) {
+            if let Some(img) = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<StoredImage>(&b).ok())
+            {
                 all.push(img);
             }
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
-        self.write_index(&all).map_err(self.err("writing index.json"))
+        self.write_index(&all)
+            .map_err(self.err("writing index.json"))
     }
 
     fn write_index(&self, images: &[StoredImage]) -> io::Result<()> {
         let manifests: Vec<serde_json::Value> = images
             .iter()
             .map(|img| {
-                let size = fs::metadata(self.blob_path(&img.manifest)).map(|m| m.len()).unwrap_or(0);
+                let size = fs::metadata(self.blob_path(&img.manifest))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 serde_json::json!({
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "digest": img.manifest,
@@ -227,7 +262,14 @@ mod tests {
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(s.read_blob(&d).unwrap(), b"hello");
         let key = Digest::of(b"key");
-        let img = StoredImage { target: "a".parse().unwrap(), key: key.clone(), manifest: d.clone(), config: d.clone(), layers: vec![], packages: BTreeMap::new() };
+        let img = StoredImage {
+            target: "a".parse().unwrap(),
+            key: key.clone(),
+            manifest: d.clone(),
+            config: d.clone(),
+            layers: vec![],
+            packages: BTreeMap::new(),
+        };
         s.record(&img).unwrap();
         assert_eq!(s.lookup(&key), Some(img));
         let index = fs::read_to_string(dir.path().join("index.json")).unwrap();
@@ -237,7 +279,11 @@ mod tests {
         assert_eq!(s.lookup(&key), None);
         // Tampered content is refused on read.
         fs::write(s.blob_path(&d), b"evil").unwrap();
-        assert!(s.read_blob(&d).unwrap_err().to_string().contains("does not match"));
+        assert!(s
+            .read_blob(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
         // An abandoned writer leaves nothing in tmp/.
         drop(s.blob_writer().unwrap());
         assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);

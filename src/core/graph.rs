@@ -63,7 +63,11 @@ impl Graph {
         names.sort_by_key(|n| (depth[n], *n));
         let names: Vec<TargetName> = names.into_iter().cloned().collect();
         let ordered: Vec<TargetRecipe> = names.iter().map(|n| by_name[n].clone()).collect();
-        let index = ordered.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let index = ordered
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(Graph { ordered, index })
     }
 
@@ -76,7 +80,9 @@ impl Graph {
     }
 
     pub fn parent_of(&self, name: &TargetName) -> Option<&TargetRecipe> {
-        self.get(name).and_then(|t| t.kind.parent()).and_then(|p| self.get(p))
+        self.get(name)
+            .and_then(|t| t.kind.parent())
+            .and_then(|p| self.get(p))
     }
 
     /// The requested targets plus all their ancestors, in dependency order. An empty
@@ -99,7 +105,11 @@ impl Graph {
                 }
             }
         }
-        Ok(self.ordered.iter().filter(|t| wanted.contains(&t.name)).collect())
+        Ok(self
+            .ordered
+            .iter()
+            .filter(|t| wanted.contains(&t.name))
+            .collect())
     }
 }
 
@@ -140,19 +150,38 @@ parent = "build-base"
         let g = graph(CHAIN).unwrap();
         let order: Vec<&str> = g.targets().iter().map(|t| t.name.as_str()).collect();
         assert_eq!(order, ["debian", "build-base", "clang", "gcc:x86"]);
-        let sel: Vec<&str> = g.closure(&["gcc:x86".parse().unwrap()]).unwrap().iter().map(|t| t.name.as_str()).collect();
+        let sel: Vec<&str> = g
+            .closure(&["gcc:x86".parse().unwrap()])
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         assert_eq!(sel, ["debian", "build-base", "gcc:x86"]);
-        let err = g.closure(&["nope".parse().unwrap()]).unwrap_err().to_string();
+        let err = g
+            .closure(&["nope".parse().unwrap()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`nope`") && err.contains("gcc:x86"), "{err}");
     }
 
     #[test]
     fn rejects_missing_parent_duplicates_and_cycles() {
-        let e = graph("[[target]]\nname = \"a\"\nparent = \"b\"\n").unwrap_err().to_string();
-        assert!(e.contains("target (a).parent: no target is named `b`"), "{e}");
-        let e = graph("[[target]]\nname = \"a\"\n[[target]]\nname = \"a\"\n").unwrap_err().to_string();
+        let e = graph("[[target]]\nname = \"a\"\nparent = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target (a).parent: no target is named `b`"),
+            "{e}"
+        );
+        let e = graph("[[target]]\nname = \"a\"\n[[target]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already declared"), "{e}");
-        let e = graph("[[target]]\nname = \"a\"\nparent = \"b\"\n[[target]]\nname = \"b\"\nparent = \"a\"\n").unwrap_err().to_string();
+        let e = graph(
+            "[[target]]\nname = \"a\"\nparent = \"b\"\n[[target]]\nname = \"b\"\nparent = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("loops"), "{e}");
     }
 }

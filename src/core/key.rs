@@ -35,7 +35,8 @@ pub const KEY_FORMAT: u32 = 1;
 
 /// Everything about how kci-build turns a daemon's build result into bytes. Changing the
 /// tar normalisation, the gzip library (exact version) or its level must change this.
-pub const OUTPUT_FORMAT: &str = "oci-image-v1 tar=sorted,clamped-mtime,numeric-owner,scrubbed gzip=zlib-rs-0.6.8 level=6";
+pub const OUTPUT_FORMAT: &str =
+    "oci-image-v1 tar=sorted,clamped-mtime,numeric-owner,scrubbed gzip=zlib-rs-0.6.8 level=6";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,8 +54,17 @@ pub struct KeyInputs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipeInputs {
-    Dockerfile { dockerfile: String, args: BTreeMap<String, String> },
-    Bootstrap { suite: String, variant: String, components: Vec<String>, packages: Vec<String>, mirror: String },
+    Dockerfile {
+        dockerfile: String,
+        args: BTreeMap<String, String>,
+    },
+    Bootstrap {
+        suite: String,
+        variant: String,
+        components: Vec<String>,
+        packages: Vec<String>,
+        mirror: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,14 +97,23 @@ impl KeyInputs {
 /// OLPC canonical JSON of any serialisable value.
 pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut buf = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, olpc_cjson::CanonicalFormatter::new());
-    value.serialize(&mut ser).expect("canonical JSON serialisation cannot fail for plain data");
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut buf, olpc_cjson::CanonicalFormatter::new());
+    value
+        .serialize(&mut ser)
+        .expect("canonical JSON serialisation cannot fail for plain data");
     buf
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
     use serde_json::Value;
-    let join = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
     match v {
         Value::Object(m) => {
             for (k, v) in m {
@@ -102,7 +121,14 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
             }
         }
         Value::Array(a) => {
-            let items: Vec<String> = a.iter().map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).collect();
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect();
             out.insert(prefix.to_owned(), items.join(" "));
         }
         Value::String(s) => {
@@ -126,14 +152,21 @@ pub struct FactChange {
 }
 
 /// The facts that differ, sorted by path.
-pub fn diff_facts(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<FactChange> {
+pub fn diff_facts(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<FactChange> {
     let mut paths: Vec<&String> = old.keys().chain(new.keys()).collect();
     paths.sort();
     paths.dedup();
     paths
         .into_iter()
         .filter(|p| old.get(*p) != new.get(*p))
-        .map(|p| FactChange { path: p.clone(), old: old.get(p).cloned(), new: new.get(p).cloned() })
+        .map(|p| FactChange {
+            path: p.clone(),
+            old: old.get(p).cloned(),
+            new: new.get(p).cloned(),
+        })
         .collect()
 }
 
@@ -142,16 +175,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn inputs(args: BTreeMap<String, String>, context: BTreeMap<String, String>, parent: Option<u8>, sde: u64, platform: bool) -> KeyInputs {
+    fn inputs(
+        args: BTreeMap<String, String>,
+        context: BTreeMap<String, String>,
+        parent: Option<u8>,
+        sde: u64,
+        platform: bool,
+    ) -> KeyInputs {
         KeyInputs {
             key_format: KEY_FORMAT,
             output_format: OUTPUT_FORMAT.into(),
             target: "gcc-12:x86".parse().unwrap(),
-            platform: if platform { Platform::linux_amd64() } else { "linux/arm64".parse().unwrap() },
+            platform: if platform {
+                Platform::linux_amd64()
+            } else {
+                "linux/arm64".parse().unwrap()
+            },
             source_date_epoch: sde,
-            recipe: RecipeInputs::Dockerfile { dockerfile: "Dockerfile".into(), args },
+            recipe: RecipeInputs::Dockerfile {
+                dockerfile: "Dockerfile".into(),
+                args,
+            },
             context,
-            parent: parent.map(|p| ParentInput { name: "build-base".parse().unwrap(), manifest: Digest::of(&[p]) }),
+            parent: parent.map(|p| ParentInput {
+                name: "build-base".parse().unwrap(),
+                manifest: Digest::of(&[p]),
+            }),
         }
     }
 
@@ -175,7 +224,13 @@ mod tests {
 
     #[test]
     fn canonical_encoding_is_stable() {
-        let k = inputs(BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]), BTreeMap::from([("Dockerfile".into(), "sha256:00 644".into())]), Some(1), 7, true);
+        let k = inputs(
+            BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
+            BTreeMap::from([("Dockerfile".into(), "sha256:00 644".into())]),
+            Some(1),
+            7,
+            true,
+        );
         let text = String::from_utf8(k.canonical_json()).unwrap();
         assert_eq!(
             text,
@@ -188,21 +243,34 @@ mod tests {
         assert_eq!(facts["recipe.dockerfile.args.A"], "1");
         assert_eq!(facts["parent.name"], "build-base");
         let mut other = k.clone();
-        other.context.insert("Dockerfile".into(), "sha256:01 644".into());
+        other
+            .context
+            .insert("Dockerfile".into(), "sha256:01 644".into());
         let d = diff_facts(&k.facts(), &other.facts());
-        assert_eq!(d, [FactChange { path: "context.Dockerfile".into(), old: Some("sha256:00 644".into()), new: Some("sha256:01 644".into()) }]);
+        assert_eq!(
+            d,
+            [FactChange {
+                path: "context.Dockerfile".into(),
+                old: Some("sha256:00 644".into()),
+                new: Some("sha256:01 644".into())
+            }]
+        );
     }
 
     /// The gzip backend is part of OUTPUT_FORMAT; a Cargo.lock bump must update it.
     #[test]
     fn output_format_names_the_locked_zlib_rs_version() {
-        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
         let version = lock
             .split("[[package]]")
             .find(|p| p.contains("name = \"zlib-rs\""))
             .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
             .map(|v| v.trim_end_matches('"'))
             .expect("zlib-rs in Cargo.lock");
-        assert!(OUTPUT_FORMAT.contains(&format!("gzip=zlib-rs-{version} ")), "update OUTPUT_FORMAT to zlib-rs {version}");
+        assert!(
+            OUTPUT_FORMAT.contains(&format!("gzip=zlib-rs-{version} ")),
+            "update OUTPUT_FORMAT to zlib-rs {version}"
+        );
     }
 }

@@ -64,15 +64,21 @@ struct RawLockfile {
 
 impl Lockfile {
     pub fn parse(file: &Path, text: &str) -> Result<Lockfile, LockfileError> {
-        let err = |message: String| LockfileError { file: file.to_owned(), message };
-        let raw: RawLockfile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let err = |message: String| LockfileError {
+            file: file.to_owned(),
+            message,
+        };
+        let raw: RawLockfile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         if raw.version != LOCKFILE_VERSION {
             return Err(err(format!(
                 "version: lockfile format {} is not supported by this kci-build (it writes {LOCKFILE_VERSION})",
                 raw.version
             )));
         }
-        Ok(Lockfile { targets: raw.target })
+        Ok(Lockfile {
+            targets: raw.target,
+        })
     }
 
     /// The canonical text. Equal models give equal bytes.
@@ -82,7 +88,11 @@ impl Lockfile {
         for (name, t) in &self.targets {
             let _ = writeln!(out, "\n[target.{}]", quote(name.as_str()));
             let _ = writeln!(out, "key = {}", quote(t.key.as_str()));
-            let _ = writeln!(out, "output.manifest = {}", quote(t.output.manifest.as_str()));
+            let _ = writeln!(
+                out,
+                "output.manifest = {}",
+                quote(t.output.manifest.as_str())
+            );
             let _ = writeln!(out, "output.config = {}", quote(t.output.config.as_str()));
             let _ = writeln!(out, "output.layers = [");
             for l in &t.output.layers {
@@ -102,7 +112,11 @@ impl Lockfile {
     /// Human lines describing what changes from `self` to `new`, for `--locked` errors.
     pub fn describe_changes(&self, new: &Lockfile) -> Vec<String> {
         let mut lines = Vec::new();
-        for name in self.targets.keys().filter(|n| !new.targets.contains_key(*n)) {
+        for name in self
+            .targets
+            .keys()
+            .filter(|n| !new.targets.contains_key(*n))
+        {
             lines.push(format!("{name}: removed"));
         }
         for (name, t) in &new.targets {
@@ -135,8 +149,16 @@ impl LockedTarget {
         f.insert("output.config".into(), self.output.config.to_string());
         let layers: Vec<&str> = self.output.layers.iter().map(|d| d.as_str()).collect();
         f.insert("output.layers".into(), layers.join(" "));
-        f.extend(self.input.iter().map(|(k, v)| (format!("input.{k}"), v.clone())));
-        f.extend(self.package.iter().map(|(k, v)| (format!("package.{k}"), v.clone())));
+        f.extend(
+            self.input
+                .iter()
+                .map(|(k, v)| (format!("input.{k}"), v.clone())),
+        );
+        f.extend(
+            self.package
+                .iter()
+                .map(|(k, v)| (format!("package.{k}"), v.clone())),
+        );
         f
     }
 }
@@ -173,16 +195,35 @@ mod tests {
             LockedTarget {
                 key: d(1),
                 input: BTreeMap::from([
-                    ("recipe.dockerfile.args.PKGS".into(), "gcc-12 \"quoted\"\\".into()),
+                    (
+                        "recipe.dockerfile.args.PKGS".into(),
+                        "gcc-12 \"quoted\"\\".into(),
+                    ),
                     ("context.Dockerfile".into(), format!("{} 644", d(2))),
                 ]),
-                output: LockedOutput { manifest: d(3), config: d(4), layers: vec![d(5), d(6)] },
-                package: BTreeMap::from([("gcc-12:amd64".into(), "12.2.0-14+deb12u1".into()), ("bc:amd64".into(), "1.07.1-3+b1".into())]),
+                output: LockedOutput {
+                    manifest: d(3),
+                    config: d(4),
+                    layers: vec![d(5), d(6)],
+                },
+                package: BTreeMap::from([
+                    ("gcc-12:amd64".into(), "12.2.0-14+deb12u1".into()),
+                    ("bc:amd64".into(), "1.07.1-3+b1".into()),
+                ]),
             },
         );
         l.targets.insert(
             "base".parse().unwrap(),
-            LockedTarget { key: d(7), input: BTreeMap::new(), output: LockedOutput { manifest: d(8), config: d(9), layers: vec![] }, package: BTreeMap::new() },
+            LockedTarget {
+                key: d(7),
+                input: BTreeMap::new(),
+                output: LockedOutput {
+                    manifest: d(8),
+                    config: d(9),
+                    layers: vec![],
+                },
+                package: BTreeMap::new(),
+            },
         );
         l
     }
@@ -191,8 +232,17 @@ mod tests {
     fn writer_matches_golden_file_and_round_trips() {
         let text = sample().to_text();
         let golden = include_str!("../../tests/golden/sample.lock");
-        if std::env::var_os("KCI_BLESS").is_some() { std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/sample.lock"), &text).unwrap(); }
-        assert_eq!(text, golden, "lockfile text changed; if intended, update tests/golden/sample.lock");
+        if std::env::var_os("KCI_BLESS").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/sample.lock"),
+                &text,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            text, golden,
+            "lockfile text changed; if intended, update tests/golden/sample.lock"
+        );
         let back = Lockfile::parse(Path::new("x.lock"), &text).unwrap();
         assert_eq!(back, sample());
         assert_eq!(back.to_text(), text);
@@ -200,22 +250,40 @@ mod tests {
 
     #[test]
     fn parse_errors_name_file_and_field() {
-        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), "version = 9\n").unwrap_err().to_string();
+        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), "version = 9\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("lockfiles/images.lock: version:"), "{e}");
-        let bad = sample().to_text().replace("key = \"sha256:", "key = \"md5:");
-        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), &bad).unwrap_err().to_string();
-        assert!(e.contains("lockfiles/images.lock") && e.contains("key") && e.contains("sha256"), "{e}");
+        let bad = sample()
+            .to_text()
+            .replace("key = \"sha256:", "key = \"md5:");
+        let e = Lockfile::parse(Path::new("lockfiles/images.lock"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lockfiles/images.lock") && e.contains("key") && e.contains("sha256"),
+            "{e}"
+        );
     }
 
     #[test]
     fn describes_changes_per_fact() {
         let old = sample();
         let mut new = sample();
-        let t = new.targets.get_mut(&"gcc-12:x86".parse::<TargetName>().unwrap()).unwrap();
+        let t = new
+            .targets
+            .get_mut(&"gcc-12:x86".parse::<TargetName>().unwrap())
+            .unwrap();
         t.package.insert("bc:amd64".into(), "1.08".into());
         new.targets.remove(&"base".parse::<TargetName>().unwrap());
         let lines = old.describe_changes(&new);
-        assert_eq!(lines, ["base: removed", "gcc-12:x86: package.bc:amd64: 1.07.1-3+b1 -> 1.08"]);
+        assert_eq!(
+            lines,
+            [
+                "base: removed",
+                "gcc-12:x86: package.bc:amd64: 1.07.1-3+b1 -> 1.08"
+            ]
+        );
         assert!(old.describe_changes(&old).is_empty());
     }
 }

@@ -18,7 +18,11 @@ pub struct NameError {
 }
 
 fn name_error(what: &'static str, value: &str, reason: impl Into<String>) -> NameError {
-    NameError { what, value: value.to_owned(), reason: reason.into() }
+    NameError {
+        what,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// A `sha256:<64 lowercase hex>` content digest.
@@ -59,8 +63,16 @@ impl FromStr for Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| name_error("digest", s, "must start with `sha256:`"))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(name_error("digest", s, "expected 64 lowercase hex digits after `sha256:`"));
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(name_error(
+                "digest",
+                s,
+                "expected 64 lowercase hex digits after `sha256:`",
+            ));
         }
         Ok(Digest(s.to_owned()))
     }
@@ -103,7 +115,9 @@ impl FromStr for TargetName {
         // Docker repository component: lowercase alphanumerics separated by `.`, `_`, `-`.
         let image_ok = !image.is_empty()
             && image.len() <= 128
-            && image.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && image
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             && image.as_bytes()[0].is_ascii_alphanumeric()
             && image.as_bytes()[image.len() - 1].is_ascii_alphanumeric();
         if !image_ok {
@@ -116,7 +130,9 @@ impl FromStr for TargetName {
         if let Some(tag) = tag {
             let tag_ok = !tag.is_empty()
                 && tag.len() <= 128
-                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
                 && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_');
             if !tag_ok {
                 return Err(name_error(
@@ -140,11 +156,17 @@ pub struct Platform {
 
 impl Platform {
     pub fn linux_amd64() -> Platform {
-        Platform { os: "linux".into(), architecture: "amd64".into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
     }
 }
 
-const OCI_ARCHES: &[&str] = &["amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x", "mips64le"];
+const OCI_ARCHES: &[&str] = &[
+    "amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x", "mips64le",
+];
 
 impl FromStr for Platform {
     type Err = NameError;
@@ -153,21 +175,39 @@ impl FromStr for Platform {
         let (os, arch, variant) = match parts.as_slice() {
             [os, arch] => (*os, *arch, None),
             [os, arch, variant] => (*os, *arch, Some(*variant)),
-            _ => return Err(name_error("platform", s, "expected `os/arch` or `os/arch/variant`")),
+            _ => {
+                return Err(name_error(
+                    "platform",
+                    s,
+                    "expected `os/arch` or `os/arch/variant`",
+                ))
+            }
         };
         if os != "linux" {
             return Err(name_error("platform", s, "only `linux` images are built"));
         }
         if !OCI_ARCHES.contains(&arch) {
-            return Err(name_error("platform", s, format!("unknown architecture; known: {}", OCI_ARCHES.join(", "))));
+            return Err(name_error(
+                "platform",
+                s,
+                format!("unknown architecture; known: {}", OCI_ARCHES.join(", ")),
+            ));
         }
         if let Some(v) = variant {
             let ok = matches!((arch, v), ("arm", "v5" | "v6" | "v7") | ("arm64", "v8"));
             if !ok {
-                return Err(name_error("platform", s, "variant must be v5/v6/v7 for arm or v8 for arm64"));
+                return Err(name_error(
+                    "platform",
+                    s,
+                    "variant must be v5/v6/v7 for arm or v8 for arm64",
+                ));
             }
         }
-        Ok(Platform { os: os.into(), architecture: arch.into(), variant: variant.map(Into::into) })
+        Ok(Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: variant.map(Into::into),
+        })
     }
 }
 
@@ -233,7 +273,10 @@ mod tests {
     #[test]
     fn digest_roundtrip_and_rejects() {
         let d = Digest::of(b"");
-        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
         assert!("sha256:E3B0".parse::<Digest>().is_err());
         assert!("md5:00".parse::<Digest>().is_err());
@@ -247,7 +290,10 @@ mod tests {
         let q: TargetName = "qemu".parse().unwrap();
         assert_eq!(q.tag(), "latest");
         for bad in ["", "GCC", "gcc:", "gcc:-x", "-gcc", "gcc/12:x86", "a:b:c"] {
-            assert!(bad.parse::<TargetName>().is_err(), "{bad} should be refused");
+            assert!(
+                bad.parse::<TargetName>().is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 

@@ -60,7 +60,8 @@ pub struct PlannedTarget<'g> {
 }
 
 /// Placeholder for a parent digest that is not known yet.
-pub const UNKNOWN_PARENT: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+pub const UNKNOWN_PARENT: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The key inputs of one target once its parent's output digest is known.
 pub fn key_inputs(
@@ -71,7 +72,12 @@ pub fn key_inputs(
     parent_manifest: Option<Digest>,
 ) -> Result<KeyInputs, RecipeError> {
     let recipe = match &t.kind {
-        TargetKind::Dockerfile { dockerfile, args, .. } => RecipeInputs::Dockerfile { dockerfile: dockerfile.clone(), args: args.clone() },
+        TargetKind::Dockerfile {
+            dockerfile, args, ..
+        } => RecipeInputs::Dockerfile {
+            dockerfile: dockerfile.clone(),
+            args: args.clone(),
+        },
         TargetKind::Bootstrap(b) => {
             let mirror = match b.mirror.as_str() {
                 "auto" => mirror.ok_or_else(|| {
@@ -124,7 +130,10 @@ pub fn plan<'g>(
         let parent_manifest = match t.kind.parent() {
             None => None,
             Some(p) => {
-                let pp = out.iter().find(|x| &x.recipe.name == p).expect("targets are closed over parents and ordered");
+                let pp = out
+                    .iter()
+                    .find(|x| &x.recipe.name == p)
+                    .expect("targets are closed over parents and ordered");
                 pp.stored.clone().or_else(|| {
                     let locked: &LockedTarget = lock.targets.get(p)?;
                     (Some(&locked.key) == pp.key.as_ref()).then(|| locked.output.manifest.clone())
@@ -132,7 +141,13 @@ pub fn plan<'g>(
             }
         };
         let parent_known = t.kind.parent().is_none() || parent_manifest.is_some();
-        let inputs = key_inputs(t, settings, contexts.get(&t.name).unwrap_or(&empty), mirror, parent_manifest)?;
+        let inputs = key_inputs(
+            t,
+            settings,
+            contexts.get(&t.name).unwrap_or(&empty),
+            mirror,
+            parent_manifest,
+        )?;
         let key = parent_known.then(|| inputs.key());
         let stored_manifest = key.as_ref().and_then(&stored);
         let status = match (&key, &stored_manifest) {
@@ -145,7 +160,14 @@ pub fn plan<'g>(
             Some(l) if Some(&l.key) == key.as_ref() => LockState::Same,
             Some(_) => LockState::Changed,
         };
-        out.push(PlannedTarget { recipe: t, inputs, key, status, lock: lock_state, stored: stored_manifest });
+        out.push(PlannedTarget {
+            recipe: t,
+            inputs,
+            key,
+            status,
+            lock: lock_state,
+            stored: stored_manifest,
+        });
     }
     Ok(out)
 }
@@ -170,7 +192,10 @@ args = { V = "12" }
 "#;
 
     fn settings() -> Settings {
-        Settings { prefix: "kernelci/".into(), source_date_epoch: 1 }
+        Settings {
+            prefix: "kernelci/".into(),
+            source_date_epoch: 1,
+        }
     }
 
     #[test]
@@ -180,13 +205,32 @@ args = { V = "12" }
         let ctx = BTreeMap::new();
         let lock = Lockfile::default();
         // Nothing stored: the root can be keyed, children wait for it.
-        let p = plan(&sel, &settings(), &ctx, Some("http://mirror/debian"), &lock, |_| None).unwrap();
+        let p = plan(
+            &sel,
+            &settings(),
+            &ctx,
+            Some("http://mirror/debian"),
+            &lock,
+            |_| None,
+        )
+        .unwrap();
         let st: Vec<Status> = p.iter().map(|x| x.status).collect();
-        assert_eq!(st, [Status::Build, Status::AfterParent, Status::AfterParent]);
+        assert_eq!(
+            st,
+            [Status::Build, Status::AfterParent, Status::AfterParent]
+        );
         // Root stored: its child gets a key.
         let root_key = p[0].key.clone().unwrap();
         let m = Digest::of(b"m");
-        let p = plan(&sel, &settings(), &ctx, Some("http://mirror/debian"), &lock, |k| (k == &root_key).then(|| m.clone())).unwrap();
+        let p = plan(
+            &sel,
+            &settings(),
+            &ctx,
+            Some("http://mirror/debian"),
+            &lock,
+            |k| (k == &root_key).then(|| m.clone()),
+        )
+        .unwrap();
         assert_eq!(p[0].status, Status::Cached);
         assert_eq!(p[1].status, Status::Build);
         assert_eq!(p[1].inputs.parent.as_ref().unwrap().manifest, m);
@@ -198,22 +242,41 @@ args = { V = "12" }
         let g = graph(G).unwrap();
         let sel = g.closure(&[]).unwrap();
         let ctx = BTreeMap::new();
-        let p = plan(&sel, &settings(), &ctx, Some("http://m"), &Lockfile::default(), |_| None).unwrap();
+        let p = plan(
+            &sel,
+            &settings(),
+            &ctx,
+            Some("http://m"),
+            &Lockfile::default(),
+            |_| None,
+        )
+        .unwrap();
         let mut lock = Lockfile::default();
         lock.targets.insert(
             "debian".parse().unwrap(),
             LockedTarget {
                 key: p[0].key.clone().unwrap(),
                 input: p[0].inputs.facts(),
-                output: LockedOutput { manifest: Digest::of(b"base"), config: Digest::of(b"c"), layers: vec![] },
+                output: LockedOutput {
+                    manifest: Digest::of(b"base"),
+                    config: Digest::of(b"c"),
+                    layers: vec![],
+                },
                 package: BTreeMap::new(),
             },
         );
         let p1 = plan(&sel, &settings(), &ctx, Some("http://m"), &lock, |_| None).unwrap();
         assert_eq!(p1[0].lock, LockState::Same);
-        assert_eq!(p1[1].status, Status::Build, "child keyed from the locked parent digest");
+        assert_eq!(
+            p1[1].status,
+            Status::Build,
+            "child keyed from the locked parent digest"
+        );
         // Another mirror: the root's key changes, so the lock no longer vouches for its digest.
-        let p2 = plan(&sel, &settings(), &ctx, Some("http://other"), &lock, |_| None).unwrap();
+        let p2 = plan(&sel, &settings(), &ctx, Some("http://other"), &lock, |_| {
+            None
+        })
+        .unwrap();
         assert_eq!(p2[0].lock, LockState::Changed);
         assert_eq!(p2[1].status, Status::AfterParent);
     }
@@ -222,7 +285,16 @@ args = { V = "12" }
     fn auto_mirror_without_a_mirror_names_the_field() {
         let g = graph(G).unwrap();
         let sel = g.closure(&[]).unwrap();
-        let e = plan(&sel, &settings(), &BTreeMap::new(), None, &Lockfile::default(), |_| None).unwrap_err().to_string();
+        let e = plan(
+            &sel,
+            &settings(),
+            &BTreeMap::new(),
+            None,
+            &Lockfile::default(),
+            |_| None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("target (debian).bootstrap.mirror"), "{e}");
     }
 }

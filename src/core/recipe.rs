@@ -25,7 +25,11 @@ pub struct RecipeError {
 
 impl RecipeError {
     pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
-        RecipeError { file: file.to_owned(), field: field.into(), message: message.into() }
+        RecipeError {
+            file: file.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -61,7 +65,11 @@ pub struct TargetRecipe {
 pub enum TargetKind {
     /// `docker build` of `dockerfile` in the context directory. `parent` is passed as the
     /// build argument `PARENT` in the form `sha256:<config digest>` (the image id).
-    Dockerfile { dockerfile: String, parent: Option<TargetName>, args: BTreeMap<String, String> },
+    Dockerfile {
+        dockerfile: String,
+        parent: Option<TargetName>,
+        args: BTreeMap<String, String>,
+    },
     /// A Debian root file system made by mmdebstrap, imported as a one-layer image.
     Bootstrap(Bootstrap),
 }
@@ -148,19 +156,57 @@ pub fn parse_image_file(file: &Path, text: &str) -> Result<Vec<TargetRecipe>, Re
         let platform = t.platform.clone().unwrap_or_else(Platform::linux_amd64);
         let kind = match t.bootstrap {
             Some(mut b) => {
-                for (f, set) in [("parent", t.parent.is_some()), ("dockerfile", t.dockerfile.is_some()), ("args", !t.args.is_empty())] {
+                for (f, set) in [
+                    ("parent", t.parent.is_some()),
+                    ("dockerfile", t.dockerfile.is_some()),
+                    ("args", !t.args.is_empty()),
+                ] {
                     if set {
-                        return Err(RecipeError::new(file, field(f), "a bootstrap target takes no parent, dockerfile or args"));
+                        return Err(RecipeError::new(
+                            file,
+                            field(f),
+                            "a bootstrap target takes no parent, dockerfile or args",
+                        ));
                     }
                 }
-                if b.suite.is_empty() || !b.suite.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
-                    return Err(RecipeError::new(file, field("bootstrap.suite"), format!("`{}` is not a Debian suite name", b.suite)));
+                if b.suite.is_empty()
+                    || !b
+                        .suite
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                {
+                    return Err(RecipeError::new(
+                        file,
+                        field("bootstrap.suite"),
+                        format!("`{}` is not a Debian suite name", b.suite),
+                    ));
                 }
-                if !["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"].contains(&b.variant.as_str()) {
-                    return Err(RecipeError::new(file, field("bootstrap.variant"), format!("`{}` is not an mmdebstrap variant", b.variant)));
+                if ![
+                    "extract",
+                    "custom",
+                    "essential",
+                    "apt",
+                    "required",
+                    "minbase",
+                    "buildd",
+                    "important",
+                    "debootstrap",
+                    "standard",
+                ]
+                .contains(&b.variant.as_str())
+                {
+                    return Err(RecipeError::new(
+                        file,
+                        field("bootstrap.variant"),
+                        format!("`{}` is not an mmdebstrap variant", b.variant),
+                    ));
                 }
                 if let Some(p) = b.packages.iter().find(|p| !is_debian_package_name(p)) {
-                    return Err(RecipeError::new(file, field("bootstrap.packages"), format!("`{p}` is not a Debian package name")));
+                    return Err(RecipeError::new(
+                        file,
+                        field("bootstrap.packages"),
+                        format!("`{p}` is not a Debian package name"),
+                    ));
                 }
                 b.packages.sort();
                 b.packages.dedup();
@@ -168,16 +214,34 @@ pub fn parse_image_file(file: &Path, text: &str) -> Result<Vec<TargetRecipe>, Re
             }
             None => {
                 if let Some(k) = t.args.keys().find(|k| RESERVED_ARGS.contains(&k.as_str())) {
-                    return Err(RecipeError::new(file, field(&format!("args.{k}")), "is set by kci-build itself"));
+                    return Err(RecipeError::new(
+                        file,
+                        field(&format!("args.{k}")),
+                        "is set by kci-build itself",
+                    ));
                 }
                 let dockerfile = t.dockerfile.unwrap_or_else(|| "Dockerfile".to_owned());
                 if dockerfile.starts_with('/') || dockerfile.split('/').any(|c| c == "..") {
-                    return Err(RecipeError::new(file, field("dockerfile"), "must be a path inside the target's directory"));
+                    return Err(RecipeError::new(
+                        file,
+                        field("dockerfile"),
+                        "must be a path inside the target's directory",
+                    ));
                 }
-                TargetKind::Dockerfile { dockerfile, parent: t.parent, args: t.args }
+                TargetKind::Dockerfile {
+                    dockerfile,
+                    parent: t.parent,
+                    args: t.args,
+                }
             }
         };
-        out.push(TargetRecipe { name: t.name, recipe_file: file.to_owned(), context_dir: context_dir.clone(), platform, kind });
+        out.push(TargetRecipe {
+            name: t.name,
+            recipe_file: file.to_owned(),
+            context_dir: context_dir.clone(),
+            platform,
+            kind,
+        });
     }
     Ok(out)
 }
@@ -185,7 +249,8 @@ pub fn parse_image_file(file: &Path, text: &str) -> Result<Vec<TargetRecipe>, Re
 fn is_debian_package_name(p: &str) -> bool {
     p.len() >= 2
         && p.as_bytes()[0].is_ascii_alphanumeric()
-        && p.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
+        && p.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+-.".contains(&c))
 }
 
 #[cfg(test)]

@@ -74,7 +74,11 @@ pub struct TargetsFailed {
     pub total: usize,
 }
 
-pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyhow::Result<BuildReport> {
+pub async fn run(
+    ws: &Workspace,
+    opts: &BuildOptions,
+    printer: &Printer,
+) -> anyhow::Result<BuildReport> {
     let started = Instant::now();
     let sel = ws.selection(&opts.targets)?;
     let contexts = ws.scan_contexts(&sel)?;
@@ -86,13 +90,21 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
             .map(|p| match ws.lock.targets.get(&p.recipe.name) {
                 None => format!("{}: would be added", p.recipe.name),
                 Some(l) => {
-                    let paths: Vec<String> = crate::core::key::diff_facts(&l.input, &p.inputs.facts()).into_iter().map(|c| c.path).collect();
+                    let paths: Vec<String> =
+                        crate::core::key::diff_facts(&l.input, &p.inputs.facts())
+                            .into_iter()
+                            .map(|c| c.path)
+                            .collect();
                     format!("{}: inputs changed ({})", p.recipe.name, paths.join(", "))
                 }
             })
             .collect();
         if !changes.is_empty() {
-            bail!("--locked: {} would change:\n  {}", ws.paths.lockfile.display(), changes.join("\n  "));
+            bail!(
+                "--locked: {} would change:\n  {}",
+                ws.paths.lockfile.display(),
+                changes.join("\n  ")
+            );
         }
     }
 
@@ -100,9 +112,13 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
     let mut done: BTreeMap<TargetName, (KeyInputs, StoredImage)> = BTreeMap::new();
     let mut failed: BTreeMap<TargetName, String> = BTreeMap::new();
     let mut outcomes = Vec::new();
-    let mut running: JoinSet<(TargetName, KeyInputs, anyhow::Result<StoredImage>, f64)> = JoinSet::new();
+    let mut running: JoinSet<(TargetName, KeyInputs, anyhow::Result<StoredImage>, f64)> =
+        JoinSet::new();
     let mut started_names = std::collections::BTreeSet::new();
-    let to_build = planned.iter().filter(|p| p.status != crate::core::plan::Status::Cached).count();
+    let to_build = planned
+        .iter()
+        .filter(|p| p.status != crate::core::plan::Status::Cached)
+        .count();
     let mut build_no = 0;
 
     loop {
@@ -116,12 +132,21 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
                 Some(p) if done.contains_key(p) => Some(done[p].1.clone()),
                 Some(p) if failed.contains_key(p) => {
                     started_names.insert(t.name.clone());
-                    failed.insert(t.name.clone(), format!("not built: its parent `{p}` failed"));
+                    failed.insert(
+                        t.name.clone(),
+                        format!("not built: its parent `{p}` failed"),
+                    );
                     continue;
                 }
                 Some(_) => continue,
             };
-            let inputs = key_inputs(t, &ws.settings, &context::fingerprint(&contexts[&t.name]), ws.mirror.as_deref(), parent.as_ref().map(|p| p.manifest.clone()))?;
+            let inputs = key_inputs(
+                t,
+                &ws.settings,
+                &context::fingerprint(&contexts[&t.name]),
+                ws.mirror.as_deref(),
+                parent.as_ref().map(|p| p.manifest.clone()),
+            )?;
             let key = inputs.key();
             if let Some(img) = ws.store.lookup(&key) {
                 started_names.insert(t.name.clone());
@@ -129,7 +154,13 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
                 if opts.verbose {
                     printer.status("Fresh", format!("{} ({})", t.name, key.short()));
                 }
-                outcomes.push(Outcome { name: t.name.to_string(), key: key.to_string(), manifest: img.manifest.to_string(), action: "cached", seconds: 0.0 });
+                outcomes.push(Outcome {
+                    name: t.name.to_string(),
+                    key: key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action: "cached",
+                    seconds: 0.0,
+                });
                 done.insert(t.name.clone(), (inputs, img));
                 continue;
             }
@@ -139,7 +170,11 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
             started_names.insert(t.name.clone());
             build_no += 1;
             printer.status(
-                if matches!(t.kind, TargetKind::Bootstrap(_)) { "Bootstrapping" } else { "Building" },
+                if matches!(t.kind, TargetKind::Bootstrap(_)) {
+                    "Bootstrapping"
+                } else {
+                    "Building"
+                },
                 format!("{} (key {}) [{build_no}/{to_build}]", t.name, key.short()),
             );
             let job = Job {
@@ -165,12 +200,24 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
                 (name, inputs, result, t0.elapsed().as_secs_f64())
             });
         }
-        let Some(joined) = running.join_next().await else { break };
-        let (name, inputs, result, secs) = joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (name, inputs, result, secs) =
+            joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
         match result {
             Ok(img) => {
-                printer.status("Built", format!("{name} → {} in {}", img.manifest.short(), human_secs(secs)));
-                outcomes.push(Outcome { name: name.to_string(), key: img.key.to_string(), manifest: img.manifest.to_string(), action: "built", seconds: secs });
+                printer.status(
+                    "Built",
+                    format!("{name} → {} in {}", img.manifest.short(), human_secs(secs)),
+                );
+                outcomes.push(Outcome {
+                    name: name.to_string(),
+                    key: img.key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action: "built",
+                    seconds: secs,
+                });
                 done.insert(name, (inputs, img));
             }
             Err(e) => {
@@ -179,7 +226,11 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
                     running.abort_all();
                     return Err(e.context(format!("building {name}")));
                 }
-                printer.line(crate::printer::Tone::Bad, "Failed", format!("{name}: {}", crate::error::Rendered(&e)));
+                printer.line(
+                    crate::printer::Tone::Bad,
+                    "Failed",
+                    format!("{name}: {}", crate::error::Rendered(&e)),
+                );
                 failed.insert(name, format!("{e:#}"));
             }
         }
@@ -191,27 +242,58 @@ pub async fn run(ws: &Workspace, opts: &BuildOptions, printer: &Printer) -> anyh
         new_lock.targets.retain(|n, _| ws.graph.get(n).is_some());
     }
     for (name, (inputs, img)) in &done {
-        new_lock.targets.insert(name.clone(), lock_entry(inputs, img));
+        new_lock
+            .targets
+            .insert(name.clone(), lock_entry(inputs, img));
     }
     let text = new_lock.to_text();
     let changed = ws.lock_text.as_deref() != Some(text.as_str());
     if changed {
         if opts.locked {
             let lines = ws.lock.describe_changes(&new_lock);
-            bail!("--locked: {} would change (the build did not reproduce it):\n  {}", ws.paths.lockfile.display(), lines.join("\n  "));
+            bail!(
+                "--locked: {} would change (the build did not reproduce it):\n  {}",
+                ws.paths.lockfile.display(),
+                lines.join("\n  ")
+            );
         }
-        fsutil::atomic_write(&ws.paths.lockfile, text.as_bytes()).with_context(|| format!("writing {}", ws.paths.lockfile.display()))?;
-        printer.status("Locking", format!("{} ({} targets)", ws.paths.lockfile.display(), new_lock.targets.len()));
+        fsutil::atomic_write(&ws.paths.lockfile, text.as_bytes())
+            .with_context(|| format!("writing {}", ws.paths.lockfile.display()))?;
+        printer.status(
+            "Locking",
+            format!(
+                "{} ({} targets)",
+                ws.paths.lockfile.display(),
+                new_lock.targets.len()
+            ),
+        );
     }
     let built = outcomes.iter().filter(|o| o.action == "built").count();
-    printer.status("Finished", format!("{built} built, {} cached, {} failed in {}", outcomes.len() - built, failed.len(), human_secs(started.elapsed().as_secs_f64())));
+    printer.status(
+        "Finished",
+        format!(
+            "{built} built, {} cached, {} failed in {}",
+            outcomes.len() - built,
+            failed.len(),
+            human_secs(started.elapsed().as_secs_f64())
+        ),
+    );
     let report = BuildReport {
         targets: outcomes,
-        failed: failed.iter().map(|(n, e)| Failure { name: n.to_string(), error: e.clone() }).collect(),
+        failed: failed
+            .iter()
+            .map(|(n, e)| Failure {
+                name: n.to_string(),
+                error: e.clone(),
+            })
+            .collect(),
         lockfile_changed: changed,
     };
     if !failed.is_empty() {
-        return Err(anyhow::Error::new(TargetsFailed { failed: failed.keys().map(|n| n.to_string()).collect(), total: sel.len() }));
+        return Err(anyhow::Error::new(TargetsFailed {
+            failed: failed.keys().map(|n| n.to_string()).collect(),
+            total: sel.len(),
+        }));
     }
     Ok(report)
 }
@@ -271,7 +353,11 @@ impl LogSink {
         self.tail.push_back(line.to_owned());
     }
     fn tail(&self) -> String {
-        self.tail.iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+        self.tail
+            .iter()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -287,7 +373,8 @@ impl Drop for LogSink {
 impl Job {
     async fn run<E: Engine>(self, engine: &E) -> anyhow::Result<StoredImage> {
         let log_path = self.store.log_path(&self.recipe.name, &self.key);
-        let file = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let file =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut log = LogSink {
             file: BufWriter::new(file),
             prefix: self.recipe.name.to_string(),
@@ -307,28 +394,56 @@ impl Job {
     }
 
     async fn bootstrap(&self, log: &mut LogSink) -> anyhow::Result<StoredImage> {
-        let TargetKind::Bootstrap(b) = &self.recipe.kind else { unreachable!() };
+        let TargetKind::Bootstrap(b) = &self.recipe.kind else {
+            unreachable!()
+        };
         let mirror = match b.mirror.as_str() {
-            "auto" => self.mirror.clone().ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?,
+            "auto" => self
+                .mirror
+                .clone()
+                .ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?,
             m => m.to_owned(),
         };
         let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
         let tarball = tmp.path().join("rootfs.tar");
-        bootstrap::mmdebstrap(b, &self.recipe.platform, &mirror, self.sde, &tarball, |l| log.line(l)).await?;
+        bootstrap::mmdebstrap(b, &self.recipe.platform, &mirror, self.sde, &tarball, |l| {
+            log.line(l)
+        })
+        .await?;
         let history = vec![HistoryLine {
-            created_by: format!("kci-build bootstrap: mmdebstrap --variant={} --include={} {}", b.variant, b.packages.join(","), b.suite),
+            created_by: format!(
+                "kci-build bootstrap: mmdebstrap --variant={} --include={} {}",
+                b.variant,
+                b.packages.join(","),
+                b.suite
+            ),
             empty_layer: false,
         }];
         let runtime: oci_spec::image::Config = serde_json::from_value(serde_json::json!({
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Cmd": ["bash"],
         }))?;
-        let (store, sde, platform, name, key) = (self.store.clone(), self.sde, self.recipe.platform.clone(), self.recipe.name.clone(), self.key.clone());
+        let (store, sde, platform, name, key) = (
+            self.store.clone(),
+            self.sde,
+            self.recipe.platform.clone(),
+            self.recipe.name.clone(),
+            self.key.clone(),
+        );
         tokio::task::spawn_blocking(move || -> anyhow::Result<StoredImage> {
-            let (layer, status) = image::store_layer(&store, Section::whole(File::open(&tarball)?)?, sde)?;
+            let (layer, status) =
+                image::store_layer(&store, Section::whole(File::open(&tarball)?)?, sde)?;
             let layers = vec![layer];
-            let (config, manifest) = image::assemble(&store, &platform, Some(runtime), &layers, &history, sde)?;
-            let img = StoredImage { target: name, key, manifest, config, layers, packages: status.map(|s| dpkg::installed(&s)).unwrap_or_default() };
+            let (config, manifest) =
+                image::assemble(&store, &platform, Some(runtime), &layers, &history, sde)?;
+            let img = StoredImage {
+                target: name,
+                key,
+                manifest,
+                config,
+                layers,
+                packages: status.map(|s| dpkg::installed(&s)).unwrap_or_default(),
+            };
             store.record(&img)?;
             drop(tmp);
             Ok(img)
@@ -336,25 +451,51 @@ impl Job {
         .await?
     }
 
-    async fn dockerfile<E: Engine>(&self, engine: &E, log: &mut LogSink) -> anyhow::Result<StoredImage> {
-        let TargetKind::Dockerfile { dockerfile, args, .. } = &self.recipe.kind else { unreachable!() };
-        let mut build_args: HashMap<String, String> = args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    async fn dockerfile<E: Engine>(
+        &self,
+        engine: &E,
+        log: &mut LogSink,
+    ) -> anyhow::Result<StoredImage> {
+        let TargetKind::Dockerfile {
+            dockerfile, args, ..
+        } = &self.recipe.kind
+        else {
+            unreachable!()
+        };
+        let mut build_args: HashMap<String, String> =
+            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         build_args.insert("SOURCE_DATE_EPOCH".into(), self.sde.to_string());
         if let Some(p) = &self.parent {
             ensure_loaded(engine, &self.store, p).await?;
             build_args.insert("PARENT".into(), p.config.to_string());
         }
-        let tag = format!("kci-build.local/{}:build-{}", self.recipe.name.image(), self.key.short());
-        let req = BuildRequest { context_tar: context::tar(&self.entries, self.sde)?, dockerfile: dockerfile.clone(), tag: tag.clone(), build_args };
+        let tag = format!(
+            "kci-build.local/{}:build-{}",
+            self.recipe.name.image(),
+            self.key.short()
+        );
+        let req = BuildRequest {
+            context_tar: context::tar(&self.entries, self.sde)?,
+            dockerfile: dockerfile.clone(),
+            tag: tag.clone(),
+            build_args,
+        };
         let id = engine.build(req, |l| log.line(l)).await?;
         let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
         let saved = tmp.path().join("saved.tar");
         engine.save(&id, &saved).await?;
         engine.remove(&tag).await?;
-        let (store, sde, platform, name, key, parent) =
-            (self.store.clone(), self.sde, self.recipe.platform.clone(), self.recipe.name.clone(), self.key.clone(), self.parent.clone());
+        let (store, sde, platform, name, key, parent) = (
+            self.store.clone(),
+            self.sde,
+            self.recipe.platform.clone(),
+            self.recipe.name.clone(),
+            self.key.clone(),
+            self.parent.clone(),
+        );
         tokio::task::spawn_blocking(move || -> anyhow::Result<StoredImage> {
-            let img = canonical_from_saved(&store, &saved, parent.as_ref(), sde, &platform, name, key)?;
+            let img =
+                canonical_from_saved(&store, &saved, parent.as_ref(), sde, &platform, name, key)?;
             store.record(&img)?;
             drop(tmp);
             Ok(img)
@@ -364,7 +505,11 @@ impl Job {
 }
 
 /// Makes the daemon hold a stored image under its config digest (its image id).
-async fn ensure_loaded<E: Engine>(engine: &E, store: &Store, img: &StoredImage) -> anyhow::Result<()> {
+async fn ensure_loaded<E: Engine>(
+    engine: &E,
+    store: &Store,
+    img: &StoredImage,
+) -> anyhow::Result<()> {
     if engine.has_image(img.config.as_str()).await? {
         return Ok(());
     }
@@ -382,7 +527,11 @@ async fn ensure_loaded<E: Engine>(engine: &E, store: &Store, img: &StoredImage) 
     }
     engine.load(&archive).await?;
     if !engine.has_image(img.config.as_str()).await? {
-        bail!("the daemon did not keep image {} after loading {}", img.config, img.target);
+        bail!(
+            "the daemon did not keep image {} after loading {}",
+            img.config,
+            img.target
+        );
     }
     Ok(())
 }
@@ -399,14 +548,24 @@ fn canonical_from_saved(
     key: Digest,
 ) -> anyhow::Result<StoredImage> {
     let saved = image::read_saved(saved_path)?;
-    let docker_diff_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let docker_diff_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
     let (mut layers, parent_history, mut packages) = match parent {
         Some(p) => {
             let cfg = image::read_config(store, &p.config)?;
             let history: Vec<HistoryLine> = cfg
                 .history()
                 .as_ref()
-                .map(|h| h.iter().map(|h| HistoryLine { created_by: h.created_by().clone().unwrap_or_default(), empty_layer: h.empty_layer().unwrap_or(false) }).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| HistoryLine {
+                            created_by: h.created_by().clone().unwrap_or_default(),
+                            empty_layer: h.empty_layer().unwrap_or(false),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             (p.layers.clone(), history, p.packages.clone())
         }
@@ -419,7 +578,8 @@ fn canonical_from_saved(
     }
     let file = File::open(saved_path)?;
     for &(offset, len) in &saved.layers[n..] {
-        let (layer, status) = image::store_layer(store, Section::new(file.try_clone()?, offset, len), sde)?;
+        let (layer, status) =
+            image::store_layer(store, Section::new(file.try_clone()?, offset, len), sde)?;
         if let Some(s) = status {
             packages = dpkg::installed(&s);
         }
@@ -432,9 +592,17 @@ fn canonical_from_saved(
             empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
         }));
     }
-    let runtime: Option<oci_spec::image::Config> = serde_json::from_value(saved.config["config"].clone()).ok();
+    let runtime: Option<oci_spec::image::Config> =
+        serde_json::from_value(saved.config["config"].clone()).ok();
     let (config, manifest) = image::assemble(store, platform, runtime, &layers, &history, sde)?;
-    Ok(StoredImage { target, key, manifest, config, layers, packages })
+    Ok(StoredImage {
+        target,
+        key,
+        manifest,
+        config,
+        layers,
+        packages,
+    })
 }
 
 /// The lockfile entry for a finished target.
@@ -442,7 +610,11 @@ fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
     LockedTarget {
         key: img.key.clone(),
         input: inputs.facts(),
-        output: LockedOutput { manifest: img.manifest.clone(), config: img.config.clone(), layers: img.layers.iter().map(|l| l.digest.clone()).collect() },
+        output: LockedOutput {
+            manifest: img.manifest.clone(),
+            config: img.config.clone(),
+            layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
+        },
         package: img.packages.clone(),
     }
 }

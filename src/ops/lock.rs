@@ -18,7 +18,15 @@ pub fn check(ws: &Workspace) -> anyhow::Result<Vec<String>> {
             LockState::Changed => {
                 let locked = &ws.lock.targets[name];
                 let changes = diff_facts(&locked.input, &p.inputs.facts());
-                let what = if changes.is_empty() { "its key".to_owned() } else { changes.iter().map(|c| c.path.as_str()).collect::<Vec<_>>().join(", ") };
+                let what = if changes.is_empty() {
+                    "its key".to_owned()
+                } else {
+                    changes
+                        .iter()
+                        .map(|c| c.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 problems.push(format!("{name}: inputs changed ({what})"));
             }
         }

@@ -43,21 +43,36 @@ pub struct Workspace {
 impl Workspace {
     pub fn load(paths: &Paths) -> anyhow::Result<Workspace> {
         let config_path = paths.images.join("config.toml");
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}: is --images pointing at a recipe tree?", config_path.display()))?;
+        let text = std::fs::read_to_string(&config_path).with_context(|| {
+            format!(
+                "cannot read {}: is --images pointing at a recipe tree?",
+                config_path.display()
+            )
+        })?;
         let settings = Settings::parse(&config_path, &text)?;
         let mut targets = Vec::new();
         for file in image_files(&paths.images)? {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             targets.extend(recipe::parse_image_file(&file, &text)?);
         }
         let graph = Graph::new(targets)?;
-        let lock_text = fsutil::read_optional(&paths.lockfile).with_context(|| format!("reading {}", paths.lockfile.display()))?;
+        let lock_text = fsutil::read_optional(&paths.lockfile)
+            .with_context(|| format!("reading {}", paths.lockfile.display()))?;
         let lock = match &lock_text {
             Some(t) => Lockfile::parse(&paths.lockfile, t)?,
             None => Lockfile::default(),
         };
         let store = Store::open(&paths.store)?;
-        Ok(Workspace { paths: paths.clone(), settings, graph, lock, lock_text, mirror: crate::bootstrap::resolve_mirror(), store })
+        Ok(Workspace {
+            paths: paths.clone(),
+            settings,
+            graph,
+            lock,
+            lock_text,
+            mirror: crate::bootstrap::resolve_mirror(),
+            store,
+        })
     }
 
     /// The requested targets and their ancestors, in dependency order.
@@ -66,19 +81,39 @@ impl Workspace {
     }
 
     /// Scans the build contexts of `targets` (each directory once).
-    pub fn scan_contexts(&self, targets: &[&TargetRecipe]) -> anyhow::Result<BTreeMap<TargetName, Vec<ContextEntry>>> {
+    pub fn scan_contexts(
+        &self,
+        targets: &[&TargetRecipe],
+    ) -> anyhow::Result<BTreeMap<TargetName, Vec<ContextEntry>>> {
         let mut by_dir: BTreeMap<&Path, Vec<ContextEntry>> = BTreeMap::new();
         for t in targets {
             if !by_dir.contains_key(t.context_dir.as_path()) {
                 by_dir.insert(&t.context_dir, context::scan(&t.context_dir)?);
             }
         }
-        Ok(targets.iter().map(|t| (t.name.clone(), by_dir[t.context_dir.as_path()].clone())).collect())
+        Ok(targets
+            .iter()
+            .map(|t| (t.name.clone(), by_dir[t.context_dir.as_path()].clone()))
+            .collect())
     }
 
-    pub fn plan<'w>(&'w self, targets: &[&'w TargetRecipe], contexts: &BTreeMap<TargetName, Vec<ContextEntry>>) -> anyhow::Result<Vec<PlannedTarget<'w>>> {
-        let fps: BTreeMap<TargetName, ContextFingerprint> = contexts.iter().map(|(n, e)| (n.clone(), context::fingerprint(e))).collect();
-        Ok(core_plan::plan(targets, &self.settings, &fps, self.mirror.as_deref(), &self.lock, |k| self.store.lookup(k).map(|i| i.manifest))?)
+    pub fn plan<'w>(
+        &'w self,
+        targets: &[&'w TargetRecipe],
+        contexts: &BTreeMap<TargetName, Vec<ContextEntry>>,
+    ) -> anyhow::Result<Vec<PlannedTarget<'w>>> {
+        let fps: BTreeMap<TargetName, ContextFingerprint> = contexts
+            .iter()
+            .map(|(n, e)| (n.clone(), context::fingerprint(e)))
+            .collect();
+        Ok(core_plan::plan(
+            targets,
+            &self.settings,
+            &fps,
+            self.mirror.as_deref(),
+            &self.lock,
+            |k| self.store.lookup(k).map(|i| i.manifest),
+        )?)
     }
 }
 

@@ -56,12 +56,19 @@ pub fn run(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result
         }
         d
     };
-    let width = entries.iter().map(|e| e.name.len() + 2 * depth(&e.name)).max().unwrap_or(0);
+    let width = entries
+        .iter()
+        .map(|e| e.name.len() + 2 * depth(&e.name))
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for e in &entries {
         let name = format!("{}{}", "  ".repeat(depth(&e.name)), e.name);
         let key = e.key.as_deref().map(|k| &k[7..19]).unwrap_or("(unknown)");
-        out.push_str(&format!("{name:width$}  {key:12}  {:20}  {}\n", e.status, e.lock));
+        out.push_str(&format!(
+            "{name:width$}  {key:12}  {:20}  {}\n",
+            e.status, e.lock
+        ));
     }
     Ok(out)
 }

@@ -11,15 +11,29 @@ pub fn run(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
     let sel = ws.selection(std::slice::from_ref(target))?;
     let contexts = ws.scan_contexts(&sel)?;
     let planned = ws.plan(&sel, &contexts)?;
-    let p = planned.last().expect("the selection ends with the target itself");
+    let p = planned
+        .last()
+        .expect("the selection ends with the target itself");
     let mut out = String::new();
-    let key = p.key.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unknown until its parent is built".into());
+    let key = p
+        .key
+        .as_ref()
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "unknown until its parent is built".into());
     let _ = writeln!(out, "{target}: key {key}");
     let _ = match p.status {
-        Status::Cached => writeln!(out, "  cached: the store has this key ({})", p.stored.as_ref().expect("cached implies stored")),
+        Status::Cached => writeln!(
+            out,
+            "  cached: the store has this key ({})",
+            p.stored.as_ref().expect("cached implies stored")
+        ),
         Status::Build => writeln!(out, "  to build: the store has no image for this key"),
         Status::AfterParent => {
-            let parent = p.recipe.kind.parent().expect("only children wait for parents");
+            let parent = p
+                .recipe
+                .kind
+                .parent()
+                .expect("only children wait for parents");
             writeln!(out, "  to build: its parent `{parent}` must be built first (its output digest enters this key)")
         }
     };
@@ -40,7 +54,13 @@ pub fn run(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
                         Some(v) => v,
                         None => "(removed)",
                     };
-                    let _ = writeln!(out, "    {}: {} -> {}", c.path, c.old.as_deref().unwrap_or("(absent)"), new);
+                    let _ = writeln!(
+                        out,
+                        "    {}: {} -> {}",
+                        c.path,
+                        c.old.as_deref().unwrap_or("(absent)"),
+                        new
+                    );
                 }
             }
         }

@@ -1,0 +1,224 @@
+//! Builds against the real Docker daemon: FROM-scratch images from Debian's static busybox
+//! and children of them.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn second_build_does_no_docker_build_and_reproduces_digests() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+
+    let first = ws.kci(&["build", "--json"]).ok().json();
+    assert_eq!(
+        actions(&first).values().collect::<Vec<_>>(),
+        ["built", "built"]
+    );
+    let lock1 = std::fs::read_to_string(ws.lockfile()).unwrap();
+    assert!(
+        lock1.contains("[target.\"child:hello\"]")
+            && lock1.contains("input.\"recipe.dockerfile.args.GREETING\" = \"hello\""),
+        "{lock1}"
+    );
+    let lock_mtime = std::fs::metadata(ws.lockfile())
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let since = now();
+    let second = ws.kci(&["build", "--json"]).ok();
+    assert_eq!(
+        actions(&second.json()).values().collect::<Vec<_>>(),
+        ["cached", "cached"]
+    );
+    assert_eq!(
+        containers_created_since(since),
+        0,
+        "a no-op build must not run anything in the daemon"
+    );
+    assert_eq!(
+        std::fs::metadata(ws.lockfile())
+            .unwrap()
+            .modified()
+            .unwrap(),
+        lock_mtime,
+        "an unchanged lockfile is not rewritten"
+    );
+
+    // The same recipes in a fresh store, with the loaded parents removed from the daemon,
+    // give the same bytes: the child's RUN wrote the date into /tmp (scrubbed) and every
+    // file got a build-time mtime (clamped).
+    remove_loaded_images("kci-build.local/busybox");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let ws2 = Workspace::new();
+    ws2.add_busybox();
+    ws2.add_child("child", "child:hello", "busybox", "hello");
+    let again = ws2.kci(&["build", "--json"]).ok().json();
+    assert_eq!(
+        actions(&again).values().collect::<Vec<_>>(),
+        ["built", "built"]
+    );
+    assert_eq!(manifests(&again), manifests(&first));
+    assert_eq!(std::fs::read_to_string(ws2.lockfile()).unwrap(), lock1);
+}
+
+#[test]
+fn touching_one_context_file_rebuilds_only_that_target_and_its_descendants() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:a", "busybox", "a");
+    ws.add_child("grand", "grand:a", "child:a", "g");
+    ws.add_child("other", "other:b", "busybox", "b");
+    ws.kci(&["build"]).ok();
+
+    ws.write("images/child/data.txt", "changed\n");
+    let plan = ws.kci(&["plan", "--json"]).ok().json();
+    let status: Vec<(String, String)> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("busybox".into(), "cached".into()),
+            ("child:a".into(), "build".into()),
+            ("other:b".into(), "cached".into()),
+            ("grand:a".into(), "build (after parent)".into())
+        ]
+    );
+    let why = ws.kci(&["why", "child:a"]).ok().stdout;
+    assert!(why.contains("context.data.txt: sha256:"), "{why}");
+    assert!(
+        !why.contains("recipe.dockerfile"),
+        "only the context changed:\n{why}"
+    );
+
+    let report = ws.kci(&["build", "--json"]).ok().json();
+    let a = actions(&report);
+    assert_eq!(a["busybox"], "cached");
+    assert_eq!(a["other:b"], "cached");
+    assert_eq!(a["child:a"], "built");
+    assert_eq!(a["grand:a"], "built");
+}
+
+#[test]
+fn locked_refuses_changes_and_lock_check_reports_them() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+    ws.kci(&["build"]).ok();
+    ws.kci(&["build", "--locked"]).ok();
+    ws.kci(&["lock", "--check"]).ok();
+    let before = std::fs::read(ws.lockfile()).unwrap();
+
+    ws.write("images/child/image.toml", "[[target]]\nname = \"child:hello\"\nparent = \"busybox\"\nargs = { GREETING = \"bonjour\" }\n");
+    let r = ws.kci(&["build", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("child:hello: inputs changed (recipe.dockerfile.args.GREETING)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(ws.lockfile()).unwrap(),
+        before,
+        "--locked must not write"
+    );
+    let r = ws.kci(&["lock", "--check"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("child:hello: inputs changed (recipe.dockerfile.args.GREETING)"),
+        "{}",
+        r.stderr
+    );
+    let why = ws.kci(&["why", "child:hello"]).ok().stdout;
+    assert!(
+        why.contains("recipe.dockerfile.args.GREETING: hello -> bonjour"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_failing_step_fails_its_subtree_only_and_shows_the_log() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("good", "good", "busybox", "fine");
+    ws.write(
+        "images/bad/Dockerfile",
+        "ARG PARENT\nFROM ${PARENT}\nRUN echo about to fail && exit 3\n",
+    );
+    ws.write(
+        "images/bad/image.toml",
+        "[[target]]\nname = \"bad\"\nparent = \"busybox\"\n",
+    );
+    ws.add_child("badchild", "bad-child", "bad", "x");
+    let r = ws.kci(&["build", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("about to fail"),
+        "the log tail is shown:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("2 of 4 targets failed: bad, bad-child"),
+        "{}",
+        r.stderr
+    );
+    let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
+    assert!(
+        lock.contains("[target.\"good\"]") && !lock.contains("[target.\"bad\"]"),
+        "{lock}"
+    );
+}
+
+#[test]
+fn built_images_run_in_the_daemon_with_their_content() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+    ws.add_child("grand", "grand:x", "child:hello", "x");
+    ws.kci(&["build"]).ok();
+    // Building grand:x loaded child:hello from the store under its config digest.
+    let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
+    let section = lock.split("[target.\"child:hello\"]").nth(1).unwrap();
+    let config = section
+        .lines()
+        .find_map(|l| l.strip_prefix("output.config = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            config,
+            "cat",
+            "/etc/kci/greeting",
+            "/etc/kci/data.txt",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nchild\n");
+}

@@ -1,0 +1,123 @@
+//! The command line without builds: errors, exit codes, help.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn recipe_errors_name_the_file_and_field_and_exit_1() {
+    let ws = Workspace::new();
+    ws.write(
+        "images/gcc/image.toml",
+        "[[target]]\nname = \"gcc:x86\"\nparent = \"nowhere\"\n",
+    );
+    ws.write("images/gcc/Dockerfile", "FROM scratch\n");
+    let r = ws.kci(&["plan"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(
+            "images/gcc/image.toml: target (gcc:x86).parent: no target is named `nowhere`"
+        ),
+        "{}",
+        r.stderr
+    );
+
+    ws.write(
+        "images/gcc/image.toml",
+        "[[target]]\nname = \"gcc:x86\"\nargz = {}\n",
+    );
+    let r = ws.kci(&["plan"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("images/gcc/image.toml") && r.stderr.contains("unknown field `argz`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_corrupt_lockfile_is_named() {
+    let ws = Workspace::new();
+    ws.write("images/a/image.toml", "[[target]]\nname = \"a\"\n");
+    ws.write("images/a/Dockerfile", "FROM scratch\n");
+    ws.write(
+        "lockfiles/images.lock",
+        "version = 1\n[target.\"a\"]\nkey = \"nope\"\n",
+    );
+    let r = ws.kci(&["plan"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("lockfiles/images.lock") && r.stderr.contains("sha256:"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn unreachable_docker_exits_2_with_a_hint() {
+    let ws = Workspace::new();
+    ws.write("images/a/image.toml", "[[target]]\nname = \"a\"\n");
+    ws.write("images/a/Dockerfile", "FROM scratch\n");
+    let r = ws.kci_env(
+        &["build"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("help: start it"), "{}", r.stderr);
+    assert!(
+        !ws.lockfile().exists(),
+        "nothing was built, nothing is locked"
+    );
+}
+
+#[test]
+fn plan_has_no_side_effects_and_json_goes_to_stdout() {
+    let ws = Workspace::new();
+    ws.write(
+        "images/a/image.toml",
+        "[[target]]\nname = \"a\"\n[[target]]\nname = \"b:x\"\nparent = \"a\"\n",
+    );
+    ws.write("images/a/Dockerfile", "FROM scratch\n");
+    let r = ws
+        .kci_env(
+            &["plan", "--json"],
+            &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+        )
+        .ok();
+    let v = r.json();
+    assert_eq!(v[0]["name"], "a");
+    assert_eq!(v[0]["status"], "build");
+    assert_eq!(v[1]["status"], "build (after parent)");
+    assert!(v[0]["key"].as_str().unwrap().starts_with("sha256:"));
+    assert!(!ws.lockfile().exists());
+    // The key depends only on inputs: planning again gives the same key.
+    assert_eq!(
+        ws.kci(&["plan", "--json"]).ok().json()[0]["key"],
+        v[0]["key"]
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_teaches() {
+    let ws = Workspace::new();
+    let r = ws.kci(&["build", "--jobs", "many"]);
+    assert_eq!(r.code, 1);
+    let help = ws.kci(&["--help"]).ok().stdout;
+    assert!(
+        help.contains("Exit codes") && help.contains("kci-build why"),
+        "{help}"
+    );
+    let r = ws.kci(&["why", "NOT_A_NAME"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("target name `NOT_A_NAME` is invalid"),
+        "{}",
+        r.stderr
+    );
+}
