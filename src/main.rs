@@ -73,10 +73,24 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let report = rt.block_on(ops::build::run(&ws, &opts, printer))?;
+            let outcome = rt.block_on(async {
+                tokio::select! {
+                    r = ops::build::run(&ws, &opts, printer) => Some(r),
+                    _ = tokio::signal::ctrl_c() => None,
+                }
+            });
+            // Dropping the build aborts its tasks and their temp files go with them; finished
+            // targets are in the store already, so a rerun resumes where this one stopped.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            let Some(report) = outcome else {
+                printer.error("interrupted: finished targets are stored; run the same command again to resume");
+                std::process::exit(130);
+            };
+            let report = report?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
+            report.into_result()?;
         }
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;

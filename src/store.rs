@@ -53,11 +53,17 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store at `root`, read-only until [`Store::open`]: looking up a key in a store that
+    /// does not exist yet finds nothing and writes nothing (`plan` has no side effects).
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_owned(),
+        }
+    }
+
     /// Opens (and creates when missing) a store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let s = Store {
-            root: root.to_owned(),
-        };
+        let s = Store::at(root);
         for d in ["blobs/sha256", "keys", "tmp", "logs"] {
             fs::create_dir_all(root.join(d)).map_err(s.err(format!("creating {d}")))?;
         }

@@ -222,3 +222,74 @@ fn built_images_run_in_the_daemon_with_their_content() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nchild\n");
 }
+
+#[test]
+fn an_interrupted_build_stores_nothing_partial_and_resumes() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.write(
+        "images/slow/Dockerfile",
+        "ARG PARENT\nFROM ${PARENT}\nRUN echo started && sleep 4 && echo done > /done\n",
+    );
+    ws.write(
+        "images/slow/image.toml",
+        "[[target]]\nname = \"slow\"\nparent = \"busybox\"\n",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .current_dir(ws.path())
+        .env("KCI_BUILD_STORE", ws.store())
+        .args(["build"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until `slow` is building (its log exists and shows the RUN step), then Ctrl-C.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let started = std::fs::read_dir(ws.store().join("logs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()).any(|e| {
+                    e.file_name().to_string_lossy().starts_with("slow-")
+                        && std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .contains("started")
+                })
+            })
+            .unwrap_or(false);
+        if started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow build never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    let records: Vec<String> = std::fs::read_dir(ws.store().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(records.len(), 1, "only busybox finished: {records:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(ws.store().join("tmp")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "temp files were left behind: {leftovers:?}"
+    );
+
+    let report = ws.kci(&["build", "--json"]).ok().json();
+    let a = actions(&report);
+    assert_eq!(a["busybox"], "cached");
+    assert_eq!(a["slow"], "built");
+}

@@ -96,6 +96,7 @@ fn plan_has_no_side_effects_and_json_goes_to_stdout() {
     assert_eq!(v[1]["status"], "build (after parent)");
     assert!(v[0]["key"].as_str().unwrap().starts_with("sha256:"));
     assert!(!ws.lockfile().exists());
+    assert!(!ws.store().exists(), "plan must not create the store");
     // The key depends only on inputs: planning again gives the same key.
     assert_eq!(
         ws.kci(&["plan", "--json"]).ok().json()[0]["key"],

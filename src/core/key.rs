@@ -12,13 +12,16 @@
 //!   "platform":     "linux/amd64",
 //!   "recipe":       { "dockerfile": { "dockerfile": "…", "args": {…} } }
 //!                 | { "bootstrap":  { "suite": …, "variant": …, "components": […],
-//!                                     "packages": […], "mirror": "<resolved URL>" } },
+//!                                     "packages": […], "mirror-sha256": "sha256:…" } },
 //!   "source-date-epoch": 1717200000,
 //!   "target":       "gcc-12:arm64" }
 //! ```
 //! A file fingerprint is `sha256:<hex> <mode>` for regular files (mode `644` or `755`),
 //! `symlink <target>` for links and `dir` for directories. Because the parent enters as
 //! its *output* digest, a change anywhere up the chain changes every descendant's key.
+//! The Debian mirror enters as the sha256 of its URL: it decides bytes (apt's sources
+//! list), but its host name must not be written into a committed lockfile; check it with
+//! `printf %s "$URL" | sha256sum`.
 //!
 //! [`KeyInputs::facts`] flattens the same struct into `path = value` lines; the lockfile
 //! stores them and `kci-build why` diffs them, so what is hashed and what is explained can
@@ -33,10 +36,10 @@ use super::names::{Digest, Platform, TargetName};
 /// Version of the encoding above.
 pub const KEY_FORMAT: u32 = 1;
 
-/// Everything about how kci-build turns a daemon's build result into bytes. Changing the
-/// tar normalisation, the gzip library (exact version) or its level must change this.
-pub const OUTPUT_FORMAT: &str =
-    "oci-image-v1 tar=sorted,clamped-mtime,numeric-owner,scrubbed gzip=zlib-rs-0.6.8 level=6";
+/// Everything about how kci-build turns a daemon's build result into bytes: the version
+/// of the layer rewrite rules in `layer.rs` (order, clamping, owners, the scrub list — bump
+/// it with any change there), the gzip library with its exact version, and the level.
+pub const OUTPUT_FORMAT: &str = "oci-image-v1 layer-rules=1 gzip=zlib-rs-0.6.8 level=6";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,7 +66,8 @@ pub enum RecipeInputs {
         variant: String,
         components: Vec<String>,
         packages: Vec<String>,
-        mirror: String,
+        #[serde(rename = "mirror-sha256")]
+        mirror_sha256: Digest,
     },
 }
 

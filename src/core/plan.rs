@@ -94,7 +94,7 @@ pub fn key_inputs(
                 variant: b.variant.clone(),
                 components: b.components.clone(),
                 packages: b.packages.clone(),
-                mirror: mirror.to_owned(),
+                mirror_sha256: Digest::of(mirror.as_bytes()),
             }
         }
     };

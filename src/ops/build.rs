@@ -8,9 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, LineWriter, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
@@ -58,6 +58,8 @@ pub struct BuildReport {
     pub targets: Vec<Outcome>,
     pub failed: Vec<Failure>,
     pub lockfile_changed: bool,
+    /// Targets in the selection.
+    pub total: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +111,7 @@ pub async fn run(
     }
 
     let engine: Arc<OnceCell<DockerEngine>> = Arc::new(OnceCell::new());
+    let store = Store::open(ws.store.root())?;
     let mut done: BTreeMap<TargetName, (KeyInputs, StoredImage)> = BTreeMap::new();
     let mut failed: BTreeMap<TargetName, String> = BTreeMap::new();
     let mut outcomes = Vec::new();
@@ -148,7 +151,7 @@ pub async fn run(
                 parent.as_ref().map(|p| p.manifest.clone()),
             )?;
             let key = inputs.key();
-            if let Some(img) = ws.store.lookup(&key) {
+            if let Some(img) = store.lookup(&key) {
                 started_names.insert(t.name.clone());
                 tracing::info!(target = %t.name, key = %key.short(), "fresh");
                 if opts.verbose {
@@ -184,7 +187,7 @@ pub async fn run(
                 parent,
                 sde: ws.settings.source_date_epoch,
                 mirror: ws.mirror.clone(),
-                store: ws.store.clone(),
+                store: store.clone(),
                 printer: printer.clone(),
                 verbose: opts.verbose,
             };
@@ -278,7 +281,7 @@ pub async fn run(
             human_secs(started.elapsed().as_secs_f64())
         ),
     );
-    let report = BuildReport {
+    Ok(BuildReport {
         targets: outcomes,
         failed: failed
             .iter()
@@ -288,30 +291,29 @@ pub async fn run(
             })
             .collect(),
         lockfile_changed: changed,
-    };
-    if !failed.is_empty() {
-        return Err(anyhow::Error::new(TargetsFailed {
-            failed: failed.keys().map(|n| n.to_string()).collect(),
-            total: sel.len(),
-        }));
+        total: sel.len(),
+    })
+}
+
+impl BuildReport {
+    /// An error naming the failed targets, if any.
+    pub fn into_result(self) -> Result<(), TargetsFailed> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        Err(TargetsFailed {
+            failed: self.failed.into_iter().map(|f| f.name).collect(),
+            total: self.total,
+        })
     }
-    Ok(report)
 }
 
 fn human_secs(s: f64) -> String {
-    if s < 10.0 {
-        format!("{s:.2}s")
-    } else {
-        format!("{}", humantime(Duration::from_secs_f64(s)))
-    }
-}
-
-fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
+    let whole = s as u64;
+    match whole {
+        0..10 => format!("{s:.2}s"),
+        10..60 => format!("{whole}s"),
+        _ => format!("{}m {:02}s", whole / 60, whole % 60),
     }
 }
 
@@ -330,7 +332,7 @@ struct Job {
 
 /// Build output: to the target's log file, to stderr with `-v`, to its spinner on a TTY.
 struct LogSink {
-    file: BufWriter<File>,
+    file: LineWriter<File>,
     prefix: String,
     verbose: bool,
     printer: Printer,
@@ -376,7 +378,7 @@ impl Job {
         let file =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut log = LogSink {
-            file: BufWriter::new(file),
+            file: LineWriter::new(file),
             prefix: self.recipe.name.to_string(),
             verbose: self.verbose,
             printer: self.printer.clone(),

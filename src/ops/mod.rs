@@ -63,7 +63,7 @@ impl Workspace {
             Some(t) => Lockfile::parse(&paths.lockfile, t)?,
             None => Lockfile::default(),
         };
-        let store = Store::open(&paths.store)?;
+        let store = Store::at(&paths.store);
         Ok(Workspace {
             paths: paths.clone(),
             settings,

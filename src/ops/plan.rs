@@ -47,23 +47,32 @@ pub fn run(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result
     if json {
         return Ok(serde_json::to_string_pretty(&entries)? + "\n");
     }
-    let depth = |name: &str| -> usize {
-        let mut d = 0;
-        let mut cur = entries.iter().find(|e| e.name == name);
-        while let Some(p) = cur.and_then(|e| e.parent.as_deref()) {
-            d += 1;
-            cur = entries.iter().find(|e| e.name == p);
-        }
-        d
-    };
-    let width = entries
+    // Depth-first from the roots, so each target is printed under its parent.
+    let mut order: Vec<(usize, &PlanEntry)> = Vec::new();
+    let mut stack: Vec<(usize, &PlanEntry)> = entries
         .iter()
-        .map(|e| e.name.len() + 2 * depth(&e.name))
+        .filter(|e| e.parent.is_none())
+        .rev()
+        .map(|e| (0, e))
+        .collect();
+    while let Some((depth, e)) = stack.pop() {
+        order.push((depth, e));
+        stack.extend(
+            entries
+                .iter()
+                .filter(|c| c.parent.as_deref() == Some(e.name.as_str()))
+                .rev()
+                .map(|c| (depth + 1, c)),
+        );
+    }
+    let width = order
+        .iter()
+        .map(|(d, e)| e.name.len() + 2 * d)
         .max()
         .unwrap_or(0);
     let mut out = String::new();
-    for e in &entries {
-        let name = format!("{}{}", "  ".repeat(depth(&e.name)), e.name);
+    for (depth, e) in order {
+        let name = format!("{}{}", "  ".repeat(depth), e.name);
         let key = e.key.as_deref().map(|k| &k[7..19]).unwrap_or("(unknown)");
         out.push_str(&format!(
             "{name:width$}  {key:12}  {:20}  {}\n",
