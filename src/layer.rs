@@ -209,7 +209,15 @@ pub fn canonicalize(src: Section, sde: u64, out: impl Write) -> io::Result<Canon
     let mut data = src.try_clone()?;
     let mut metas = read_headers(src, sde, &mut data)?;
     metas.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    metas.dedup_by(|later, earlier| later.path == earlier.path); // a tar may repeat a path; keep one
+    // A tar may repeat a path and the last copy wins on extraction; the sort is stable, so
+    // keep the last of each run.
+    metas.dedup_by(|later, kept| {
+        let same = later.path == kept.path;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
     let leaders = hardlink_leaders(&metas);
     let by_path: BTreeMap<&str, usize> = metas
         .iter()
@@ -253,7 +261,7 @@ pub fn canonicalize(src: Section, sde: u64, out: impl Write) -> io::Result<Canon
     }
     let entries = metas.len();
     Ok(Canonical {
-        diff_id: Digest::from_hash(&hashing.hash.finalize()),
+        diff_id: hashing.digest().0,
         dpkg_status,
         entries,
     })
@@ -470,6 +478,11 @@ pub struct HashWriter<W> {
 }
 
 impl<W: Write> HashWriter<W> {
+    /// The digest and size of everything written.
+    pub fn digest(&self) -> (Digest, u64) {
+        (Digest::from_hash(&self.hash.clone().finalize()), self.size)
+    }
+
     pub fn new(inner: W) -> Self {
         HashWriter {
             inner,
@@ -664,6 +677,23 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn a_repeated_path_keeps_its_last_copy() {
+        let mut b = tar::Builder::new(Vec::new());
+        for body in [&b"old"[..], &b"new"[..]] {
+            let mut h = header(tar::EntryType::Regular, 0o644, 1);
+            h.set_size(3);
+            b.append_data(&mut h, "etc/motd", body).unwrap();
+        }
+        let (out, c) = canon(&b.into_inner().unwrap());
+        assert_eq!(c.entries, 1);
+        let mut ar = tar::Archive::new(out.as_slice());
+        let mut e = ar.entries().unwrap().next().unwrap().unwrap();
+        let mut body = String::new();
+        e.read_to_string(&mut body).unwrap();
+        assert_eq!(body, "new");
     }
 
     #[test]

@@ -11,11 +11,11 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::core::key::canonical_json;
 use crate::core::names::{Digest, TargetName};
 use crate::fsutil;
+use crate::layer::HashWriter;
 
 #[derive(Debug, thiserror::Error)]
 #[error("store {}: {context}: {source}", root.display())]
@@ -154,9 +154,7 @@ impl Store {
         Ok(BlobWriter {
             store: self,
             tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-            hash: Sha256::new(),
-            size: 0,
+            out: HashWriter::new(BufWriter::with_capacity(1 << 20, file)),
         })
     }
 
@@ -225,17 +223,12 @@ impl Store {
 pub struct BlobWriter<'s> {
     store: &'s Store,
     tmp: tempfile::NamedTempFile,
-    out: BufWriter<File>,
-    hash: Sha256,
-    size: u64,
+    out: HashWriter<BufWriter<File>>,
 }
 
 impl Write for BlobWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
+        self.out.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
@@ -246,13 +239,13 @@ impl BlobWriter<'_> {
     /// Moves the blob to `blobs/sha256/<digest>` and returns its digest and size.
     pub fn commit(mut self) -> Result<(Digest, u64), StoreError> {
         self.out.flush().map_err(self.store.err("flushing blob"))?;
-        let d = Digest::from_hash(&self.hash.finalize());
+        let (d, size) = self.out.digest();
         let dest = self.store.blob_path(&d);
-        if dest.exists() {
-            return Ok((d, self.size));
+        if !dest.exists() {
+            fsutil::persist(self.tmp, &dest)
+                .map_err(self.store.err(format!("storing blob {d}")))?;
         }
-        fsutil::persist(self.tmp, &dest).map_err(self.store.err(format!("storing blob {d}")))?;
-        Ok((d, self.size))
+        Ok((d, size))
     }
 }
 

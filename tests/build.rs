@@ -236,7 +236,7 @@ fn an_interrupted_build_stores_nothing_partial_and_resumes() {
         "images/slow/image.toml",
         "[[target]]\nname = \"slow\"\nparent = \"busybox\"\n",
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kci-build"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kci-build"))
         .current_dir(ws.path())
         .env("KCI_BUILD_STORE", ws.store())
         .args(["build"])

@@ -123,29 +123,25 @@ impl Workspace {
 
 /// `name → action` from a `build --json` report.
 pub fn actions(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_owned(),
-                t["action"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    per_target(report, "action")
 }
 
 /// `name → manifest digest` from a `build --json` report.
 pub fn manifests(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    report["targets"]
-        .as_array()
-        .unwrap()
+    per_target(report, "manifest")
+}
+
+fn per_target(
+    report: &serde_json::Value,
+    field: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let targets = report["targets"].as_array().expect("a build report");
+    targets
         .iter()
         .map(|t| {
             (
                 t["name"].as_str().unwrap().to_owned(),
-                t["manifest"].as_str().unwrap().to_owned(),
+                t[field].as_str().unwrap().to_owned(),
             )
         })
         .collect()
