@@ -49,4 +49,4 @@ hyperfine --warmup 1 --runs 5 --export-markdown "$work/noop.md" \
   -n "kci-build build (no-op, $N targets)" "$kci -q build -j2" \
   -n "docker build (cached, $N Dockerfiles)" ./docker-all.sh
 cat "$work/noop.md"
-docker image ls -q 'bench/*' | sort -u | xargs -r docker image rm -f >/dev/null
+docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^bench/' | xargs -r docker image rm >/dev/null; docker image prune -f >/dev/null
