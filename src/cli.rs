@@ -17,7 +17,7 @@ Every target's cache key hashes all its inputs (recipe, build context, build arg
 SOURCE_DATE_EPOCH, the parent's output digest), so unchanged targets are never rebuilt and\n\
 the same inputs give the same bytes. Results live in a local OCI store; lockfiles/images.lock\n\
 records keys, inputs, installed Debian packages and output digests for review.",
-    after_help = "Examples:\n  kci-build plan                       what would be built, and why not\n  kci-build build --jobs 2             build everything missing, update the lockfile\n  kci-build build gcc-12:arm64 -v      one target (and its parents), streaming logs\n  kci-build why gcc-12:arm64           which inputs changed since the lockfile\n  kci-build build --locked             CI: fail if the lockfile would change\n\nExit codes: 0 success, 1 bad input or failed build, 2 environment (Docker, mmdebstrap, disk)."
+    after_help = "Examples:\n  kci-build plan                       what would be built, and why not\n  kci-build build --jobs 2             build everything missing, update the lockfile\n  kci-build build gcc-12:arm64 -v      one target (and its parents), streaming logs\n  kci-build why gcc-12:arm64           which inputs changed since the lockfile\n  kci-build build --locked             CI: fail if the lockfile would change\n  kci-build check gcc-12:x86           rebuild from scratch, explain any difference\n  kci-build build --push --registry R  build, then publish to registry R\n\nExit codes: 0 success, 1 bad input or failed build, 2 environment (Docker, mmdebstrap, disk)."
 )]
 pub struct Cli {
     /// More output: -v streams build logs and traces, -vv adds debug traces.
@@ -77,6 +77,39 @@ pub enum Command {
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,
+        /// An OCI registry (`host[:port]`, or an `http://`/`https://` URL) to look targets up
+        /// in by key before building them, and to push to with --push.
+        #[arg(long, env = "KCI_REGISTRY")]
+        registry: Option<String>,
+        /// Push every selected target after building it.
+        #[arg(long, requires = "registry")]
+        push: bool,
+    },
+    /// Push stored images to a registry: blobs it lacks, manifests, then the tags
+    /// `{prefix}{image}:{tag}` and the immutable `{prefix}{image}:kci-<key>`.
+    ///
+    /// Credentials: $KCI_REGISTRY_USER/$KCI_REGISTRY_PASSWORD, else Docker's config.json.
+    Push {
+        /// Targets to push (with their parents); all when none are given.
+        targets: Vec<TargetName>,
+        /// The registry: `host[:port]` (plain http for loopback hosts) or a URL.
+        #[arg(long, env = "KCI_REGISTRY")]
+        registry: String,
+        /// Blobs uploaded at once.
+        #[arg(short, long, default_value_t = 4)]
+        jobs: usize,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild from scratch into a throw-away store and compare with the lockfile; on a
+    /// mismatch, name the layer, the path and what differs. Exit 1 when anything differs.
+    Check {
+        /// Targets to check (with their parents); all when none are given.
+        targets: Vec<TargetName>,
+        /// How many targets to build at once.
+        #[arg(short, long, default_value_t = 2)]
+        jobs: usize,
     },
     /// Check the lockfile against the recipes (for CI).
     Lock {

@@ -301,9 +301,48 @@ pub fn read_config(store: &Store, config: &Digest) -> Result<ImageConfiguration,
         .map_err(|e| ImageError::Invalid(format!("stored config {config}: {e}")))
 }
 
+/// The content of `wanted` (a path without leading `/`) in a gzip layer blob, if present.
+pub fn file_in_layer(blob: &Path, wanted: &str) -> io::Result<Option<Vec<u8>>> {
+    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(File::open(blob)?));
+    let mut ar = tar::Archive::new(gz);
+    for e in ar.entries()? {
+        let mut e = e?;
+        if e.path_bytes()
+            .strip_prefix(b"./")
+            .unwrap_or(&e.path_bytes())
+            == wanted.as_bytes()
+        {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf)?;
+            return Ok(Some(buf));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_a_file_in_a_gzip_layer() {
+        let mut b = tar::Builder::new(layer::gzip(Vec::new()));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "./var/lib/dpkg/status", &b"ok"[..])
+            .unwrap();
+        let gz = b.into_inner().unwrap().finish().unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), gz).unwrap();
+        assert_eq!(
+            file_in_layer(f.path(), "var/lib/dpkg/status")
+                .unwrap()
+                .as_deref(),
+            Some(&b"ok"[..])
+        );
+        assert_eq!(file_in_layer(f.path(), "etc/passwd").unwrap(), None);
+    }
 
     #[test]
     fn rfc3339_of_known_epochs() {

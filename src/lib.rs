@@ -10,6 +10,8 @@ pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod layer;
+pub mod layerdiff;
 pub mod ops;
 pub mod printer;
+pub mod registry;
 pub mod store;

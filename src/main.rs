@@ -63,16 +63,22 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
             jobs,
             locked,
             json,
+            registry,
+            push,
         } => {
             let opts = ops::build::BuildOptions {
                 targets: targets.clone(),
                 jobs: *jobs,
-                locked: *locked,
+                lock: if *locked {
+                    ops::build::LockMode::Locked
+                } else {
+                    ops::build::LockMode::Update
+                },
                 verbose: cli.verbose > 0,
+                registry: registry.clone(),
+                push: *push,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let outcome = rt.block_on(async {
                 tokio::select! {
                     r = ops::build::run(&ws, &opts, printer) => Some(r),
@@ -91,6 +97,42 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
             report.into_result()?;
+        }
+        Command::Check { targets, jobs } => {
+            let rt = runtime()?;
+            let (text, reproduced) = rt.block_on(ops::check::run(
+                &ws,
+                targets,
+                *jobs,
+                cli.verbose > 0,
+                printer,
+            ))?;
+            print!("{text}");
+            if !reproduced {
+                anyhow::bail!(
+                    "the rebuild does not reproduce {}",
+                    paths.lockfile.display()
+                );
+            }
+        }
+        Command::Push {
+            targets,
+            registry,
+            jobs,
+            json,
+        } => {
+            let report =
+                runtime()?.block_on(ops::push::run(&ws, targets, registry, *jobs, printer))?;
+            printer.status(
+                "Finished",
+                format!(
+                    "{} blobs uploaded ({} bytes), {} already there",
+                    report.blobs_uploaded, report.bytes_uploaded, report.blobs_present
+                ),
+            );
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
         }
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;
@@ -112,4 +154,10 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

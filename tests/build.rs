@@ -293,3 +293,53 @@ fn an_interrupted_build_stores_nothing_partial_and_resumes() {
     assert_eq!(a["busybox"], "cached");
     assert_eq!(a["slow"], "built");
 }
+
+#[test]
+fn check_reproduces_clean_targets_and_explains_a_planted_difference() {
+    let _g = daemon_lock();
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+    // A recipe that is not reproducible: it stores the build's clock in the image.
+    ws.write(
+        "images/stamp/Dockerfile",
+        "ARG PARENT\nFROM ${PARENT}\nRUN mkdir -p /etc && date +%s%N > /etc/stamp\n",
+    );
+    ws.write(
+        "images/stamp/image.toml",
+        "[[target]]\nname = \"stamp\"\nparent = \"busybox\"\n",
+    );
+    ws.kci(&["build"]).ok();
+
+    let ok = ws.kci(&["check", "child:hello"]).ok();
+    assert!(
+        ok.stdout.contains("busybox: reproduced sha256:")
+            && ok.stdout.contains("child:hello: reproduced sha256:"),
+        "{}",
+        ok.stdout
+    );
+
+    let r = ws.kci(&["check", "stamp"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("stamp: NOT reproduced"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("  layer 3 ("),
+        "the differing layer is named:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("/etc/stamp: content sha256 "),
+        "the path and the kind of difference are named:\n{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("/bin/busybox"),
+        "unchanged paths are not listed:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("the rebuild does not reproduce"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,60 +1,71 @@
-//! A Debian base bootstrapped with mmdebstrap from the machine's mirror, and an apt-based
-//! child: real packages, recorded in the lockfile, reproduced bit for bit.
+//! The real image set: a Debian base bootstrapped with mmdebstrap from the machine's
+//! mirror, KernelCI's build-base and the x86 gcc image, built twice from clean state
+//! (fresh store, loaded images removed from the daemon) — same digests, real packages.
 
 mod common;
 
 use common::*;
 
-fn debian_workspace() -> Workspace {
-    let ws = Workspace::new();
-    ws.write("images/debian/image.toml", "[[target]]\nname = \"debian:bookworm\"\nbootstrap = { suite = \"bookworm\", variant = \"minbase\" }\n");
-    ws.write(
-        "images/tools/Dockerfile",
-        "ARG PARENT\nFROM ${PARENT}\nARG DEBIAN_FRONTEND=noninteractive\nRUN apt-get update && apt-get install -y --no-install-recommends bc && apt-get clean && rm -rf /var/lib/apt/lists/*\n",
-    );
-    ws.write(
-        "images/tools/image.toml",
-        "[[target]]\nname = \"tools:bc\"\nparent = \"debian:bookworm\"\n",
-    );
-    ws
+fn build_real_gcc(ws: &Workspace) -> serde_json::Value {
+    let images = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
+    ws.kci(&["--images", images, "build", "gcc-12:x86", "--json"])
+        .ok()
+        .json()
 }
 
 #[test]
-fn bootstrapped_base_and_apt_child_build_lock_packages_and_reproduce() {
+fn real_base_build_base_and_gcc_reproduce_from_clean_state() {
     let _g = daemon_lock();
-    let ws = debian_workspace();
-    let first = ws.kci(&["build", "--json"]).ok().json();
+    remove_loaded_images("kci-build.local/");
+    let ws = Workspace::new();
+    let first = build_real_gcc(&ws);
     assert_eq!(
-        actions(&first).values().collect::<Vec<_>>(),
-        ["built", "built"]
+        actions(&first).into_iter().collect::<Vec<_>>(),
+        [
+            ("build-base".into(), "built".into()),
+            ("debian:bookworm".into(), "built".into()),
+            ("gcc-12:x86".into(), "built".into())
+        ]
     );
     let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
-    let child = lock.split("[target.\"tools:bc\"]").nth(1).unwrap();
-    let base = lock.split("[target.\"tools:bc\"]").next().unwrap();
-    assert!(
-        child
-            .lines()
-            .any(|l| l.starts_with("package.\"bc:amd64\" = \"")),
-        "bc is recorded with its version:\n{child}"
-    );
-    assert!(
-        !base.contains("package.\"bc:amd64\""),
-        "the base does not have bc"
+    let section = |name: &str| {
+        lock.split(&format!("[target.\"{name}\"]"))
+            .nth(1)
+            .unwrap()
+            .split("\n[")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (base, build_base, gcc) = (
+        section("debian:bookworm"),
+        section("build-base"),
+        section("gcc-12:x86"),
     );
     assert!(base.contains("package.\"libc6:amd64\" = \"2.36-"), "{base}");
     assert!(
         base.contains("input.\"recipe.bootstrap.suite\" = \"bookworm\""),
         "{base}"
     );
-
-    // From clean state (new store, loaded images removed), every digest is reproduced.
-    remove_loaded_images("kci-build.local/");
-    let ws2 = debian_workspace();
-    let second = ws2.kci(&["build", "--json"]).ok().json();
-    assert_eq!(
-        actions(&second).values().collect::<Vec<_>>(),
-        ["built", "built"]
+    assert!(
+        !base.contains("package.\"bc:amd64\"") && build_base.contains("package.\"bc:amd64\""),
+        "build-base adds bc"
     );
+    assert!(
+        gcc.contains("package.\"gcc-12:amd64\" = \"12.2.0-"),
+        "{gcc}"
+    );
+    assert!(
+        gcc.contains(&format!(
+            "input.\"parent.manifest\" = \"{}\"",
+            manifests(&first)["build-base"]
+        )),
+        "the parent digest is an input"
+    );
+
+    remove_loaded_images("kci-build.local/");
+    let ws2 = Workspace::new();
+    let second = build_real_gcc(&ws2);
     assert_eq!(
         manifests(&second),
         manifests(&first),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
-use super::Workspace;
+use super::{push, Workspace};
 use crate::bootstrap;
 use crate::context::{self, ContextEntry};
 use crate::core::key::KeyInputs;
@@ -31,16 +31,31 @@ use crate::fsutil;
 use crate::image::{self, HistoryLine};
 use crate::layer::Section;
 use crate::printer::Printer;
+use crate::registry::Registry;
 use crate::store::{Store, StoredImage};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub targets: Vec<TargetName>,
     pub jobs: usize,
-    /// Refuse any change to the lockfile.
-    pub locked: bool,
+    pub lock: LockMode,
     /// Stream build logs to stderr.
     pub verbose: bool,
+    /// Look targets up in this registry (by key tag) before building them.
+    pub registry: Option<String>,
+    /// Push every selected target to `registry` after the build.
+    pub push: bool,
+}
+
+/// What a build does with the lockfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Write it when its content changes.
+    Update,
+    /// `--locked`: any change is an error.
+    Locked,
+    /// Leave it alone (`check` builds into a scratch store).
+    Leave,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +73,8 @@ pub struct BuildReport {
     pub targets: Vec<Outcome>,
     pub failed: Vec<Failure>,
     pub lockfile_changed: bool,
+    /// What `--push` did.
+    pub push: Option<push::PushReport>,
     /// Targets in the selection.
     pub total: usize,
 }
@@ -81,11 +98,21 @@ pub async fn run(
     opts: &BuildOptions,
     printer: &Printer,
 ) -> anyhow::Result<BuildReport> {
+    run_in(ws, &Store::open(ws.store.root())?, opts, printer).await
+}
+
+/// Builds into `store`, which need not be the workspace's.
+pub async fn run_in(
+    ws: &Workspace,
+    store: &Store,
+    opts: &BuildOptions,
+    printer: &Printer,
+) -> anyhow::Result<BuildReport> {
     let started = Instant::now();
     let sel = ws.selection(&opts.targets)?;
     let contexts = ws.scan_contexts(&sel)?;
     let planned = ws.plan(&sel, &contexts)?;
-    if opts.locked {
+    if opts.lock == LockMode::Locked {
         let changes: Vec<String> = planned
             .iter()
             .filter(|p| p.lock != LockState::Same)
@@ -111,12 +138,11 @@ pub async fn run(
     }
 
     let engine: Arc<OnceCell<DockerEngine>> = Arc::new(OnceCell::new());
-    let store = Store::open(ws.store.root())?;
     let mut done: BTreeMap<TargetName, (KeyInputs, StoredImage)> = BTreeMap::new();
     let mut failed: BTreeMap<TargetName, String> = BTreeMap::new();
     let mut outcomes = Vec::new();
-    let mut running: JoinSet<(TargetName, KeyInputs, anyhow::Result<StoredImage>, f64)> =
-        JoinSet::new();
+    let registry = opts.registry.as_deref().map(Registry::new).transpose()?;
+    let mut running: JoinSet<TaskResult> = JoinSet::new();
     let mut started_names = std::collections::BTreeSet::new();
     let to_build = planned
         .iter()
@@ -192,12 +218,20 @@ pub async fn run(
                 verbose: opts.verbose,
             };
             let engine = engine.clone();
+            let (registry, prefix) = (registry.clone(), ws.settings.prefix.clone());
             running.spawn(async move {
                 let t0 = Instant::now();
                 let name = job.recipe.name.clone();
                 let result = async {
+                    if let Some(reg) = &registry {
+                        if let Some(img) =
+                            push::fetch(reg, &job.store, &prefix, &name, &job.key).await?
+                        {
+                            return Ok((img, "pulled"));
+                        }
+                    }
                     let engine = engine.get_or_try_init(DockerEngine::connect).await?.clone();
-                    job.run(&engine).await
+                    job.run(&engine).await.map(|img| (img, "built"))
                 }
                 .await;
                 (name, inputs, result, t0.elapsed().as_secs_f64())
@@ -209,16 +243,20 @@ pub async fn run(
         let (name, inputs, result, secs) =
             joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
         match result {
-            Ok(img) => {
+            Ok((img, action)) => {
                 printer.status(
-                    "Built",
+                    if action == "pulled" {
+                        "Pulled"
+                    } else {
+                        "Built"
+                    },
                     format!("{name} → {} in {}", img.manifest.short(), human_secs(secs)),
                 );
                 outcomes.push(Outcome {
                     name: name.to_string(),
                     key: img.key.to_string(),
                     manifest: img.manifest.to_string(),
-                    action: "built",
+                    action,
                     seconds: secs,
                 });
                 done.insert(name, (inputs, img));
@@ -251,8 +289,8 @@ pub async fn run(
     }
     let text = new_lock.to_text();
     let changed = ws.lock_text.as_deref() != Some(text.as_str());
-    if changed {
-        if opts.locked {
+    if changed && opts.lock != LockMode::Leave {
+        if opts.lock == LockMode::Locked {
             let lines = ws.lock.describe_changes(&new_lock);
             bail!(
                 "--locked: {} would change (the build did not reproduce it):\n  {}",
@@ -271,12 +309,34 @@ pub async fn run(
             ),
         );
     }
-    let built = outcomes.iter().filter(|o| o.action == "built").count();
+    let pushed = match (&registry, opts.push && failed.is_empty()) {
+        (Some(reg), true) => {
+            let images: Vec<StoredImage> = sel
+                .iter()
+                .filter_map(|t| done.get(&t.name).map(|(_, img)| img.clone()))
+                .collect();
+            Some(
+                push::push_images(
+                    reg,
+                    store,
+                    &ws.settings.prefix,
+                    &images,
+                    opts.jobs.max(4),
+                    printer,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let count = |a: &str| outcomes.iter().filter(|o| o.action == a).count();
     printer.status(
         "Finished",
         format!(
-            "{built} built, {} cached, {} failed in {}",
-            outcomes.len() - built,
+            "{} built, {} pulled, {} cached, {} failed in {}",
+            count("built"),
+            count("pulled"),
+            count("cached"),
             failed.len(),
             human_secs(started.elapsed().as_secs_f64())
         ),
@@ -292,6 +352,7 @@ pub async fn run(
             .collect(),
         lockfile_changed: changed,
         total: sel.len(),
+        push: pushed,
     })
 }
 
@@ -316,6 +377,15 @@ fn human_secs(s: f64) -> String {
         _ => format!("{}m {:02}s", whole / 60, whole % 60),
     }
 }
+
+/// What a build task hands back: the target, its key inputs, the image and whether it was
+/// built or pulled, and the seconds it took.
+type TaskResult = (
+    TargetName,
+    KeyInputs,
+    anyhow::Result<(StoredImage, &'static str)>,
+    f64,
+);
 
 /// One target to build, with everything it needs owned.
 struct Job {

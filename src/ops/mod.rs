@@ -2,8 +2,10 @@
 //! returns data or an error; `main` maps the result to an exit code.
 
 pub mod build;
+pub mod check;
 pub mod lock;
 pub mod plan;
+pub mod push;
 pub mod why;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,8 @@
 //! Shared fixtures: a throw-away recipe tree and store, and a way to run the real binary.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;

@@ -1,0 +1,120 @@
+//! `kci-build check [TARGET…]`: rebuild from scratch into a throw-away store and compare with
+//! the lockfile; on a mismatch, name the layer, the path and what differs.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+
+use super::build::{self, BuildOptions, LockMode};
+use super::Workspace;
+use crate::core::names::{Digest, TargetName};
+use crate::layerdiff;
+use crate::printer::Printer;
+use crate::store::Store;
+
+/// The text report and whether every target reproduced its locked digests.
+pub async fn run(
+    ws: &Workspace,
+    targets: &[TargetName],
+    jobs: usize,
+    verbose: bool,
+    printer: &Printer,
+) -> anyhow::Result<(String, bool)> {
+    let main = Store::open(ws.store.root())?;
+    let scratch_dir = tempfile::tempdir_in(main.tmp_dir()).context("creating a scratch store")?;
+    let scratch = Store::open(scratch_dir.path())?;
+    printer.status(
+        "Rebuilding",
+        format!(
+            "{} from scratch",
+            if targets.is_empty() {
+                "every target".to_owned()
+            } else {
+                names(targets)
+            }
+        ),
+    );
+    let opts = BuildOptions {
+        targets: targets.to_vec(),
+        jobs,
+        lock: LockMode::Leave,
+        verbose,
+        registry: None,
+        push: false,
+    };
+    let report = build::run_in(ws, &scratch, &opts, printer).await?;
+    let mut out = String::new();
+    let mut all_ok = true;
+    for o in &report.targets {
+        let name: TargetName = o.name.parse()?;
+        let Some(locked) = ws.lock.targets.get(&name) else {
+            all_ok = false;
+            let _ = writeln!(out, "{name}: not in {}", ws.paths.lockfile.display());
+            continue;
+        };
+        if locked.output.manifest.as_str() == o.manifest {
+            let _ = writeln!(out, "{name}: reproduced {}", locked.output.manifest);
+            continue;
+        }
+        all_ok = false;
+        let _ = writeln!(
+            out,
+            "{name}: NOT reproduced: locked {} rebuilt {}",
+            locked.output.manifest, o.manifest
+        );
+        let key: Digest = o.key.parse()?;
+        let rebuilt = scratch
+            .lookup(&key)
+            .context("the rebuilt image vanished from the scratch store")?;
+        let new_layers: Vec<&Digest> = rebuilt.layers.iter().map(|l| &l.digest).collect();
+        if new_layers.len() != locked.output.layers.len() {
+            let _ = writeln!(
+                out,
+                "  layer count {} -> {}",
+                locked.output.layers.len(),
+                new_layers.len()
+            );
+        }
+        for (i, (old, new)) in locked.output.layers.iter().zip(new_layers).enumerate() {
+            if old == new {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "  layer {} ({} -> {}):",
+                i + 1,
+                old.short(),
+                new.short()
+            );
+            if !main.has_blob(old) {
+                let _ = writeln!(out, "    the locked layer is not in the local store ({}); its contents cannot be compared", main.root().display());
+                continue;
+            }
+            let a = layerdiff::read_layer(&main.blob_path(old))
+                .with_context(|| format!("reading layer {old}"))?;
+            let b = layerdiff::read_layer(&scratch.blob_path(new))
+                .with_context(|| format!("reading layer {new}"))?;
+            for line in layerdiff::diff(&a, &b, 20) {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+        if locked
+            .output
+            .layers
+            .iter()
+            .eq(rebuilt.layers.iter().map(|l| &l.digest))
+            && locked.output.config != rebuilt.config
+        {
+            let _ = writeln!(
+                out,
+                "  same layers, different config: {} -> {}",
+                locked.output.config, rebuilt.config
+            );
+        }
+    }
+    Ok((out, all_ok))
+}
+
+fn names(t: &[TargetName]) -> String {
+    t.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,230 @@
+//! `kci-build push`: publish stored images to an OCI registry, and the other direction,
+//! fetching a target another machine already built and pushed.
+//!
+//! Order matters for anyone pulling meanwhile: blobs first (each HEADed, uploaded only when
+//! missing, several at once), then every manifest by digest, then the tags — the immutable
+//! key tag `kci-<key>` and the human tag from KernelCI's naming rule — last.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context as _};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::Workspace;
+use crate::core::names::{Digest, TargetName};
+use crate::core::plan::Status;
+use crate::dpkg;
+use crate::image;
+use crate::printer::Printer;
+use crate::registry::{Registry, MANIFEST_MEDIA_TYPE};
+use crate::store::{Store, StoredImage, StoredLayer};
+
+/// The immutable tag a key is published under.
+pub fn key_tag(key: &Digest) -> String {
+    format!("kci-{}", key.hex())
+}
+
+/// The repository a target is pushed to: `{prefix}{image}`.
+pub fn repository(prefix: &str, name: &TargetName) -> String {
+    format!("{prefix}{}", name.image())
+}
+
+#[derive(Debug, Serialize)]
+pub struct PushedTarget {
+    pub name: String,
+    pub repository: String,
+    pub tags: Vec<String>,
+    pub manifest: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PushReport {
+    pub targets: Vec<PushedTarget>,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_present: u64,
+    pub retries: u64,
+    pub resumed_uploads: u64,
+    pub restarted_uploads: u64,
+}
+
+pub async fn run(
+    ws: &Workspace,
+    targets: &[TargetName],
+    registry: &str,
+    jobs: usize,
+    printer: &Printer,
+) -> anyhow::Result<PushReport> {
+    let sel = ws.selection(targets)?;
+    let contexts = ws.scan_contexts(&sel)?;
+    let planned = ws.plan(&sel, &contexts)?;
+    let mut images = Vec::new();
+    for p in &planned {
+        if p.status != Status::Cached {
+            bail!("{} is not built for its current inputs: run `kci-build build` first, or `kci-build build --push`", p.recipe.name);
+        }
+        let key = p.key.as_ref().expect("cached targets have keys");
+        images.push(
+            ws.store
+                .lookup(key)
+                .expect("cached targets are in the store"),
+        );
+    }
+    let reg = Registry::new(registry)?;
+    push_images(&reg, &ws.store, &ws.settings.prefix, &images, jobs, printer).await
+}
+
+pub async fn push_images(
+    reg: &Registry,
+    store: &Store,
+    prefix: &str,
+    images: &[StoredImage],
+    jobs: usize,
+    printer: &Printer,
+) -> anyhow::Result<PushReport> {
+    // 1. Blobs, deduplicated per repository, in parallel.
+    let mut blobs = BTreeSet::new();
+    for img in images {
+        let repo = repository(prefix, &img.target);
+        for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
+            blobs.insert((repo.clone(), d.clone()));
+        }
+    }
+    printer.status(
+        "Pushing",
+        format!(
+            "{} images ({} blobs) to {}",
+            images.len(),
+            blobs.len(),
+            reg.host()
+        ),
+    );
+    futures_util::stream::iter(blobs.into_iter().map(|(repo, d)| {
+        let path = store.blob_path(&d);
+        async move {
+            reg.push_blob(&repo, &d, &path)
+                .await
+                .with_context(|| format!("pushing blob {d} to {repo}"))
+        }
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<bool>>()
+    .await?;
+    // 2. Manifests by digest, 3. tags last.
+    for img in images {
+        let bytes = store.read_blob(&img.manifest)?;
+        reg.put_manifest(
+            &repository(prefix, &img.target),
+            img.manifest.as_str(),
+            MANIFEST_MEDIA_TYPE,
+            &bytes,
+        )
+        .await?;
+    }
+    let mut pushed = Vec::new();
+    for img in images {
+        let repo = repository(prefix, &img.target);
+        let bytes = store.read_blob(&img.manifest)?;
+        let tags = vec![key_tag(&img.key), img.target.tag().to_owned()];
+        for t in &tags {
+            reg.put_manifest(&repo, t, MANIFEST_MEDIA_TYPE, &bytes)
+                .await?;
+        }
+        printer.status(
+            "Pushed",
+            format!(
+                "{}/{repo}:{} ({})",
+                reg.host(),
+                img.target.tag(),
+                img.manifest.short()
+            ),
+        );
+        pushed.push(PushedTarget {
+            name: img.target.to_string(),
+            repository: repo,
+            tags,
+            manifest: img.manifest.to_string(),
+        });
+    }
+    let s = &reg.stats;
+    Ok(PushReport {
+        targets: pushed,
+        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+        blobs_present: s.blobs_skipped.load(Ordering::Relaxed),
+        retries: s.retries.load(Ordering::Relaxed),
+        resumed_uploads: s.resumes.load(Ordering::Relaxed),
+        restarted_uploads: s.restarts.load(Ordering::Relaxed),
+    })
+}
+
+/// If the registry has `key` (under its key tag), copies the image into the store,
+/// verifying every digest, and returns it.
+pub async fn fetch(
+    reg: &Registry,
+    store: &Store,
+    prefix: &str,
+    target: &TargetName,
+    key: &Digest,
+) -> anyhow::Result<Option<StoredImage>> {
+    let repo = repository(prefix, target);
+    let Some(manifest) = reg.manifest_digest(&repo, &key_tag(key)).await? else {
+        return Ok(None);
+    };
+    let bytes = reg.get_manifest(&repo, &manifest).await?;
+    let parsed: oci_spec::image::ImageManifest =
+        serde_json::from_slice(&bytes).context("parsing the registry's manifest")?;
+    let config: Digest = parsed.config().digest().to_string().parse()?;
+    let mut blobs: Vec<Digest> = vec![config.clone()];
+    for l in parsed.layers() {
+        blobs.push(l.digest().to_string().parse()?);
+    }
+    for d in &blobs {
+        if store.has_blob(d) {
+            continue;
+        }
+        let mut w = store.blob_writer()?;
+        reg.get_blob(&repo, d, &mut w).await?;
+        let (got, _) = w.commit()?;
+        if &got != d {
+            bail!("blob {d} from {}/{repo} has digest {got}", reg.host());
+        }
+    }
+    let stored_manifest = store.put_bytes(&bytes)?;
+    debug_assert_eq!(stored_manifest, manifest);
+    let cfg = image::read_config(store, &config)?;
+    let diff_ids = cfg.rootfs().diff_ids();
+    let layers: Vec<StoredLayer> = parsed
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff)| {
+            Ok(StoredLayer {
+                digest: l.digest().to_string().parse()?,
+                diff_id: diff.parse()?,
+                size: l.size(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut packages = Default::default();
+    for l in layers.iter().rev() {
+        if let Some(status) =
+            image::file_in_layer(&store.blob_path(&l.digest), "var/lib/dpkg/status")?
+        {
+            packages = dpkg::installed(&status);
+            break;
+        }
+    }
+    let img = StoredImage {
+        target: target.clone(),
+        key: key.clone(),
+        manifest,
+        config,
+        layers,
+        packages,
+    };
+    store.record(&img)?;
+    Ok(Some(img))
+}

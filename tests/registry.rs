@@ -1,0 +1,359 @@
+//! Pushing to a real registry (Debian's docker-registry on a loopback port): what kci-build
+//! pushes runs with the stock Docker client; re-pushes upload nothing; a target pushed from
+//! one machine is fetched, not rebuilt, on another; Basic, config.json and token auth;
+//! faults injected by a proxy do not stop a push or leave a wrong tag.
+
+mod common;
+
+use common::registry::{
+    docker_config_with, Auth, Fault, FaultAction, FaultProxy, Registry, TokenServer,
+};
+use common::*;
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// busybox + a child carrying `payload_mib` MiB of incompressible data.
+fn workspace(payload_mib: usize) -> Workspace {
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+    if payload_mib > 0 {
+        let mut data = vec![0u8; payload_mib << 20];
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(ws.path().join("images/child/payload.bin"), data).unwrap();
+        ws.write(
+            "images/child/Dockerfile",
+            "ARG PARENT\nFROM ${PARENT}\nARG GREETING\nCOPY data.txt /etc/kci/data.txt\nCOPY payload.bin /payload.bin\nRUN echo \"$GREETING\" > /etc/kci/greeting\n",
+        );
+    }
+    ws
+}
+
+#[test]
+fn pushed_images_pull_and_run_with_docker_and_repush_uploads_nothing() {
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let ws = workspace(0);
+    ws.kci(&["build"]).ok();
+    let first = ws
+        .kci(&["push", "--registry", &reg.addr(), "--json"])
+        .ok()
+        .json();
+    assert!(first["blobs_uploaded"].as_u64().unwrap() >= 4, "{first}");
+    let image = format!("{}/kernelci/child:hello", reg.addr());
+    let _ = docker(&["image", "rm", "-f", &image]);
+    let pull = docker(&["pull", &image]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let run = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "cat",
+        "/etc/kci/greeting",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "hello\n",
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The immutable key tag points at the same manifest as the human tag.
+    let key_ref = format!(
+        "{}/kernelci/child:{}",
+        reg.addr(),
+        first["targets"][1]["tags"][0].as_str().unwrap()
+    );
+    let pull = docker(&["pull", &key_ref]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let _ = docker(&["image", "rm", "-f", &image, &key_ref]);
+
+    let again = ws
+        .kci(&["push", "--registry", &reg.addr(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(again["blobs_uploaded"], 0, "{again}");
+    assert_eq!(again["bytes_uploaded"], 0);
+    assert!(again["blobs_present"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn a_target_pushed_elsewhere_is_fetched_not_rebuilt() {
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let ws = workspace(0);
+    let built = ws
+        .kci(&["build", "--push", "--registry", &reg.addr(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(built["push"]["targets"].as_array().unwrap().len(), 2);
+    let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
+
+    let other = workspace(0); // another machine: empty store, same recipes
+    let since = now();
+    let fetched = other
+        .kci(&["build", "--registry", &reg.addr(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        actions(&fetched).values().collect::<Vec<_>>(),
+        ["pulled", "pulled"]
+    );
+    assert_eq!(manifests(&fetched), manifests(&built));
+    assert_eq!(containers_created_since(since), 0, "nothing was built");
+    assert_eq!(
+        std::fs::read_to_string(other.lockfile()).unwrap(),
+        lock,
+        "the same lockfile, packages included"
+    );
+}
+
+#[test]
+fn htpasswd_auth_from_env_or_docker_config_and_secrets_stay_secret() {
+    let _g = daemon_lock();
+    let password = "Sup3r-s3cret-pw";
+    let reg = Registry::start(Auth::Htpasswd {
+        user: "kci".into(),
+        password: password.into(),
+    });
+    let ws = workspace(0);
+    ws.kci(&["build"]).ok();
+
+    let denied = ws.kci_env(
+        &["push", "--registry", &reg.addr()],
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert_ne!(denied.code, 0);
+    assert!(
+        denied.stderr.contains("requires credentials"),
+        "{}",
+        denied.stderr
+    );
+
+    let ok = ws
+        .kci_env(
+            &["-vv", "push", "--registry", &reg.addr(), "--json"],
+            &[
+                ("KCI_REGISTRY_USER", "kci"),
+                ("KCI_REGISTRY_PASSWORD", password),
+                ("DOCKER_CONFIG", "/nonexistent"),
+            ],
+        )
+        .ok();
+    assert!(ok.json()["blobs_uploaded"].as_u64().unwrap() >= 4);
+    for text in [
+        &ok.stdout,
+        &ok.stderr,
+        &std::fs::read_to_string(ws.lockfile()).unwrap(),
+    ] {
+        assert!(!text.contains(password), "the password leaked:\n{text}");
+    }
+
+    let (_cfg, cfg_dir) = docker_config_with(&reg.addr(), "kci", password);
+    let via_config = ws
+        .kci_env(
+            &["push", "--registry", &reg.addr(), "--json"],
+            &[("DOCKER_CONFIG", cfg_dir.to_str().unwrap())],
+        )
+        .ok()
+        .json();
+    assert_eq!(via_config["blobs_uploaded"], 0, "already there");
+    let wrong = ws.kci_env(
+        &["push", "--registry", &reg.addr()],
+        &[
+            ("KCI_REGISTRY_USER", "kci"),
+            ("KCI_REGISTRY_PASSWORD", "wrong"),
+        ],
+    );
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
+    assert!(!wrong.stderr.contains("wrong"), "{}", wrong.stderr);
+}
+
+#[test]
+fn bearer_token_auth_with_repository_scopes() {
+    let _g = daemon_lock();
+    let tokens = TokenServer::start("kci", "tok-pass");
+    let reg = Registry::start(Auth::Token {
+        realm: tokens.realm.clone(),
+        service: tokens.service.clone(),
+        issuer: tokens.issuer.clone(),
+        cert_pem: tokens.cert_pem.clone(),
+    });
+    let ws = workspace(0);
+    ws.kci(&["build"]).ok();
+    let r = ws.kci_env(
+        &["push", "--registry", &reg.addr(), "--json"],
+        &[
+            ("KCI_REGISTRY_USER", "kci"),
+            ("KCI_REGISTRY_PASSWORD", "tok-pass"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, reg.log());
+    assert!(r.json()["blobs_uploaded"].as_u64().unwrap() >= 4);
+    let scopes = tokens.scopes.lock().unwrap().clone();
+    assert!(
+        scopes.contains(&"repository:kernelci/busybox:pull,push".to_owned()),
+        "{scopes:?}"
+    );
+    assert!(
+        scopes.contains(&"repository:kernelci/child:pull,push".to_owned()),
+        "{scopes:?}"
+    );
+    let no_creds = ws.kci_env(
+        &["push", "--registry", &reg.addr()],
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert_ne!(no_creds.code, 0);
+    assert!(
+        no_creds.stderr.contains("requires credentials"),
+        "{}",
+        no_creds.stderr
+    );
+}
+
+#[test]
+fn injected_faults_do_not_stop_a_push_or_leave_a_wrong_tag() {
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let proxy = FaultProxy::start(
+        reg.port,
+        vec![
+            Fault {
+                method: "HEAD",
+                path_part: "/blobs/",
+                nth: 1,
+                action: FaultAction::Status(429, Some(1)),
+            },
+            Fault {
+                method: "POST",
+                path_part: "/blobs/uploads/",
+                nth: 2,
+                action: FaultAction::Status(500, None),
+            },
+            // A chunk the registry never sees: the session survives and the upload resumes.
+            Fault {
+                method: "PATCH",
+                path_part: "/blobs/uploads/",
+                nth: 2,
+                action: FaultAction::Status(503, None),
+            },
+            // A chunk cut off mid-body.
+            Fault {
+                method: "PATCH",
+                path_part: "/blobs/uploads/",
+                nth: 4,
+                action: FaultAction::ResetAfter(300_000),
+            },
+            Fault {
+                method: "PUT",
+                path_part: "/manifests/",
+                nth: 1,
+                action: FaultAction::Status(502, None),
+            },
+            Fault {
+                method: "PUT",
+                path_part: "/manifests/hello",
+                nth: 1,
+                action: FaultAction::ResetAfter(10),
+            },
+        ],
+    );
+    let ws = workspace(6);
+    ws.kci(&["build"]).ok();
+    let r = ws.kci_env(
+        &[
+            "-v",
+            "push",
+            "--registry",
+            &proxy.addr(),
+            "--jobs",
+            "1",
+            "--json",
+        ],
+        &[("KCI_REGISTRY_CHUNK_SIZE", "1048576")],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, reg.log());
+    let report = r.json();
+    let fired = proxy.fired.lock().unwrap().clone();
+    assert_eq!(fired.len(), 6, "every fault fired: {fired:?}");
+    assert!(report["retries"].as_u64().unwrap() >= 3, "{report}");
+    assert!(
+        report["resumed_uploads"].as_u64().unwrap() >= 1,
+        "the 503'd chunk resumed at the registry's offset: {report}"
+    );
+
+    // Straight from the registry: both tags name the manifest kci-build stored.
+    let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
+    let manifest = lock
+        .split("[target.\"child:hello\"]")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("output.manifest = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    for tag in [
+        "hello".to_owned(),
+        report["targets"][1]["tags"][0].as_str().unwrap().to_owned(),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sfI",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                &format!("http://{}/v2/kernelci/child/manifests/{tag}", reg.addr()),
+            ])
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("docker-content-digest: {manifest}")),
+            "tag {tag}:\n{head}"
+        );
+    }
+    let image = format!("{}/kernelci/child:hello", reg.addr());
+    let _ = docker(&["image", "rm", "-f", &image]);
+    let pull = docker(&["pull", &image]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let run = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "sh",
+        "-c",
+        "wc -c < /payload.bin",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        (6 << 20).to_string()
+    );
+    let _ = docker(&["image", "rm", "-f", &image]);
+}
