@@ -85,6 +85,11 @@ pub enum Command {
         #[arg(long, requires = "registry")]
         push: bool,
     },
+    /// Load stored images into the local Docker daemon as `{prefix}{image}:{tag}`.
+    Load {
+        /// Targets to load; all when none are given.
+        targets: Vec<TargetName>,
+    },
     /// Push stored images to a registry: blobs it lacks, manifests, then the tags
     /// `{prefix}{image}:{tag}` and the immutable `{prefix}{image}:kci-<key>`.
     ///

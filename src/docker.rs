@@ -10,6 +10,7 @@ use std::path::Path;
 
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -60,6 +61,13 @@ pub trait Engine: Clone + Send + Sync + 'static {
     /// Writes `docker save <id>` to `dest`.
     fn save(&self, id: &str, dest: &Path) -> impl Future<Output = Result<(), DaemonError>> + Send;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), DaemonError>> + Send;
+    /// Tags image `id` as `repo:tag`.
+    fn tag(
+        &self,
+        id: &str,
+        repo: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<(), DaemonError>> + Send;
 }
 
 #[derive(Clone)]
@@ -187,6 +195,17 @@ impl Engine for DockerEngine {
         }
         f.flush().await.map_err(io)?;
         Ok(())
+    }
+
+    async fn tag(&self, id: &str, repo: &str, tag: &str) -> Result<(), DaemonError> {
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(id, Some(opts))
+            .await
+            .map_err(api(format!("tagging {id} as {repo}:{tag}")))
     }
 
     async fn remove(&self, id: &str) -> Result<(), DaemonError> {

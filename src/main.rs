@@ -134,6 +134,7 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
+        Command::Load { targets } => runtime()?.block_on(ops::load::run(&ws, targets, printer))?,
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;
             if !problems.is_empty() {

@@ -577,7 +577,7 @@ impl Job {
 }
 
 /// Makes the daemon hold a stored image under its config digest (its image id).
-async fn ensure_loaded<E: Engine>(
+pub(crate) async fn ensure_loaded<E: Engine>(
     engine: &E,
     store: &Store,
     img: &StoredImage,
