@@ -224,9 +224,27 @@ fn built_images_run_in_the_daemon_with_their_content() {
 
     // `load` gives it its human name.
     ws.kci(&["load", "grand:x"]).ok();
-    let out = std::process::Command::new("docker").args(["run", "--rm", "--network", "none", "kernelci/grand:x", "cat", "/etc/kci/greeting"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n", "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::process::Command::new("docker").args(["image", "rm", "kernelci/grand:x"]).output();
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "kernelci/grand:x",
+            "cat",
+            "/etc/kci/greeting",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["image", "rm", "kernelci/grand:x"])
+        .output();
 }
 
 #[test]

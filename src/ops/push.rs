@@ -5,11 +5,11 @@
 //! missing, several at once), then every manifest by digest, then the tags — the immutable
 //! key tag `kci-<key>` and the human tag from KernelCI's naming rule — last.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context as _};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::Workspace;
@@ -45,6 +45,9 @@ pub struct PushReport {
     pub blobs_uploaded: u64,
     pub bytes_uploaded: u64,
     pub blobs_present: u64,
+    pub blobs_mounted: u64,
+    /// Images whose tags already named their manifest: nothing was sent for them.
+    pub images_present: usize,
     pub retries: u64,
     pub resumed_uploads: u64,
     pub restarted_uploads: u64,
@@ -84,24 +87,59 @@ pub async fn push_images(
     jobs: usize,
     printer: &Printer,
 ) -> anyhow::Result<PushReport> {
-    // 1. Blobs, deduplicated per repository, in parallel.
-    let mut blobs = BTreeSet::new();
-    for img in images {
+    // 0. Images whose tags already name their manifest are done: tags go up last, so
+    //    everything they need is there.
+    let published = futures_util::future::try_join_all(images.iter().map(|img| async move {
+        let repo = repository(prefix, &img.target);
+        let key_tag = key_tag(&img.key);
+        let (by_key, by_name) = tokio::try_join!(
+            reg.manifest_digest(&repo, &key_tag),
+            reg.manifest_digest(&repo, img.target.tag())
+        )?;
+        anyhow::Ok(
+            by_key.as_ref() == Some(&img.manifest) && by_name.as_ref() == Some(&img.manifest),
+        )
+    }))
+    .await?;
+    let todo: Vec<&StoredImage> = images
+        .iter()
+        .zip(&published)
+        .filter(|(_, done)| !**done)
+        .map(|(img, _)| img)
+        .collect();
+
+    // 1. Blobs: each digest goes up once, to the first repository that needs it, in
+    //    parallel; the other repositories get it by cross-repository mount.
+    let mut home: BTreeMap<Digest, String> = BTreeMap::new();
+    let mut uploads = BTreeSet::new();
+    let mut mounts = BTreeSet::new();
+    for img in &todo {
         let repo = repository(prefix, &img.target);
         for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
-            blobs.insert((repo.clone(), d.clone()));
+            match home.get(d) {
+                None => {
+                    home.insert(d.clone(), repo.clone());
+                    uploads.insert((repo.clone(), d.clone()));
+                }
+                Some(from) if from != &repo => {
+                    mounts.insert((repo.clone(), d.clone(), from.clone()));
+                }
+                Some(_) => {}
+            }
         }
     }
-    printer.status(
-        "Pushing",
-        format!(
-            "{} images ({} blobs) to {}",
-            images.len(),
-            blobs.len(),
-            reg.host()
-        ),
-    );
-    futures_util::stream::iter(blobs.into_iter().map(|(repo, d)| {
+    if !todo.is_empty() {
+        printer.status(
+            "Pushing",
+            format!(
+                "{} images ({} blobs) to {}",
+                todo.len(),
+                uploads.len(),
+                reg.host()
+            ),
+        );
+    }
+    futures_util::stream::iter(uploads.into_iter().map(|(repo, d)| {
         let path = store.blob_path(&d);
         async move {
             reg.push_blob(&repo, &d, &path)
@@ -112,8 +150,22 @@ pub async fn push_images(
     .buffer_unordered(jobs.max(1))
     .try_collect::<Vec<bool>>()
     .await?;
+    futures_util::stream::iter(mounts.into_iter().map(|(repo, d, from)| {
+        let path = store.blob_path(&d);
+        let short = d.short().to_owned();
+        async move {
+            if !reg.mount_blob(&repo, &d, &from).await? {
+                reg.push_blob(&repo, &d, &path).await?;
+            }
+            anyhow::Ok(())
+        }
+        .map(move |r| r.with_context(|| format!("pushing blob {short} to its other repositories")))
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
     // 2. Manifests by digest, 3. tags last.
-    for img in images {
+    for img in &todo {
         let bytes = store.read_blob(&img.manifest)?;
         reg.put_manifest(
             &repository(prefix, &img.target),
@@ -124,16 +176,18 @@ pub async fn push_images(
         .await?;
     }
     let mut pushed = Vec::new();
-    for img in images {
+    for (img, done) in images.iter().zip(published) {
         let repo = repository(prefix, &img.target);
-        let bytes = store.read_blob(&img.manifest)?;
         let tags = vec![key_tag(&img.key), img.target.tag().to_owned()];
-        for t in &tags {
-            reg.put_manifest(&repo, t, MANIFEST_MEDIA_TYPE, &bytes)
-                .await?;
+        if !done {
+            let bytes = store.read_blob(&img.manifest)?;
+            for t in &tags {
+                reg.put_manifest(&repo, t, MANIFEST_MEDIA_TYPE, &bytes)
+                    .await?;
+            }
         }
         printer.status(
-            "Pushed",
+            if done { "Present" } else { "Pushed" },
             format!(
                 "{}/{repo}:{} ({})",
                 reg.host(),
@@ -154,6 +208,8 @@ pub async fn push_images(
         blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
         bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
         blobs_present: s.blobs_skipped.load(Ordering::Relaxed),
+        blobs_mounted: s.blobs_mounted.load(Ordering::Relaxed),
+        images_present: images.len() - todo.len(),
         retries: s.retries.load(Ordering::Relaxed),
         resumed_uploads: s.resumes.load(Ordering::Relaxed),
         restarted_uploads: s.restarts.load(Ordering::Relaxed),

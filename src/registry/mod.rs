@@ -58,6 +58,7 @@ pub struct Stats {
     pub blobs_uploaded: AtomicU64,
     pub bytes_uploaded: AtomicU64,
     pub blobs_skipped: AtomicU64,
+    pub blobs_mounted: AtomicU64,
     pub retries: AtomicU64,
     pub resumes: AtomicU64,
     pub restarts: AtomicU64,
@@ -398,6 +399,31 @@ impl Registry {
         self.stats.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_uploaded.fetch_add(size, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Makes `digest` appear in `repo` by mounting it from `from` (no bytes sent). False
+    /// when the registry does not mount (answers 202: a plain upload session instead).
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        if self.blob_exists(repo, digest).await? {
+            self.stats.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let url = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
+        let resp = self
+            .send(repo, Method::POST, &url, Retry::Idempotent, &|r| {
+                r.header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let mounted = resp.status() == StatusCode::CREATED;
+        if mounted {
+            self.stats.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(mounted)
     }
 
     async fn start_upload(&self, repo: &str) -> Result<String, RegistryError> {
