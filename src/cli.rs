@@ -85,6 +85,21 @@ pub enum Command {
         #[arg(long, requires = "registry")]
         push: bool,
     },
+    /// What changed between two lockfiles (files or git revisions): targets, digests, inputs
+    /// and Debian packages (added, removed, upgraded, downgraded).
+    ///
+    /// `kci-build diff HEAD~1 HEAD` compares the lockfile at two commits. For `git diff` to
+    /// show this summary, add `lockfiles/*.lock diff=kci` to .gitattributes and run
+    /// `git config diff.kci.command "kci-build diff"` (or, for a line-oriented view,
+    /// `git config diff.kci.textconv "kci-build diff"`).
+    Diff {
+        /// OLD NEW; or one FILE (textconv); or git's seven external-diff arguments.
+        #[arg(num_args = 1..=7, required = true)]
+        args: Vec<String>,
+        /// `markdown` gives a PR comment.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::ops::diff::Format,
+    },
     /// Load stored images into the local Docker daemon as `{prefix}{image}:{tag}`.
     Load {
         /// Targets to load; all when none are given.

@@ -49,6 +49,11 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
+    // `diff` reads lockfiles only: it works outside a recipe tree (git calls it).
+    if let Command::Diff { args, format } = &cli.command {
+        print!("{}", ops::diff::run(args, &cli.lockfile, *format)?);
+        return Ok(());
+    }
     let paths = Paths {
         images: cli.images.clone(),
         lockfile: cli.lockfile.clone(),
@@ -134,6 +139,7 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
+        Command::Diff { .. } => unreachable!("handled above"),
         Command::Load { targets } => runtime()?.block_on(ops::load::run(&ws, targets, printer))?,
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;

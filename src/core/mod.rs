@@ -1,8 +1,10 @@
 //! The pure core: recipes → graph → plan → cache keys, and the lockfile model.
 //! Nothing in here touches the file system, the network or the Docker daemon.
 
+pub mod debversion;
 pub mod graph;
 pub mod key;
+pub mod lockdiff;
 pub mod lockfile;
 pub mod names;
 pub mod plan;

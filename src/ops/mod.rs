@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod check;
+pub mod diff;
 pub mod load;
 pub mod lock;
 pub mod plan;

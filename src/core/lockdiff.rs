@@ -1,0 +1,335 @@
+//! What changed between two lockfiles, for reviewers: targets added and removed, and per
+//! target its key, output digests, inputs and Debian packages (added, removed, upgraded,
+//! downgraded), as text or as a Markdown PR comment.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::debversion;
+use super::key::diff_facts;
+use super::lockfile::{LockedTarget, Lockfile};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageChange {
+    Added(String),
+    Removed(String),
+    Upgraded(String, String),
+    Downgraded(String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetDiff {
+    pub name: String,
+    pub old_manifest: String,
+    pub new_manifest: String,
+    pub key_changed: bool,
+    /// `(path, old, new)` of changed inputs.
+    pub inputs: Vec<(String, String, String)>,
+    pub packages: BTreeMap<String, PackageChange>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockDiff {
+    pub added: Vec<(String, String)>,
+    pub removed: Vec<String>,
+    pub changed: Vec<TargetDiff>,
+    pub unchanged: Vec<(String, String)>,
+}
+
+pub fn diff(old: &Lockfile, new: &Lockfile) -> LockDiff {
+    let mut d = LockDiff::default();
+    for name in old.targets.keys() {
+        if !new.targets.contains_key(name) {
+            d.removed.push(name.to_string());
+        }
+    }
+    for (name, n) in &new.targets {
+        match old.targets.get(name) {
+            None => d
+                .added
+                .push((name.to_string(), n.output.manifest.to_string())),
+            Some(o) if o == n => d
+                .unchanged
+                .push((name.to_string(), n.output.manifest.to_string())),
+            Some(o) => d.changed.push(target_diff(&name.to_string(), o, n)),
+        }
+    }
+    d
+}
+
+fn target_diff(name: &str, o: &LockedTarget, n: &LockedTarget) -> TargetDiff {
+    let inputs = diff_facts(&o.input, &n.input)
+        .into_iter()
+        .map(|c| {
+            (
+                c.path,
+                c.old.unwrap_or_else(|| "(absent)".into()),
+                c.new.unwrap_or_else(|| "(absent)".into()),
+            )
+        })
+        .collect();
+    let mut packages = BTreeMap::new();
+    for (p, v) in &o.package {
+        match n.package.get(p) {
+            None => {
+                packages.insert(p.clone(), PackageChange::Removed(v.clone()));
+            }
+            Some(nv) if nv != v => {
+                let change = match debversion::compare(v, nv) {
+                    Ordering::Greater => PackageChange::Downgraded(v.clone(), nv.clone()),
+                    _ => PackageChange::Upgraded(v.clone(), nv.clone()),
+                };
+                packages.insert(p.clone(), change);
+            }
+            Some(_) => {}
+        }
+    }
+    for (p, v) in &n.package {
+        if !o.package.contains_key(p) {
+            packages.insert(p.clone(), PackageChange::Added(v.clone()));
+        }
+    }
+    TargetDiff {
+        name: name.to_owned(),
+        old_manifest: o.output.manifest.to_string(),
+        new_manifest: n.output.manifest.to_string(),
+        key_changed: o.key != n.key,
+        inputs,
+        packages,
+    }
+}
+
+fn short(d: &str) -> &str {
+    d.strip_prefix("sha256:")
+        .map(|h| &h[..12.min(h.len())])
+        .unwrap_or(d)
+}
+
+fn package_line(p: &str, c: &PackageChange) -> String {
+    match c {
+        PackageChange::Added(v) => format!("+ {p} {v}"),
+        PackageChange::Removed(v) => format!("- {p} {v}"),
+        PackageChange::Upgraded(a, b) => format!("↑ {p} {a} -> {b}"),
+        PackageChange::Downgraded(a, b) => format!("↓ {p} {a} -> {b}"),
+    }
+}
+
+/// A compact one-fact-per-line view of one lockfile, for `git diff` through textconv:
+/// `<target> manifest <short digest>` and `<target> <package> <version>` lines.
+pub fn summary(lock: &Lockfile) -> String {
+    let mut out = String::new();
+    for (name, t) in &lock.targets {
+        let _ = writeln!(out, "{name} manifest {}", short(t.output.manifest.as_str()));
+        for (p, v) in &t.package {
+            let _ = writeln!(out, "{name} {p} {v}");
+        }
+    }
+    out
+}
+
+impl LockDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (n, m) in &self.added {
+            let _ = writeln!(out, "added    {n} ({})", short(m));
+        }
+        for n in &self.removed {
+            let _ = writeln!(out, "removed  {n}");
+        }
+        for t in &self.changed {
+            let what = if t.old_manifest == t.new_manifest {
+                "same output"
+            } else {
+                "new output"
+            };
+            let _ = writeln!(
+                out,
+                "changed  {} ({what}: {} -> {})",
+                t.name,
+                short(&t.old_manifest),
+                short(&t.new_manifest)
+            );
+            for (p, a, b) in &t.inputs {
+                let _ = writeln!(out, "    input {p}: {a} -> {b}");
+            }
+            for (p, c) in &t.packages {
+                let _ = writeln!(out, "    {}", package_line(p, c));
+            }
+        }
+        for (n, m) in &self.unchanged {
+            let _ = writeln!(out, "same     {n} ({})", short(m));
+        }
+        out
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from("### kci-build lockfile changes\n\n");
+        if self.is_empty() {
+            out.push_str("No target changed.\n");
+            return out;
+        }
+        out.push_str("| target | change | manifest |\n|---|---|---|\n");
+        for (n, m) in &self.added {
+            let _ = writeln!(out, "| `{n}` | added | `{}` |", short(m));
+        }
+        for n in &self.removed {
+            let _ = writeln!(out, "| `{n}` | removed | |");
+        }
+        for t in &self.changed {
+            let (up, down, add, rm) =
+                t.packages
+                    .values()
+                    .fold((0, 0, 0, 0), |(u, d, a, r), c| match c {
+                        PackageChange::Upgraded(..) => (u + 1, d, a, r),
+                        PackageChange::Downgraded(..) => (u, d + 1, a, r),
+                        PackageChange::Added(_) => (u, d, a + 1, r),
+                        PackageChange::Removed(_) => (u, d, a, r + 1),
+                    });
+            let _ = writeln!(
+                out,
+                "| `{}` | {} inputs, packages: {add} added, {rm} removed, {up} upgraded, {down} downgraded | `{}` → `{}` |",
+                t.name,
+                t.inputs.len(),
+                short(&t.old_manifest),
+                short(&t.new_manifest)
+            );
+        }
+        for t in self
+            .changed
+            .iter()
+            .filter(|t| !t.inputs.is_empty() || !t.packages.is_empty())
+        {
+            let _ = writeln!(
+                out,
+                "\n<details><summary><code>{}</code></summary>\n\n```",
+                t.name
+            );
+            for (p, a, b) in &t.inputs {
+                let _ = writeln!(out, "input {p}: {a} -> {b}");
+            }
+            for (p, c) in &t.packages {
+                let _ = writeln!(out, "{}", package_line(p, c));
+            }
+            out.push_str("```\n</details>\n");
+        }
+        let _ = writeln!(out, "\n{} targets unchanged.", self.unchanged.len());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::lockfile::LockedOutput;
+    use crate::core::names::Digest;
+
+    fn target(key: u8, manifest: u8, arg: &str, packages: &[(&str, &str)]) -> LockedTarget {
+        LockedTarget {
+            key: Digest::of(&[key]),
+            input: BTreeMap::from([("recipe.dockerfile.args.X".to_owned(), arg.to_owned())]),
+            output: LockedOutput {
+                manifest: Digest::of(&[manifest]),
+                config: Digest::of(&[manifest, 1]),
+                layers: vec![],
+            },
+            package: packages
+                .iter()
+                .map(|(p, v)| (p.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reports_targets_inputs_and_package_moves() {
+        let mut old = Lockfile::default();
+        let mut new = Lockfile::default();
+        old.targets
+            .insert("gone".parse().unwrap(), target(1, 1, "a", &[]));
+        old.targets
+            .insert("same".parse().unwrap(), target(2, 2, "a", &[]));
+        new.targets
+            .insert("same".parse().unwrap(), target(2, 2, "a", &[]));
+        new.targets
+            .insert("fresh".parse().unwrap(), target(3, 3, "a", &[]));
+        old.targets.insert(
+            "gcc".parse().unwrap(),
+            target(
+                4,
+                4,
+                "a",
+                &[
+                    ("bc:amd64", "1.07.1-3"),
+                    ("libc6:amd64", "2.36-9+deb12u7"),
+                    ("old:amd64", "1"),
+                    ("zz:amd64", "2.0"),
+                ],
+            ),
+        );
+        new.targets.insert(
+            "gcc".parse().unwrap(),
+            target(
+                5,
+                5,
+                "b",
+                &[
+                    ("bc:amd64", "1.07.1-3"),
+                    ("libc6:amd64", "2.36-9+deb12u10"),
+                    ("new:amd64", "1"),
+                    ("zz:amd64", "1.9"),
+                ],
+            ),
+        );
+        let d = diff(&old, &new);
+        assert_eq!(d.removed, ["gone"]);
+        assert_eq!(
+            d.added.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+            ["fresh"]
+        );
+        assert_eq!(d.unchanged.len(), 1);
+        let gcc = &d.changed[0];
+        assert_eq!(
+            gcc.inputs,
+            [(
+                "recipe.dockerfile.args.X".to_owned(),
+                "a".to_owned(),
+                "b".to_owned()
+            )]
+        );
+        assert_eq!(
+            gcc.packages["libc6:amd64"],
+            PackageChange::Upgraded("2.36-9+deb12u7".into(), "2.36-9+deb12u10".into())
+        );
+        assert_eq!(
+            gcc.packages["zz:amd64"],
+            PackageChange::Downgraded("2.0".into(), "1.9".into())
+        );
+        assert_eq!(
+            gcc.packages["old:amd64"],
+            PackageChange::Removed("1".into())
+        );
+        assert_eq!(gcc.packages["new:amd64"], PackageChange::Added("1".into()));
+        assert!(!gcc.packages.contains_key("bc:amd64"));
+        let text = d.to_text();
+        assert!(
+            text.contains("    ↑ libc6:amd64 2.36-9+deb12u7 -> 2.36-9+deb12u10"),
+            "{text}"
+        );
+        assert!(text.contains("removed  gone"), "{text}");
+        let md = d.to_markdown();
+        assert!(
+            md.contains(
+                "| `gcc` | 1 inputs, packages: 1 added, 1 removed, 1 upgraded, 1 downgraded |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("<details><summary><code>gcc</code></summary>"),
+            "{md}"
+        );
+    }
+}
