@@ -28,7 +28,7 @@ fn second_build_does_no_docker_build_and_reproduces_digests() {
         .modified()
         .unwrap();
 
-    let since = now();
+    let since = next_second();
     let second = ws.kci(&["build", "--json"]).ok();
     assert_eq!(
         actions(&second.json()).values().collect::<Vec<_>>(),

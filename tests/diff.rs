@@ -7,8 +7,18 @@ use std::process::Command;
 const KCI: &str = env!("CARGO_BIN_EXE_kci-build");
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).env("GIT_CONFIG_NOSYSTEM", "1").env("HOME", dir).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -16,16 +26,39 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// later — libc6 upgraded in the base, bc downgraded in build-base, a package added to
 /// qemu, gcc-12:riscv64 dropped.
 fn repo() -> tempfile::TempDir {
-    let real = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lockfiles/images.lock")).unwrap();
-    let old_libc = real.lines().find_map(|l| l.strip_prefix("package.\"libc6:amd64\" = \"")).unwrap().trim_end_matches('"').to_owned();
-    let old_bc = real.lines().find_map(|l| l.strip_prefix("package.\"bc:amd64\" = \"")).unwrap().trim_end_matches('"').to_owned();
-    let mut lock = kci_build::core::lockfile::Lockfile::parse(Path::new("images.lock"), &real).unwrap();
-    let base = lock.targets.get_mut(&"debian:bookworm".parse().unwrap()).unwrap();
-    base.package.insert("libc6:amd64".into(), format!("{old_libc}+kci1"));
-    let bb = lock.targets.get_mut(&"build-base".parse().unwrap()).unwrap();
+    let real = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/lockfiles/images.lock"
+    ))
+    .unwrap();
+    let old_libc = real
+        .lines()
+        .find_map(|l| l.strip_prefix("package.\"libc6:amd64\" = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let old_bc = real
+        .lines()
+        .find_map(|l| l.strip_prefix("package.\"bc:amd64\" = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let mut lock =
+        kci_build::core::lockfile::Lockfile::parse(Path::new("images.lock"), &real).unwrap();
+    let base = lock
+        .targets
+        .get_mut(&"debian:bookworm".parse().unwrap())
+        .unwrap();
+    base.package
+        .insert("libc6:amd64".into(), format!("{old_libc}+kci1"));
+    let bb = lock
+        .targets
+        .get_mut(&"build-base".parse().unwrap())
+        .unwrap();
     bb.package.insert("bc:amd64".into(), "1.0-1".into());
     let qemu = lock.targets.get_mut(&"qemu".parse().unwrap()).unwrap();
-    qemu.package.insert("kci-probe:amd64".into(), "1.0-1".into());
+    qemu.package
+        .insert("kci-probe:amd64".into(), "1.0-1".into());
     lock.targets.remove(&"gcc-12:riscv64".parse().unwrap());
     assert!(old_bc.as_str() > "1.0-1");
 
@@ -35,7 +68,11 @@ fn repo() -> tempfile::TempDir {
     git(dir.path(), &["config", "user.name", "ci"]);
     std::fs::create_dir_all(dir.path().join("lockfiles")).unwrap();
     std::fs::write(dir.path().join("lockfiles/images.lock"), &real).unwrap();
-    std::fs::write(dir.path().join(".gitattributes"), "lockfiles/*.lock diff=kci\n").unwrap();
+    std::fs::write(
+        dir.path().join(".gitattributes"),
+        "lockfiles/*.lock diff=kci\n",
+    )
+    .unwrap();
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-qm", "week 1"]);
     std::fs::write(dir.path().join("lockfiles/images.lock"), lock.to_text()).unwrap();
@@ -46,17 +83,50 @@ fn repo() -> tempfile::TempDir {
 #[test]
 fn diff_between_git_revisions_names_package_moves() {
     let dir = repo();
-    let out = Command::new(KCI).current_dir(dir.path()).args(["diff", "HEAD~1", "HEAD"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(KCI)
+        .current_dir(dir.path())
+        .args(["diff", "HEAD~1", "HEAD"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("removed  gcc-12:riscv64"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("changed  debian:bookworm")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("    ↑ libc6:amd64 2.36-") && l.ends_with("+kci1")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("    ↓ bc:amd64 ") && l.ends_with(" -> 1.0-1")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("changed  debian:bookworm")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("    ↑ libc6:amd64 2.36-") && l.ends_with("+kci1")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("    ↓ bc:amd64 ") && l.ends_with(" -> 1.0-1")),
+        "{text}"
+    );
     assert!(text.contains("    + kci-probe:amd64 1.0-1"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("same     gcc-12:x86 ")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("same     gcc-12:x86 ")),
+        "{text}"
+    );
 
-    let md = Command::new(KCI).current_dir(dir.path()).args(["diff", "main~1:lockfiles/images.lock", "lockfiles/images.lock", "--format", "markdown"]).output().unwrap();
+    let md = Command::new(KCI)
+        .current_dir(dir.path())
+        .args([
+            "diff",
+            "main~1:lockfiles/images.lock",
+            "lockfiles/images.lock",
+            "--format",
+            "markdown",
+        ])
+        .output()
+        .unwrap();
     let md = String::from_utf8_lossy(&md.stdout);
     assert!(md.starts_with("### kci-build lockfile changes"), "{md}");
     assert!(md.contains("| `gcc-12:riscv64` | removed | |"), "{md}");
@@ -66,10 +136,46 @@ fn diff_between_git_revisions_names_package_moves() {
 #[test]
 fn git_diff_uses_kci_build_as_driver_and_textconv() {
     let dir = repo();
-    let driver = git(dir.path(), &["-c", &format!("diff.kci.command={KCI} diff"), "diff", "HEAD~1", "HEAD"]);
-    assert!(driver.contains("removed  gcc-12:riscv64") && driver.contains("↑ libc6:amd64"), "{driver}");
-    let textconv = git(dir.path(), &["-c", &format!("diff.kci.textconv={KCI} diff"), "diff", "HEAD~1", "HEAD"]);
-    assert!(textconv.lines().any(|l| l.starts_with("-debian:bookworm libc6:amd64 2.36-")), "{textconv}");
-    assert!(textconv.lines().any(|l| l.starts_with("+debian:bookworm libc6:amd64 2.36-") && l.ends_with("+kci1")), "{textconv}");
-    assert!(textconv.lines().any(|l| l.starts_with("-gcc-12:riscv64 manifest ")), "{textconv}");
+    let driver = git(
+        dir.path(),
+        &[
+            "-c",
+            &format!("diff.kci.command={KCI} diff"),
+            "diff",
+            "HEAD~1",
+            "HEAD",
+        ],
+    );
+    assert!(
+        driver.contains("removed  gcc-12:riscv64") && driver.contains("↑ libc6:amd64"),
+        "{driver}"
+    );
+    let textconv = git(
+        dir.path(),
+        &[
+            "-c",
+            &format!("diff.kci.textconv={KCI} diff"),
+            "diff",
+            "HEAD~1",
+            "HEAD",
+        ],
+    );
+    assert!(
+        textconv
+            .lines()
+            .any(|l| l.starts_with("-debian:bookworm libc6:amd64 2.36-")),
+        "{textconv}"
+    );
+    assert!(
+        textconv
+            .lines()
+            .any(|l| l.starts_with("+debian:bookworm libc6:amd64 2.36-") && l.ends_with("+kci1")),
+        "{textconv}"
+    );
+    assert!(
+        textconv
+            .lines()
+            .any(|l| l.starts_with("-gcc-12:riscv64 manifest ")),
+        "{textconv}"
+    );
 }

@@ -114,7 +114,7 @@ fn a_target_pushed_elsewhere_is_fetched_not_rebuilt() {
     let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
 
     let other = workspace(0); // another machine: empty store, same recipes
-    let since = now();
+    let since = next_second();
     let fetched = other
         .kci(&["build", "--registry", &reg.addr(), "--json"])
         .ok()

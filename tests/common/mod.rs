@@ -184,11 +184,16 @@ pub fn containers_created_since(since: u64) -> usize {
         .count()
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
+/// Waits for the next whole second and returns it, so `docker events --since` (whole
+/// seconds) cannot count what happened before the call.
+pub fn next_second() -> u64 {
+    let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(t.subsec_nanos()),
+    ));
+    t.as_secs() + 1
 }
 
 /// Removes the images kci-build loaded into the daemon for `store`'s targets, so a build
