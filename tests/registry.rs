@@ -17,6 +17,27 @@ fn docker(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `docker pull` then `docker run` with the stock client; returns stdout.
+fn pull_and_run(image: &str, cmd: &[&str]) -> String {
+    let _ = docker(&["image", "rm", "-f", image]);
+    let pull = docker(&["pull", image]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let mut args = vec!["run", "--rm", "--network", "none", image];
+    args.extend_from_slice(cmd);
+    let run = docker(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _ = docker(&["image", "rm", "-f", image]);
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
 /// busybox + a child carrying `payload_mib` MiB of incompressible data.
 fn workspace(payload_mib: usize) -> Workspace {
     let ws = Workspace::new();
@@ -56,27 +77,9 @@ fn pushed_images_pull_and_run_with_docker_and_repush_uploads_nothing() {
         "busybox's layers reach kernelci/child by mount: {first}"
     );
     let image = format!("{}/kernelci/child:hello", reg.addr());
-    let _ = docker(&["image", "rm", "-f", &image]);
-    let pull = docker(&["pull", &image]);
-    assert!(
-        pull.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pull.stderr)
-    );
-    let run = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        &image,
-        "cat",
-        "/etc/kci/greeting",
-    ]);
     assert_eq!(
-        String::from_utf8_lossy(&run.stdout),
-        "hello\n",
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        pull_and_run(&image, &["cat", "/etc/kci/greeting"]),
+        "hello\n"
     );
     // The immutable key tag points at the same manifest as the human tag.
     let key_ref = format!(
@@ -84,13 +87,10 @@ fn pushed_images_pull_and_run_with_docker_and_repush_uploads_nothing() {
         reg.addr(),
         first["targets"][1]["tags"][0].as_str().unwrap()
     );
-    let pull = docker(&["pull", &key_ref]);
-    assert!(
-        pull.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pull.stderr)
+    assert_eq!(
+        pull_and_run(&key_ref, &["cat", "/etc/kci/greeting"]),
+        "hello\n"
     );
-    let _ = docker(&["image", "rm", "-f", &image, &key_ref]);
 
     let again = ws
         .kci(&["push", "--registry", &reg.addr(), "--json"])
@@ -338,26 +338,6 @@ fn injected_faults_do_not_stop_a_push_or_leave_a_wrong_tag() {
         );
     }
     let image = format!("{}/kernelci/child:hello", reg.addr());
-    let _ = docker(&["image", "rm", "-f", &image]);
-    let pull = docker(&["pull", &image]);
-    assert!(
-        pull.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pull.stderr)
-    );
-    let run = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        &image,
-        "sh",
-        "-c",
-        "wc -c < /payload.bin",
-    ]);
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        (6 << 20).to_string()
-    );
-    let _ = docker(&["image", "rm", "-f", &image]);
+    let size = pull_and_run(&image, &["sh", "-c", "wc -c < /payload.bin"]);
+    assert_eq!(size.trim(), (6 << 20).to_string());
 }
