@@ -156,6 +156,56 @@ pub fn assemble(
     Ok((config_digest, manifest_digest))
 }
 
+/// Writes the OCI index of a multi-platform target (one descriptor per member manifest,
+/// with its platform and variant, sorted by platform) and returns its store record.
+pub fn store_index(
+    store: &Store,
+    target: &crate::core::names::TargetName,
+    key: &Digest,
+    members: &[(Platform, crate::store::StoredImage)],
+) -> Result<crate::store::StoredImage, ImageError> {
+    let mut sorted: Vec<&(Platform, crate::store::StoredImage)> = members.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let manifests = sorted
+        .iter()
+        .map(|(platform, img)| {
+            let size = std::fs::metadata(store.blob_path(&img.manifest))
+                .map_err(io_ctx("reading a member manifest"))?
+                .len();
+            let mut pb = oci_spec::image::PlatformBuilder::default()
+                .architecture(Arch::from(platform.architecture.as_str()))
+                .os(Os::from(platform.os.as_str()));
+            if let Some(v) = &platform.variant {
+                pb = pb.variant(v.clone());
+            }
+            let p = pb.build().map_err(|e| ImageError::Invalid(e.to_string()))?;
+            let digest = oci_spec::image::Digest::from_str(img.manifest.as_str())
+                .map_err(|e| ImageError::Invalid(e.to_string()))?;
+            let mut d = Descriptor::new(MediaType::ImageManifest, size, digest);
+            d.set_platform(Some(p));
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>, ImageError>>()?;
+    let index = oci_spec::image::ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let digest = store.put_bytes(&canonical_json(&index))?;
+    let img = crate::store::StoredImage {
+        target: target.clone(),
+        key: key.clone(),
+        manifest: digest.clone(),
+        config: digest,
+        layers: Vec::new(),
+        packages: Default::default(),
+        members: sorted.iter().map(|(_, m)| m.manifest.clone()).collect(),
+    };
+    store.record(&img)?;
+    Ok(img)
+}
+
 /// An image archive written by `docker save` (legacy layout or Docker ≥ 25's OCI layout):
 /// its config and where each layer tar sits inside the archive file.
 pub struct SavedImage {

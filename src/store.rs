@@ -36,6 +36,16 @@ pub struct StoredImage {
     pub layers: Vec<StoredLayer>,
     /// Installed Debian packages, `name:arch` → version.
     pub packages: BTreeMap<String, String>,
+    /// For a multi-platform index: its members' manifest digests. An index has no config
+    /// and no layers of its own; `config` then names the index itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Digest>,
+}
+
+impl StoredImage {
+    pub fn is_index(&self) -> bool {
+        !self.members.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +278,7 @@ mod tests {
             config: d.clone(),
             layers: vec![],
             packages: BTreeMap::new(),
+            members: vec![],
         };
         s.record(&img).unwrap();
         assert_eq!(s.lookup(&key), Some(img));

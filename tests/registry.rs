@@ -341,3 +341,121 @@ fn injected_faults_do_not_stop_a_push_or_leave_a_wrong_tag() {
     let size = pull_and_run(&image, &["sh", "-c", "wc -c < /payload.bin"]);
     assert_eq!(size.trim(), (6 << 20).to_string());
 }
+
+#[test]
+fn multi_platform_index_pushes_and_pulls_per_platform() {
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("images/multi-amd64")).unwrap();
+    std::fs::copy("/bin/busybox", ws.path().join("images/multi-amd64/busybox")).unwrap();
+    ws.write("images/multi-amd64/Dockerfile", "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n");
+    ws.write(
+        "images/multi-amd64/image.toml",
+        "[[target]]\nname = \"multi:amd64\"\nplatform = \"linux/amd64\"\n",
+    );
+    // No arm64 binaries here: the arm64 member carries data only, so nothing pretends to run.
+    ws.write(
+        "images/multi-arm64/Dockerfile",
+        "FROM scratch\nCOPY arch.txt /arch.txt\n",
+    );
+    ws.write("images/multi-arm64/arch.txt", "arm64\n");
+    ws.write(
+        "images/multi-arm64/image.toml",
+        "[[target]]\nname = \"multi:arm64\"\nplatform = \"linux/arm64/v8\"\n",
+    );
+    ws.write(
+        "images/multi/image.toml",
+        "[[target]]\nname = \"multi\"\nindex = [\"multi:arm64\", \"multi:amd64\"]\n",
+    );
+
+    let built = ws
+        .kci(&["build", "--push", "--registry", &reg.addr(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        actions(&built).into_iter().collect::<Vec<_>>(),
+        [
+            ("multi".into(), "built".into()),
+            ("multi:amd64".into(), "built".into()),
+            ("multi:arm64".into(), "built".into())
+        ]
+    );
+    let again = ws.kci(&["build", "--json"]).ok().json();
+    assert!(actions(&again).values().all(|a| a == "cached"), "{again}");
+    let lock = std::fs::read_to_string(ws.lockfile()).unwrap();
+    let entry = lock
+        .split("[target.\"multi\"]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    assert!(
+        entry.contains("output.members = [") && !entry.contains("output.config"),
+        "{entry}"
+    );
+    let m = manifests(&built);
+    assert!(
+        entry.contains(&m["multi:amd64"]) && entry.contains(&m["multi:arm64"]),
+        "{entry}"
+    );
+
+    // The index in the registry: one manifest per platform, arm64 with variant v8.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.index.v1+json",
+            &format!("http://{}/v2/kernelci/multi/manifests/latest", reg.addr()),
+        ])
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let platforms: Vec<(String, String, Option<String>)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["digest"].as_str().unwrap().to_owned(),
+                d["platform"]["architecture"].as_str().unwrap().to_owned(),
+                d["platform"]["variant"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            (m["multi:amd64"].clone(), "amd64".into(), None),
+            (m["multi:arm64"].clone(), "arm64".into(), Some("v8".into()))
+        ]
+    );
+
+    // The stock client picks the host's platform from the index and runs it.
+    let image = format!("{}/kernelci/multi:latest", reg.addr());
+    assert_eq!(
+        pull_and_run(&image, &["echo", "amd64 member"]),
+        "amd64 member\n"
+    );
+    // And the arm64 member on request.
+    let pull = docker(&["pull", "--platform", "linux/arm64", &image]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let inspect = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Architecture}}/{{.Variant}}",
+        &image,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "arm64/v8");
+    let _ = docker(&["image", "rm", "-f", &image]);
+}

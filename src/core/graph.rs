@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::names::TargetName;
-use super::recipe::{RecipeError, TargetRecipe};
+use super::recipe::{RecipeError, TargetKind, TargetRecipe};
 
 #[derive(Debug, Clone)]
 pub struct Graph {
@@ -31,34 +31,64 @@ impl Graph {
             by_name.insert(t.name.clone(), t);
         }
         for t in by_name.values() {
-            if let Some(p) = t.kind.parent() {
-                if !by_name.contains_key(p) {
+            let field = if matches!(t.kind, TargetKind::Index { .. }) {
+                "index"
+            } else {
+                "parent"
+            };
+            for p in t.kind.deps() {
+                let Some(dep) = by_name.get(p) else {
                     return Err(RecipeError::new(
                         &t.recipe_file,
-                        format!("target ({}).parent", t.name),
+                        format!("target ({}).{field}", t.name),
                         format!("no target is named `{p}`"),
                     ));
-                }
-            }
-        }
-        // Depth = number of ancestors; detects cycles by bounding the walk.
-        let mut depth: BTreeMap<&TargetName, usize> = BTreeMap::new();
-        for t in by_name.values() {
-            let mut d = 0;
-            let mut cur = t;
-            while let Some(p) = cur.kind.parent() {
-                d += 1;
-                if d > by_name.len() {
+                };
+                if matches!(dep.kind, TargetKind::Index { .. }) {
                     return Err(RecipeError::new(
                         &t.recipe_file,
-                        format!("target ({}).parent", t.name),
-                        "the parent chain loops back to this target",
+                        format!("target ({}).{field}", t.name),
+                        format!("`{p}` is a multi-platform index; name one of its members"),
                     ));
                 }
-                cur = &by_name[p];
             }
-            depth.insert(&t.name, d);
+            if let TargetKind::Index { members } = &t.kind {
+                let mut seen = BTreeMap::new();
+                for m in members {
+                    if let Some(other) = seen.insert(&by_name[m].platform, m) {
+                        return Err(RecipeError::new(
+                            &t.recipe_file,
+                            format!("target ({}).index", t.name),
+                            format!("`{other}` and `{m}` are both {}", by_name[m].platform),
+                        ));
+                    }
+                }
+            }
         }
+        // Depth = longest chain of dependencies; detects cycles by bounding the walk.
+        fn depth<'a>(
+            t: &'a TargetRecipe,
+            by_name: &'a BTreeMap<TargetName, TargetRecipe>,
+            seen: usize,
+        ) -> Result<usize, RecipeError> {
+            if seen > by_name.len() {
+                return Err(RecipeError::new(
+                    &t.recipe_file,
+                    format!("target ({}).parent", t.name),
+                    "the parent chain loops back to this target",
+                ));
+            }
+            let mut d = 0;
+            for p in t.kind.deps() {
+                d = d.max(1 + depth(&by_name[p], by_name, seen + 1)?);
+            }
+            Ok(d)
+        }
+        let mut depths: BTreeMap<&TargetName, usize> = BTreeMap::new();
+        for t in by_name.values() {
+            depths.insert(&t.name, depth(t, &by_name, 0)?);
+        }
+        let depth = depths;
         let mut names: Vec<&TargetName> = by_name.keys().collect();
         names.sort_by_key(|n| (depth[n], *n));
         let names: Vec<TargetName> = names.into_iter().cloned().collect();
@@ -92,17 +122,16 @@ impl Graph {
             return Ok(self.ordered.iter().collect());
         }
         let mut wanted = BTreeSet::new();
+        let mut stack = Vec::new();
         for name in requested {
-            let mut cur = self.get(name).ok_or_else(|| UnknownTarget {
+            stack.push(self.get(name).ok_or_else(|| UnknownTarget {
                 name: name.clone(),
                 known: self.ordered.iter().map(|t| t.name.to_string()).collect(),
-            })?;
-            loop {
-                wanted.insert(cur.name.clone());
-                match self.parent_of(&cur.name) {
-                    Some(p) => cur = p,
-                    None => break,
-                }
+            })?);
+        }
+        while let Some(cur) = stack.pop() {
+            if wanted.insert(cur.name.clone()) {
+                stack.extend(cur.kind.deps().into_iter().filter_map(|d| self.get(d)));
             }
         }
         Ok(self
@@ -162,6 +191,54 @@ parent = "build-base"
             .unwrap_err()
             .to_string();
         assert!(err.contains("`nope`") && err.contains("gcc:x86"), "{err}");
+    }
+
+    #[test]
+    fn indexes_depend_on_their_members_and_are_validated() {
+        let g = graph(
+            "[[target]]\nname = \"bb\"\nindex = [\"bb:arm64\", \"bb:amd64\"]\n\
+             [[target]]\nname = \"bb:amd64\"\n\
+             [[target]]\nname = \"bb:arm64\"\nplatform = \"linux/arm64/v8\"\n",
+        )
+        .unwrap();
+        let order: Vec<&str> = g.targets().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(order, ["bb:amd64", "bb:arm64", "bb"]);
+        let sel: Vec<&str> = g
+            .closure(&["bb".parse().unwrap()])
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(sel, ["bb:amd64", "bb:arm64", "bb"]);
+        let e = graph("[[target]]\nname = \"bb\"\nindex = [\"bb:a\", \"bb:b\"]\n[[target]]\nname = \"bb:a\"\n[[target]]\nname = \"bb:b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target (bb).index: `bb:a` and `bb:b` are both linux/amd64"),
+            "{e}"
+        );
+        let e = graph("[[target]]\nname = \"bb\"\nindex = [\"other:a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target[0] (bb).index: member `other:a` is not a tag of image `bb`"),
+            "{e}"
+        );
+        let e = graph("[[target]]\nname = \"bb\"\nindex = [\"bb:a\"]\n[[target]]\nname = \"bb:a\"\n[[target]]\nname = \"c\"\nparent = \"bb\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target (c).parent: `bb` is a multi-platform index"),
+            "{e}"
+        );
+        let e =
+            graph("[[target]]\nname = \"bb\"\nindex = [\"bb:a\"]\nplatform = \"linux/amd64\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("target[0] (bb).platform: an index target takes only `index`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //!   "key-format":   1,                                        // bump when this layout changes
 //!   "output-format":"<OUTPUT_FORMAT>",                        // how kci-build writes bytes
 //!   "parent":       { "name": "<target>", "manifest": "sha256:…" } | null,
+//!   "members":      { "<target>": "sha256:…", … },             // indexes only
 //!   "platform":     "linux/amd64",
 //!   "recipe":       { "dockerfile": { "dockerfile": "…", "args": {…} } }
 //!                 | { "bootstrap":  { "suite": …, "variant": …, "components": […],
-//!                                     "packages": […], "mirror-sha256": "sha256:…" } },
+//!                                     "packages": […], "mirror-sha256": "sha256:…" } }
+//!                 | { "index": { "members": ["<target>", …] } },
 //!   "source-date-epoch": 1717200000,
 //!   "target":       "gcc-12:arm64" }
 //! ```
@@ -52,6 +54,10 @@ pub struct KeyInputs {
     pub recipe: RecipeInputs,
     pub context: BTreeMap<String, String>,
     pub parent: Option<ParentInput>,
+    /// An index's members and their manifest digests (absent from the encoding when empty,
+    /// so single-platform keys are unchanged by the field's existence).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<TargetName, Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,6 +75,8 @@ pub enum RecipeInputs {
         #[serde(rename = "mirror-sha256")]
         mirror_sha256: Digest,
     },
+    /// A multi-platform index over these member targets.
+    Index { members: Vec<TargetName> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -205,6 +213,7 @@ mod tests {
                 name: "build-base".parse().unwrap(),
                 manifest: Digest::of(&[p]),
             }),
+            members: BTreeMap::new(),
         }
     }
 

@@ -234,8 +234,9 @@ mod tests {
             input: BTreeMap::from([("recipe.dockerfile.args.X".to_owned(), arg.to_owned())]),
             output: LockedOutput {
                 manifest: Digest::of(&[manifest]),
-                config: Digest::of(&[manifest, 1]),
+                config: Some(Digest::of(&[manifest, 1])),
                 layers: vec![],
+                members: vec![],
             },
             package: packages
                 .iter()

@@ -42,9 +42,16 @@ pub struct LockedTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedOutput {
+    /// The image manifest, or for a multi-platform target its OCI index.
     pub manifest: Digest,
-    pub config: Digest,
+    /// The image config (absent for an index).
+    #[serde(default)]
+    pub config: Option<Digest>,
+    #[serde(default)]
     pub layers: Vec<Digest>,
+    /// An index's per-platform manifests.
+    #[serde(default)]
+    pub members: Vec<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +100,19 @@ impl Lockfile {
                 "output.manifest = {}",
                 quote(t.output.manifest.as_str())
             );
-            let _ = writeln!(out, "output.config = {}", quote(t.output.config.as_str()));
-            let _ = writeln!(out, "output.layers = [");
-            for l in &t.output.layers {
-                let _ = writeln!(out, "    {},", quote(l.as_str()));
+            if let Some(c) = &t.output.config {
+                let _ = writeln!(out, "output.config = {}", quote(c.as_str()));
             }
-            out.push_str("]\n");
+            for (field, list) in [("layers", &t.output.layers), ("members", &t.output.members)] {
+                if field == "members" && list.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "output.{field} = [");
+                for d in list {
+                    let _ = writeln!(out, "    {},", quote(d.as_str()));
+                }
+                out.push_str("]\n");
+            }
             for (k, v) in &t.input {
                 let _ = writeln!(out, "input.{} = {}", quote(k), quote(v));
             }
@@ -146,9 +160,14 @@ impl LockedTarget {
         let mut f = BTreeMap::new();
         f.insert("key".into(), self.key.to_string());
         f.insert("output.manifest".into(), self.output.manifest.to_string());
-        f.insert("output.config".into(), self.output.config.to_string());
-        let layers: Vec<&str> = self.output.layers.iter().map(|d| d.as_str()).collect();
-        f.insert("output.layers".into(), layers.join(" "));
+        if let Some(c) = &self.output.config {
+            f.insert("output.config".into(), c.to_string());
+        }
+        let join = |l: &[Digest]| l.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" ");
+        f.insert("output.layers".into(), join(&self.output.layers));
+        if !self.output.members.is_empty() {
+            f.insert("output.members".into(), join(&self.output.members));
+        }
         f.extend(
             self.input
                 .iter()
@@ -203,8 +222,9 @@ mod tests {
                 ]),
                 output: LockedOutput {
                     manifest: d(3),
-                    config: d(4),
+                    config: Some(d(4)),
                     layers: vec![d(5), d(6)],
+                    members: vec![],
                 },
                 package: BTreeMap::from([
                     ("gcc-12:amd64".into(), "12.2.0-14+deb12u1".into()),
@@ -219,8 +239,9 @@ mod tests {
                 input: BTreeMap::new(),
                 output: LockedOutput {
                     manifest: d(8),
-                    config: d(9),
+                    config: Some(d(9)),
                     layers: vec![],
+                    members: vec![],
                 },
                 package: BTreeMap::new(),
             },

@@ -63,14 +63,16 @@ pub struct PlannedTarget<'g> {
 pub const UNKNOWN_PARENT: &str =
     "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The key inputs of one target once its parent's output digest is known.
+/// The key inputs of one target; `deps` holds the manifest digests of its dependencies
+/// (parent or index members) that are known — a missing one enters as [`UNKNOWN_PARENT`].
 pub fn key_inputs(
     t: &TargetRecipe,
     settings: &Settings,
     context: &ContextFingerprint,
     mirror: Option<&str>,
-    parent_manifest: Option<Digest>,
+    deps: &BTreeMap<TargetName, Digest>,
 ) -> Result<KeyInputs, RecipeError> {
+    let unknown = || -> Digest { UNKNOWN_PARENT.parse().expect("valid digest") };
     let recipe = match &t.kind {
         TargetKind::Dockerfile {
             dockerfile, args, ..
@@ -97,11 +99,21 @@ pub fn key_inputs(
                 mirror_sha256: Digest::of(mirror.as_bytes()),
             }
         }
+        TargetKind::Index { members } => RecipeInputs::Index {
+            members: members.clone(),
+        },
     };
     let parent = t.kind.parent().map(|p| ParentInput {
         name: p.clone(),
-        manifest: parent_manifest.unwrap_or_else(|| UNKNOWN_PARENT.parse().expect("valid digest")),
+        manifest: deps.get(p).cloned().unwrap_or_else(unknown),
     });
+    let members = match &t.kind {
+        TargetKind::Index { members } => members
+            .iter()
+            .map(|m| (m.clone(), deps.get(m).cloned().unwrap_or_else(unknown)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     Ok(KeyInputs {
         key_format: KEY_FORMAT,
         output_format: OUTPUT_FORMAT.to_owned(),
@@ -111,6 +123,7 @@ pub fn key_inputs(
         recipe,
         context: context.clone(),
         parent,
+        members,
     })
 }
 
@@ -127,26 +140,27 @@ pub fn plan<'g>(
     let mut out: Vec<PlannedTarget<'g>> = Vec::with_capacity(targets.len());
     let empty = ContextFingerprint::new();
     for t in targets {
-        let parent_manifest = match t.kind.parent() {
-            None => None,
-            Some(p) => {
-                let pp = out
-                    .iter()
-                    .find(|x| &x.recipe.name == p)
-                    .expect("targets are closed over parents and ordered");
-                pp.stored.clone().or_else(|| {
-                    let locked: &LockedTarget = lock.targets.get(p)?;
-                    (Some(&locked.key) == pp.key.as_ref()).then(|| locked.output.manifest.clone())
-                })
+        let mut deps = BTreeMap::new();
+        for d in t.kind.deps() {
+            let planned = out
+                .iter()
+                .find(|x| &x.recipe.name == d)
+                .expect("targets are closed over dependencies and ordered");
+            let manifest = planned.stored.clone().or_else(|| {
+                let locked: &LockedTarget = lock.targets.get(d)?;
+                (Some(&locked.key) == planned.key.as_ref()).then(|| locked.output.manifest.clone())
+            });
+            if let Some(m) = manifest {
+                deps.insert(d.clone(), m);
             }
-        };
-        let parent_known = t.kind.parent().is_none() || parent_manifest.is_some();
+        }
+        let parent_known = deps.len() == t.kind.deps().len();
         let inputs = key_inputs(
             t,
             settings,
             contexts.get(&t.name).unwrap_or(&empty),
             mirror,
-            parent_manifest,
+            &deps,
         )?;
         let key = parent_known.then(|| inputs.key());
         let stored_manifest = key.as_ref().and_then(&stored);
@@ -259,8 +273,9 @@ args = { V = "12" }
                 input: p[0].inputs.facts(),
                 output: LockedOutput {
                     manifest: Digest::of(b"base"),
-                    config: Digest::of(b"c"),
+                    config: Some(Digest::of(b"c")),
                     layers: vec![],
+                    members: vec![],
                 },
                 package: BTreeMap::new(),
             },

@@ -72,13 +72,25 @@ pub enum TargetKind {
     },
     /// A Debian root file system made by mmdebstrap, imported as a one-layer image.
     Bootstrap(Bootstrap),
+    /// A multi-platform image: an OCI index over single-platform targets of the same
+    /// image (`busybox:amd64`, `busybox:arm64` → `busybox`), one manifest per platform.
+    Index { members: Vec<TargetName> },
 }
 
 impl TargetKind {
+    /// The image this one is built `FROM`.
     pub fn parent(&self) -> Option<&TargetName> {
         match self {
             TargetKind::Dockerfile { parent, .. } => parent.as_ref(),
-            TargetKind::Bootstrap(_) => None,
+            TargetKind::Bootstrap(_) | TargetKind::Index { .. } => None,
+        }
+    }
+
+    /// Every target whose output this one needs: the parent, or an index's members.
+    pub fn deps(&self) -> Vec<&TargetName> {
+        match self {
+            TargetKind::Index { members } => members.iter().collect(),
+            other => other.parent().into_iter().collect(),
         }
     }
 }
@@ -130,6 +142,8 @@ struct RawTarget {
     platform: Option<Platform>,
     #[serde(default)]
     bootstrap: Option<Bootstrap>,
+    #[serde(default)]
+    index: Option<Vec<TargetName>>,
 }
 
 /// Build arguments kci-build sets itself; a recipe may not override them.
@@ -154,6 +168,41 @@ pub fn parse_image_file(file: &Path, text: &str) -> Result<Vec<TargetRecipe>, Re
     for (i, t) in raw.target.into_iter().enumerate() {
         let field = |f: &str| format!("target[{i}] ({}).{f}", t.name);
         let platform = t.platform.clone().unwrap_or_else(Platform::linux_amd64);
+        if let Some(members) = t.index {
+            for (f, set) in [
+                ("parent", t.parent.is_some()),
+                ("dockerfile", t.dockerfile.is_some()),
+                ("args", !t.args.is_empty()),
+                ("platform", t.platform.is_some()),
+                ("bootstrap", t.bootstrap.is_some()),
+            ] {
+                if set {
+                    return Err(RecipeError::new(
+                        file,
+                        field(f),
+                        "an index target takes only `index` (its members carry the platforms)",
+                    ));
+                }
+            }
+            if members.is_empty() {
+                return Err(RecipeError::new(file, field("index"), "lists no member"));
+            }
+            if let Some(m) = members.iter().find(|m| m.image() != t.name.image()) {
+                return Err(RecipeError::new(
+                    file,
+                    field("index"),
+                    format!("member `{m}` is not a tag of image `{}`", t.name.image()),
+                ));
+            }
+            out.push(TargetRecipe {
+                name: t.name.clone(),
+                recipe_file: file.to_owned(),
+                context_dir: context_dir.clone(),
+                platform,
+                kind: TargetKind::Index { members },
+            });
+            continue;
+        }
         let kind = match t.bootstrap {
             Some(mut b) => {
                 for (f, set) in [

@@ -22,7 +22,7 @@ use crate::bootstrap;
 use crate::context::{self, ContextEntry};
 use crate::core::key::KeyInputs;
 use crate::core::lockfile::{LockedOutput, LockedTarget};
-use crate::core::names::{Digest, TargetName};
+use crate::core::names::{Digest, Platform, TargetName};
 use crate::core::plan::{key_inputs, LockState};
 use crate::core::recipe::{TargetKind, TargetRecipe};
 use crate::docker::{BuildRequest, DockerEngine, Engine};
@@ -156,25 +156,26 @@ pub async fn run_in(
             if started_names.contains(&t.name) {
                 continue;
             }
-            let parent = match t.kind.parent() {
-                None => None,
-                Some(p) if done.contains_key(p) => Some(done[p].1.clone()),
-                Some(p) if failed.contains_key(p) => {
-                    started_names.insert(t.name.clone());
-                    failed.insert(
-                        t.name.clone(),
-                        format!("not built: its parent `{p}` failed"),
-                    );
-                    continue;
-                }
-                Some(_) => continue,
-            };
+            let deps = t.kind.deps();
+            if let Some(bad) = deps.iter().find(|d| failed.contains_key(**d)) {
+                started_names.insert(t.name.clone());
+                failed.insert(t.name.clone(), format!("not built: `{bad}` failed"));
+                continue;
+            }
+            if !deps.iter().all(|d| done.contains_key(*d)) {
+                continue;
+            }
+            let dep_manifests: BTreeMap<TargetName, Digest> = deps
+                .iter()
+                .map(|d| ((*d).clone(), done[*d].1.manifest.clone()))
+                .collect();
+            let parent = t.kind.parent().map(|p| done[p].1.clone());
             let inputs = key_inputs(
                 t,
                 &ws.settings,
                 &context::fingerprint(&contexts[&t.name]),
                 ws.mirror.as_deref(),
-                parent.as_ref().map(|p| p.manifest.clone()),
+                &dep_manifests,
             )?;
             let key = inputs.key();
             if let Some(img) = store.lookup(&key) {
@@ -188,6 +189,38 @@ pub async fn run_in(
                     key: key.to_string(),
                     manifest: img.manifest.to_string(),
                     action: "cached",
+                    seconds: 0.0,
+                });
+                done.insert(t.name.clone(), (inputs, img));
+                continue;
+            }
+            if let TargetKind::Index { members } = &t.kind {
+                // An index is a few hundred bytes of JSON over its members: write it here.
+                started_names.insert(t.name.clone());
+                let members: Vec<(Platform, StoredImage)> = members
+                    .iter()
+                    .map(|m| {
+                        (
+                            ws.graph.get(m).expect("validated").platform.clone(),
+                            done[m].1.clone(),
+                        )
+                    })
+                    .collect();
+                let img = image::store_index(&store, &t.name, &key, &members)?;
+                printer.status(
+                    "Indexed",
+                    format!(
+                        "{} → {} ({} platforms)",
+                        t.name,
+                        img.manifest.short(),
+                        members.len()
+                    ),
+                );
+                outcomes.push(Outcome {
+                    name: t.name.to_string(),
+                    key: key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action: "built",
                     seconds: 0.0,
                 });
                 done.insert(t.name.clone(), (inputs, img));
@@ -458,6 +491,7 @@ impl Job {
         let result = match &self.recipe.kind {
             TargetKind::Bootstrap(_) => self.bootstrap(&mut log).await,
             TargetKind::Dockerfile { .. } => self.dockerfile(engine, &mut log).await,
+            TargetKind::Index { .. } => unreachable!("indexes are assembled without a job"),
         };
         result.map_err(|e| {
             let tail = log.tail();
@@ -515,6 +549,7 @@ impl Job {
                 config,
                 layers,
                 packages: status.map(|s| dpkg::installed(&s)).unwrap_or_default(),
+                members: Vec::new(),
             };
             store.record(&img)?;
             drop(tmp);
@@ -674,6 +709,7 @@ fn canonical_from_saved(
         config,
         layers,
         packages,
+        members: Vec::new(),
     })
 }
 
@@ -684,8 +720,9 @@ fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
         input: inputs.facts(),
         output: LockedOutput {
             manifest: img.manifest.clone(),
-            config: img.config.clone(),
+            config: (!img.is_index()).then(|| img.config.clone()),
             layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
+            members: img.members.clone(),
         },
         package: img.packages.clone(),
     }

@@ -98,17 +98,29 @@ pub async fn run(
                 let _ = writeln!(out, "    {line}");
             }
         }
-        if locked
+        if rebuilt.is_index() {
+            let _ = writeln!(
+                out,
+                "  index members: {:?} -> {:?}",
+                locked.output.members, rebuilt.members
+            );
+        } else if locked
             .output
             .layers
             .iter()
             .eq(rebuilt.layers.iter().map(|l| &l.digest))
-            && locked.output.config != rebuilt.config
+            && locked.output.config.as_ref() != Some(&rebuilt.config)
         {
+            let old = locked
+                .output
+                .config
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "(none)".into());
             let _ = writeln!(
                 out,
-                "  same layers, different config: {} -> {}",
-                locked.output.config, rebuilt.config
+                "  same layers, different config: {old} -> {}",
+                rebuilt.config
             );
         }
     }

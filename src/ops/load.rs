@@ -26,6 +26,15 @@ pub async fn run(ws: &Workspace, targets: &[TargetName], printer: &Printer) -> a
                 p.recipe.name
             );
         }
+        if matches!(p.recipe.kind, crate::core::recipe::TargetKind::Index { .. }) {
+            if targets.contains(&p.recipe.name) {
+                bail!(
+                    "{} is a multi-platform index; load one of its members",
+                    p.recipe.name
+                );
+            }
+            continue;
+        }
         let img = ws
             .store
             .lookup(p.key.as_ref().expect("cached"))

@@ -18,7 +18,7 @@ use crate::core::plan::Status;
 use crate::dpkg;
 use crate::image;
 use crate::printer::Printer;
-use crate::registry::{Registry, MANIFEST_MEDIA_TYPE};
+use crate::registry::{Registry, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::store::{Store, StoredImage, StoredLayer};
 
 /// The immutable tag a key is published under.
@@ -113,7 +113,7 @@ pub async fn push_images(
     let mut home: BTreeMap<Digest, String> = BTreeMap::new();
     let mut uploads = BTreeSet::new();
     let mut mounts = BTreeSet::new();
-    for img in &todo {
+    for img in todo.iter().filter(|img| !img.is_index()) {
         let repo = repository(prefix, &img.target);
         for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
             match home.get(d) {
@@ -164,13 +164,24 @@ pub async fn push_images(
     .buffer_unordered(jobs.max(1))
     .try_collect::<Vec<()>>()
     .await?;
-    // 2. Manifests by digest, 3. tags last.
-    for img in &todo {
+    // 2. Manifests by digest (an index after the manifests it names), 3. tags last.
+    let media_type = |img: &StoredImage| {
+        if img.is_index() {
+            INDEX_MEDIA_TYPE
+        } else {
+            MANIFEST_MEDIA_TYPE
+        }
+    };
+    for img in todo
+        .iter()
+        .filter(|i| !i.is_index())
+        .chain(todo.iter().filter(|i| i.is_index()))
+    {
         let bytes = store.read_blob(&img.manifest)?;
         reg.put_manifest(
             &repository(prefix, &img.target),
             img.manifest.as_str(),
-            MANIFEST_MEDIA_TYPE,
+            media_type(img),
             &bytes,
         )
         .await?;
@@ -182,8 +193,7 @@ pub async fn push_images(
         if !done {
             let bytes = store.read_blob(&img.manifest)?;
             for t in &tags {
-                reg.put_manifest(&repo, t, MANIFEST_MEDIA_TYPE, &bytes)
-                    .await?;
+                reg.put_manifest(&repo, t, media_type(img), &bytes).await?;
             }
         }
         printer.status(
@@ -230,6 +240,35 @@ pub async fn fetch(
         return Ok(None);
     };
     let bytes = reg.get_manifest(&repo, &manifest).await?;
+    let media_type: Option<String> = serde_json::from_slice::<serde_json::Value>(&bytes)?
+        ["mediaType"]
+        .as_str()
+        .map(str::to_owned);
+    if media_type.as_deref() == Some(INDEX_MEDIA_TYPE) {
+        // Members are targets of their own, fetched (or built) before their index.
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&bytes).context("parsing the registry's index")?;
+        let members = index
+            .manifests()
+            .iter()
+            .map(|m| m.digest().to_string().parse())
+            .collect::<Result<Vec<Digest>, _>>()?;
+        if let Some(missing) = members.iter().find(|m| !store.has_blob(m)) {
+            bail!("index {manifest} names {missing}, which is not in the store");
+        }
+        store.put_bytes(&bytes)?;
+        let img = StoredImage {
+            target: target.clone(),
+            key: key.clone(),
+            manifest: manifest.clone(),
+            config: manifest,
+            layers: vec![],
+            packages: Default::default(),
+            members,
+        };
+        store.record(&img)?;
+        return Ok(Some(img));
+    }
     let parsed: oci_spec::image::ImageManifest =
         serde_json::from_slice(&bytes).context("parsing the registry's manifest")?;
     let config: Digest = parsed.config().digest().to_string().parse()?;
@@ -280,6 +319,7 @@ pub async fn fetch(
         config,
         layers,
         packages,
+        members: Vec::new(),
     };
     store.record(&img)?;
     Ok(Some(img))
