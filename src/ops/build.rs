@@ -206,7 +206,7 @@ pub async fn run_in(
                         )
                     })
                     .collect();
-                let img = image::store_index(&store, &t.name, &key, &members)?;
+                let img = image::store_index(store, &t.name, &key, &members)?;
                 printer.status(
                     "Indexed",
                     format!(
