@@ -100,6 +100,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: crate::ops::diff::Format,
     },
+    /// Convert KernelCI configuration into kci-build recipes.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
     /// Load stored images into the local Docker daemon as `{prefix}{image}:{tag}`.
     Load {
         /// Targets to load; all when none are given.
@@ -136,5 +141,25 @@ pub enum Command {
         /// Exit 1 when the lockfile does not match the recipes.
         #[arg(long, required = true)]
         check: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportWhat {
+    /// KernelCI's rootfs-configs.yaml (anchors and merge keys included) → recipes/*.toml.
+    /// Anything that cannot be carried over is named (config and field) on stderr and in
+    /// the recipe's header.
+    RootfsConfigs {
+        file: PathBuf,
+        /// Where to write the recipes.
+        #[arg(long, default_value = "recipes")]
+        out: PathBuf,
+        /// Port every config to this Debian release (`bullseye-ltp` → `bookworm-ltp`); with
+        /// the machine's apt lists for it, package names are checked too.
+        #[arg(long)]
+        release: Option<String>,
+        /// The recipes' SOURCE_DATE_EPOCH [default: images/config.toml's].
+        #[arg(long)]
+        source_date_epoch: Option<u64>,
     },
 }

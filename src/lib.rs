@@ -14,4 +14,5 @@ pub mod layerdiff;
 pub mod ops;
 pub mod printer;
 pub mod registry;
+pub mod rootfs;
 pub mod store;

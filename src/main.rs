@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
-use kci_build::cli::{Cli, Command};
+use kci_build::cli::{Cli, Command, ImportWhat};
 use kci_build::error::{classify, ExitCode as Code, Rendered};
 use kci_build::ops::{self, Paths, Workspace};
 use kci_build::printer::Printer;
@@ -52,6 +53,42 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
     // `diff` reads lockfiles only: it works outside a recipe tree (git calls it).
     if let Command::Diff { args, format } = &cli.command {
         print!("{}", ops::diff::run(args, &cli.lockfile, *format)?);
+        return Ok(());
+    }
+    if let Command::Import {
+        what:
+            ImportWhat::RootfsConfigs {
+                file,
+                out,
+                release,
+                source_date_epoch,
+            },
+    } = &cli.command
+    {
+        let sde = match source_date_epoch {
+            Some(s) => *s,
+            None => {
+                let cfg = cli.images.join("config.toml");
+                let text = std::fs::read_to_string(&cfg).with_context(|| {
+                    format!("reading {} (or pass --source-date-epoch)", cfg.display())
+                })?;
+                kci_build::core::recipe::Settings::parse(&cfg, &text)?.source_date_epoch
+            }
+        };
+        let args = ops::import::ImportArgs {
+            file: file.clone(),
+            out: out.clone(),
+            release: release.clone(),
+            source_date_epoch: sde,
+        };
+        let (n, problems) = ops::import::run(&args, printer)?;
+        printer.status(
+            "Finished",
+            format!(
+                "{n} recipes written, {} fields not carried over (listed above)",
+                problems.len()
+            ),
+        );
         return Ok(());
     }
     let paths = Paths {
@@ -139,7 +176,7 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
-        Command::Diff { .. } => unreachable!("handled above"),
+        Command::Diff { .. } | Command::Import { .. } => unreachable!("handled above"),
         Command::Load { targets } => runtime()?.block_on(ops::load::run(&ws, targets, printer))?,
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod check;
 pub mod diff;
+pub mod import;
 pub mod load;
 pub mod lock;
 pub mod plan;

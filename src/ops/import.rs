@@ -1,0 +1,86 @@
+//! `kci-build import rootfs-configs FILE`: KernelCI's rootfs-configs.yaml → `recipes/*.toml`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::fsutil;
+use crate::printer::Printer;
+use crate::rootfs::{self, ImportOptions};
+
+pub struct ImportArgs {
+    pub file: PathBuf,
+    pub out: PathBuf,
+    pub release: Option<String>,
+    pub source_date_epoch: u64,
+}
+
+/// Converts and writes the recipes; returns how many were written and the problems.
+pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<(usize, Vec<String>)> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let known_packages = args.release.as_deref().and_then(|r| {
+        let known = packages_of(r);
+        if known.is_none() {
+            printer.warn(format!(
+                "package names are not checked: this machine's apt lists do not cover {r}"
+            ));
+        }
+        known
+    });
+    let opts = ImportOptions {
+        release: args.release.clone(),
+        source_date_epoch: args.source_date_epoch,
+        known_packages,
+    };
+    let imported = rootfs::import(&text, &opts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let source = args
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (from, recipe) in &imported.recipes {
+        let mut header = format!(
+            "# Converted by `kci-build import rootfs-configs` from {source} (config `{from}`).\n"
+        );
+        for p in imported
+            .problems
+            .iter()
+            .filter(|p| p.starts_with(&format!("{from}.")))
+        {
+            header.push_str(&format!("# NOTE {p}\n"));
+        }
+        let path = args.out.join(format!("{}.toml", recipe.name));
+        fsutil::atomic_write(&path, recipe.to_toml(&header).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        printer.status("Converted", format!("{from} → {}", path.display()));
+    }
+    for p in &imported.problems {
+        printer.warn(format!("{}: {p}", args.file.display()));
+    }
+    Ok((imported.recipes.len(), imported.problems))
+}
+
+/// Package names of `release` as this machine's apt knows them, when the machine runs that
+/// release (`apt-cache pkgnames`).
+fn packages_of(release: &str) -> Option<BTreeSet<String>> {
+    let os = std::fs::read_to_string("/etc/os-release").ok()?;
+    let codename = os
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))?
+        .trim_matches('"');
+    if codename != release {
+        return None;
+    }
+    let out = std::process::Command::new("apt-cache")
+        .arg("pkgnames")
+        .output()
+        .ok()?;
+    let names: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.success() && !names.is_empty()).then_some(names)
+}

@@ -1,0 +1,270 @@
+//! Rootfs recipes: KernelCI's `rootfs-configs.yaml` fields for Debian root file systems,
+//! plus what reproducibility needs (`SOURCE_DATE_EPOCH`, the mirror setting), one TOML file
+//! per config under `recipes/`. The converter from KernelCI's YAML is pure: it returns the
+//! recipes and, for anything it cannot carry over, a message naming the config and field.
+//!
+//! Building these recipes (`kci-build rootfs`) is not implemented yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Debian architectures KernelCI builds rootfs images for.
+pub const DEBIAN_ARCHES: &[&str] = &[
+    "amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "riscv64", "s390x",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootfsRecipe {
+    pub name: String,
+    pub debian_release: String,
+    pub arch_list: Vec<String>,
+    #[serde(default)]
+    pub extra_packages: Vec<String>,
+    #[serde(default)]
+    pub extra_packages_remove: Vec<String>,
+    #[serde(default)]
+    pub extra_files_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_overlay: Option<String>,
+    #[serde(default)]
+    pub crush_image_options: Vec<String>,
+    pub source_date_epoch: u64,
+    /// `auto`: `$KCI_DEBIAN_MIRROR`, else the machine's apt sources.
+    pub mirror: String,
+}
+
+impl RootfsRecipe {
+    /// The canonical file text: a header naming where it came from, then the fields.
+    pub fn to_toml(&self, header: &str) -> String {
+        let body = toml::to_string(self).expect("recipes serialise");
+        format!("{header}{body}")
+    }
+}
+
+/// One config from `rootfs-configs.yaml`, as KernelCI writes it.
+#[derive(Debug, Deserialize)]
+struct KciConfig {
+    rootfs_type: Option<String>,
+    debian_release: Option<String>,
+    #[serde(default)]
+    arch_list: Vec<String>,
+    #[serde(default)]
+    extra_packages: Vec<String>,
+    #[serde(default)]
+    extra_packages_remove: Vec<String>,
+    #[serde(default)]
+    extra_files_remove: Vec<String>,
+    script: Option<String>,
+    test_overlay: Option<String>,
+    #[serde(default)]
+    crush_image_options: Vec<String>,
+    #[serde(flatten)]
+    rest: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Port every config to this Debian release (renaming `bullseye-ltp` → `bookworm-ltp`).
+    pub release: Option<String>,
+    pub source_date_epoch: u64,
+    /// Packages that exist in the target release, when known; others are reported.
+    pub known_packages: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Imported {
+    /// `(name in the YAML, recipe)`.
+    pub recipes: Vec<(String, RootfsRecipe)>,
+    /// `config.field: what happened`, one per thing not carried over as it was.
+    pub problems: Vec<String>,
+}
+
+/// Converts KernelCI's `rootfs-configs.yaml` (anchors, aliases and merge keys included).
+pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
+    doc.apply_merge().map_err(|e| e.to_string())?;
+    let configs = doc
+        .get("rootfs_configs")
+        .ok_or("no top-level `rootfs_configs:` mapping")?
+        .clone();
+    let configs: BTreeMap<String, KciConfig> =
+        serde_yaml_ng::from_value(configs).map_err(|e| format!("rootfs_configs: {e}"))?;
+    let mut out = Imported::default();
+    for (name, c) in configs {
+        let problem = |field: &str, msg: String| format!("{name}.{field}: {msg}");
+        match c.rootfs_type.as_deref() {
+            Some("debos") | None => {}
+            Some(other) => {
+                out.problems.push(problem("rootfs_type", format!("`{other}` configs are not converted (kci-build builds Debian root file systems); config skipped")));
+                continue;
+            }
+        }
+        // Fields that change where packages come from cannot be honoured here.
+        let blocking: Vec<&str> = ["debian_mirror", "keyring_package", "keyring_file"]
+            .into_iter()
+            .filter(|f| c.rest.contains_key(*f))
+            .collect();
+        if !blocking.is_empty() {
+            for f in &blocking {
+                out.problems.push(problem(f, "another archive (e.g. debian-ports) cannot be pinned or reached from the build machines; config skipped".into()));
+            }
+            continue;
+        }
+        for field in c.rest.keys() {
+            let msg = match field.as_str() {
+                "extra_firmware" | "linux_fw_version" => "firmware from linux-firmware.git is not supported yet; dropped (the rootfs has no extra firmware)",
+                _ => "unknown field; dropped",
+            };
+            out.problems.push(problem(field, msg.into()));
+        }
+        let Some(mut release) = c.debian_release.clone() else {
+            out.problems
+                .push(problem("debian_release", "missing; config skipped".into()));
+            continue;
+        };
+        let mut new_name = name.clone();
+        if let Some(r) = &opts.release {
+            if let Some(rest) = name.strip_prefix(release.as_str()) {
+                new_name = format!("{r}{rest}");
+            }
+            release = r.clone();
+        }
+        let mut arches = Vec::new();
+        for a in c.arch_list {
+            if DEBIAN_ARCHES.contains(&a.as_str()) {
+                arches.push(a);
+            } else {
+                out.problems.push(problem(
+                    "arch_list",
+                    format!("`{a}` is not a Debian architecture; dropped"),
+                ));
+            }
+        }
+        let mut keep = |field: &str, list: Vec<String>| -> Vec<String> {
+            let Some(known) = &opts.known_packages else {
+                return list;
+            };
+            list.into_iter()
+                .filter(|p| {
+                    let ok = known.contains(p);
+                    if !ok {
+                        out.problems.push(problem(
+                            field,
+                            format!(
+                                "`{p}` is not a package of {release}; dropped (find its new name)"
+                            ),
+                        ));
+                    }
+                    ok
+                })
+                .collect()
+        };
+        let extra_packages = keep("extra_packages", c.extra_packages);
+        let extra_packages_remove = keep("extra_packages_remove", c.extra_packages_remove);
+        out.recipes.push((
+            name.clone(),
+            RootfsRecipe {
+                name: new_name,
+                debian_release: release,
+                arch_list: arches,
+                extra_packages,
+                extra_packages_remove,
+                extra_files_remove: c.extra_files_remove,
+                script: c.script.filter(|s| !s.is_empty()),
+                test_overlay: c.test_overlay.filter(|s| !s.is_empty()),
+                crush_image_options: c.crush_image_options,
+                source_date_epoch: opts.source_date_epoch,
+                mirror: "auto".into(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+rootfs_configs:
+  buildroot-baseline:
+    rootfs_type: buildroot
+    arch_list: [arc]
+  bullseye:
+    rootfs_type: debos
+    debian_release: bullseye
+    arch_list: [amd64, arm64, vax]
+    extra_packages: [isc-dhcp-client, libperl5.32]
+    extra_packages_remove: &remove
+      - bash
+    extra_files_remove: ['*networkd*']
+    script: "scripts/install-bootrr.sh"
+    test_overlay: ""
+  bullseye-igt:
+    <<: &common
+      rootfs_type: debos
+      debian_release: bullseye
+      arch_list: [amd64]
+    extra_packages_remove: *remove
+    extra_firmware: [i915/kbl_dmc_ver1_04.bin]
+  sid:
+    rootfs_type: debos
+    debian_release: sid
+    debian_mirror: http://example.invalid/debian-ports
+    arch_list: [riscv64]
+"#;
+
+    #[test]
+    fn converts_anchors_and_merge_keys_and_names_what_it_cannot_carry() {
+        let known: BTreeSet<String> = ["isc-dhcp-client", "bash"].map(String::from).into();
+        let got = import(
+            YAML,
+            &ImportOptions {
+                release: Some("bookworm".into()),
+                source_date_epoch: 7,
+                known_packages: Some(known),
+            },
+        )
+        .unwrap();
+        let names: Vec<(&str, &str)> = got
+            .recipes
+            .iter()
+            .map(|(from, r)| (from.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("bullseye", "bookworm"), ("bullseye-igt", "bookworm-igt")]
+        );
+        let base = &got.recipes[0].1;
+        assert_eq!(base.arch_list, ["amd64", "arm64"]);
+        assert_eq!(base.extra_packages, ["isc-dhcp-client"]);
+        assert_eq!(base.test_overlay, None);
+        assert_eq!(
+            got.recipes[1].1.extra_packages_remove,
+            ["bash"],
+            "alias resolved"
+        );
+        assert_eq!(got.recipes[1].1.arch_list, ["amd64"], "merge key resolved");
+        assert_eq!(
+            got.problems,
+            [
+                "buildroot-baseline.rootfs_type: `buildroot` configs are not converted (kci-build builds Debian root file systems); config skipped",
+                "bullseye.arch_list: `vax` is not a Debian architecture; dropped",
+                "bullseye.extra_packages: `libperl5.32` is not a package of bookworm; dropped (find its new name)",
+                "bullseye-igt.extra_firmware: firmware from linux-firmware.git is not supported yet; dropped (the rootfs has no extra firmware)",
+                "sid.debian_mirror: another archive (e.g. debian-ports) cannot be pinned or reached from the build machines; config skipped",
+            ]
+        );
+        let text = base.to_toml("# header\n");
+        let back: RootfsRecipe = toml::from_str(&text).unwrap();
+        assert_eq!(&back, base);
+        assert!(
+            text.starts_with("# header\nname = \"bookworm\"\ndebian-release = \"bookworm\"\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! `kci-build import rootfs-configs` on KernelCI's real rootfs-configs.yaml (2022-10).
+
+use std::process::Command;
+
+#[test]
+fn imports_the_real_rootfs_configs_and_names_what_it_drops() {
+    let out = tempfile::tempdir().unwrap();
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rootfs-configs.2022-10.yaml"
+    );
+    let r = Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .args([
+            "import",
+            "rootfs-configs",
+            file,
+            "--release",
+            "bookworm",
+            "--source-date-epoch",
+            "1764547200",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bookworm-cros-ec.toml",
+            "bookworm-gst-fluster.toml",
+            "bookworm-igt.toml",
+            "bookworm-kselftest.toml",
+            "bookworm-libcamera.toml",
+            "bookworm-ltp.toml",
+            "bookworm-rt.toml",
+            "bookworm-v4l2.toml",
+            "bookworm.toml"
+        ]
+    );
+    for needle in [
+        "buildroot-baseline.rootfs_type: `buildroot` configs are not converted",
+        "sid.debian_mirror: another archive",
+        "bullseye-igt.extra_firmware: firmware from linux-firmware.git is not supported yet",
+    ] {
+        assert!(stderr.contains(needle), "missing `{needle}` in:\n{stderr}");
+    }
+    let base: kci_build::rootfs::RootfsRecipe =
+        toml::from_str(&std::fs::read_to_string(out.path().join("bookworm.toml")).unwrap())
+            .unwrap();
+    assert_eq!(base.debian_release, "bookworm");
+    assert_eq!(
+        base.arch_list,
+        ["amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel"]
+    );
+    assert_eq!(
+        base.extra_files_remove.len(),
+        8,
+        "the anchored list is carried over"
+    );
+    assert_eq!(base.script.as_deref(), Some("scripts/install-bootrr.sh"));
+    let igt = std::fs::read_to_string(out.path().join("bookworm-igt.toml")).unwrap();
+    assert!(
+        igt.contains("# NOTE bullseye-igt.extra_firmware:"),
+        "dropped fields are recorded in the recipe:\n{igt}"
+    );
+    // The committed recipes parse.
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes")).unwrap() {
+        let p = e.unwrap().path();
+        let r: kci_build::rootfs::RootfsRecipe =
+            toml::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(r.debian_release, "bookworm", "{}", p.display());
+    }
+}
