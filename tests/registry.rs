@@ -182,6 +182,43 @@ fn htpasswd_auth_from_env_or_docker_config_and_secrets_stay_secret() {
         .ok()
         .json();
     assert_eq!(via_config["blobs_uploaded"], 0, "already there");
+
+    // A credential helper, as `docker login` with a credsStore/credHelpers leaves it.
+    let helper_dir = tempfile::tempdir().unwrap();
+    let marker = helper_dir.path().join("asked");
+    let script = helper_dir.path().join("docker-credential-kcitest");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\necho \"$host\" > {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"kci\",\"Secret\":\"{password}\"}}' \"$host\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        helper_dir.path().join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"kcitest"}}}}"#, reg.addr()),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        helper_dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    ws.kci_env(
+        &["push", "--registry", &reg.addr()],
+        &[
+            ("DOCKER_CONFIG", helper_dir.path().to_str().unwrap()),
+            ("PATH", &path),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        reg.addr(),
+        "the helper was asked for this registry"
+    );
     let wrong = ws.kci_env(
         &["push", "--registry", &reg.addr()],
         &[
