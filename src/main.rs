@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use kci_build::cli::{Cli, Command, ImportWhat};
 use kci_build::error::{classify, ExitCode as Code, Rendered};
@@ -65,31 +64,14 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
             },
     } = &cli.command
     {
-        let sde = match source_date_epoch {
-            Some(s) => *s,
-            None => {
-                let cfg = cli.images.join("config.toml");
-                let text = std::fs::read_to_string(&cfg).with_context(|| {
-                    format!("reading {} (or pass --source-date-epoch)", cfg.display())
-                })?;
-                kci_build::core::recipe::Settings::parse(&cfg, &text)?.source_date_epoch
-            }
-        };
         let args = ops::import::ImportArgs {
             file: file.clone(),
             out: out.clone(),
             release: release.clone(),
-            source_date_epoch: sde,
+            source_date_epoch: *source_date_epoch,
+            images: cli.images.clone(),
         };
-        let (n, problems) = ops::import::run(&args, printer)?;
-        printer.status(
-            "Finished",
-            format!(
-                "{n} recipes written, {} fields not carried over (listed above)",
-                problems.len()
-            ),
-        );
-        return Ok(());
+        return ops::import::run(&args, printer);
     }
     let paths = Paths {
         images: cli.images.clone(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use crate::core::recipe::Settings;
 use crate::fsutil;
 use crate::printer::Printer;
 use crate::rootfs::{self, ImportOptions};
@@ -13,11 +14,24 @@ pub struct ImportArgs {
     pub file: PathBuf,
     pub out: PathBuf,
     pub release: Option<String>,
-    pub source_date_epoch: u64,
+    /// The recipes' SOURCE_DATE_EPOCH; default: the image tree's `config.toml`.
+    pub source_date_epoch: Option<u64>,
+    /// The image recipe tree, for that default.
+    pub images: PathBuf,
 }
 
-/// Converts and writes the recipes; returns how many were written and the problems.
-pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<(usize, Vec<String>)> {
+/// Converts and writes the recipes, then says how many and what was not carried over.
+pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<()> {
+    let source_date_epoch = match args.source_date_epoch {
+        Some(s) => s,
+        None => {
+            let cfg = args.images.join("config.toml");
+            let text = std::fs::read_to_string(&cfg).with_context(|| {
+                format!("reading {} (or pass --source-date-epoch)", cfg.display())
+            })?;
+            Settings::parse(&cfg, &text)?.source_date_epoch
+        }
+    };
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let known_packages = args.release.as_deref().and_then(|r| {
@@ -31,7 +45,7 @@ pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<(usize, Vec<S
     });
     let opts = ImportOptions {
         release: args.release.clone(),
-        source_date_epoch: args.source_date_epoch,
+        source_date_epoch,
         known_packages,
     };
     let imported = rootfs::import(&text, &opts)
@@ -60,7 +74,15 @@ pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<(usize, Vec<S
     for p in &imported.problems {
         printer.warn(format!("{}: {p}", args.file.display()));
     }
-    Ok((imported.recipes.len(), imported.problems))
+    printer.status(
+        "Finished",
+        format!(
+            "{} recipes written, {} fields not carried over (listed above)",
+            imported.recipes.len(),
+            imported.problems.len()
+        ),
+    );
+    Ok(())
 }
 
 /// Package names of `release` as this machine's apt knows them, when the machine runs that
