@@ -14,19 +14,19 @@ work=$(mktemp -d)
 regs=()
 cleanup() { for p in "${regs[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-start_registry() { # $1 = name; prints the port
-  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_registry() { # $1 = name; sets $port (no subshell, so cleanup sees the pid)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$work/$1" "$port" > "$work/$1.yml"
   docker-registry serve "$work/$1.yml" >/dev/null 2>&1 & regs+=($!)
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-  echo "$port"
 }
 now() { date +%s.%N; }
 blob_mb() { du -sb "$work/$1/docker/registry/v2/blobs" | awk '{printf "%.1f", $1/1e6}'; }
 
 image=${T%%:*}; tag=${T#*:}
 "$kci" -q load "$T"
-kp=$(start_registry kci); dp=$(start_registry docker)
+start_registry kci; kp=$port
+start_registry docker; dp=$port
 docker tag "kernelci/$image:$tag" "127.0.0.1:$dp/kernelci/$image:$tag"
 
 t0=$(now); "$kci" -q push "$T" --registry "127.0.0.1:$kp" --json > "$work/push1.json"; t1=$(now)
