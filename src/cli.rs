@@ -135,6 +135,9 @@ pub enum Command {
         /// How many targets to build at once.
         #[arg(short, long, default_value_t = 2)]
         jobs: usize,
+        /// Fetch locked layers missing from the local store from this registry, to compare.
+        #[arg(long, env = "KCI_REGISTRY")]
+        registry: Option<String>,
     },
     /// Check the lockfile against the recipes (for CI).
     Lock {

@@ -122,13 +122,18 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
             }
             report.into_result()?;
         }
-        Command::Check { targets, jobs } => {
+        Command::Check {
+            targets,
+            jobs,
+            registry,
+        } => {
             let rt = runtime()?;
             let (text, reproduced) = rt.block_on(ops::check::run(
                 &ws,
                 targets,
                 *jobs,
                 cli.verbose > 0,
+                registry.as_deref(),
                 printer,
             ))?;
             print!("{text}");

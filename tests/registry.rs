@@ -496,3 +496,30 @@ fn multi_platform_index_pushes_and_pulls_per_platform() {
     assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "arm64/v8");
     let _ = docker(&["image", "rm", "-f", &image]);
 }
+
+#[test]
+fn check_on_a_clean_machine_fetches_locked_layers_from_the_registry() {
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.write(
+        "images/stamp/Dockerfile",
+        "ARG PARENT\nFROM ${PARENT}\nRUN mkdir -p /etc && date +%s%N > /etc/stamp\n",
+    );
+    ws.write(
+        "images/stamp/image.toml",
+        "[[target]]\nname = \"stamp\"\nparent = \"busybox\"\n",
+    );
+    ws.kci(&["build", "--push", "--registry", &reg.addr()]).ok();
+    // A clean machine: the lockfile and recipes, no store.
+    std::fs::remove_dir_all(ws.store()).unwrap();
+    let r = ws.kci(&["check", "stamp", "--registry", &reg.addr()]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("busybox: reproduced"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("/etc/stamp: content sha256 "),
+        "the locked layer was fetched and compared:\n{}",
+        r.stdout
+    );
+}

@@ -6,20 +6,26 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use super::build::{self, BuildOptions, LockMode};
+use super::push::repository;
 use super::Workspace;
 use crate::core::names::{Digest, TargetName};
 use crate::layerdiff;
 use crate::printer::Printer;
+use crate::registry::Registry;
 use crate::store::Store;
 
 /// The text report and whether every target reproduced its locked digests.
+/// `registry`, when given, is where locked layers missing from the local store are fetched
+/// from (what `push` published), so a clean CI machine can still explain a difference.
 pub async fn run(
     ws: &Workspace,
     targets: &[TargetName],
     jobs: usize,
     verbose: bool,
+    registry: Option<&str>,
     printer: &Printer,
 ) -> anyhow::Result<(String, bool)> {
+    let registry = registry.map(Registry::new).transpose()?;
     let main = Store::open(ws.store.root())?;
     let scratch_dir = tempfile::tempdir_in(main.tmp_dir()).context("creating a scratch store")?;
     let scratch = Store::open(scratch_dir.path())?;
@@ -87,8 +93,12 @@ pub async fn run(
                 new.short()
             );
             if !main.has_blob(old) {
-                let _ = writeln!(out, "    the locked layer is not in the local store ({}); its contents cannot be compared", main.root().display());
-                continue;
+                if let Some(reg) = &registry {
+                    fetch_blob(reg, &main, &repository(&ws.settings.prefix, &name), old).await?;
+                } else {
+                    let _ = writeln!(out, "    the locked layer is not in the local store ({}); its contents cannot be compared (pass --registry to fetch it)", main.root().display());
+                    continue;
+                }
             }
             let a = layerdiff::read_layer(&main.blob_path(old))
                 .with_context(|| format!("reading layer {old}"))?;
@@ -129,4 +139,27 @@ pub async fn run(
 
 fn names(t: &[TargetName]) -> String {
     t.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Copies one blob from the registry into the store, verifying its digest.
+async fn fetch_blob(
+    reg: &Registry,
+    store: &Store,
+    repo: &str,
+    digest: &Digest,
+) -> anyhow::Result<()> {
+    let mut w = store.blob_writer()?;
+    reg.get_blob(repo, digest, &mut w).await.with_context(|| {
+        format!(
+            "fetching the locked layer {digest} from {}/{repo}",
+            reg.host()
+        )
+    })?;
+    let (got, _) = w.commit()?;
+    anyhow::ensure!(
+        &got == digest,
+        "{}/{repo} served {got} for {digest}",
+        reg.host()
+    );
+    Ok(())
 }
