@@ -81,16 +81,13 @@ pub fn key_inputs(
             args: args.clone(),
         },
         TargetKind::Bootstrap(b) => {
-            let mirror = match b.mirror.as_str() {
-                "auto" => mirror.ok_or_else(|| {
-                    RecipeError::new(
-                        &t.recipe_file,
-                        format!("target ({}).bootstrap.mirror", t.name),
-                        "is `auto` but no Debian mirror was found: set KCI_DEBIAN_MIRROR or add one to /etc/apt/sources.list",
-                    )
-                })?,
-                given => given,
-            };
+            let mirror = b.mirror_url(mirror).ok_or_else(|| {
+                RecipeError::new(
+                    &t.recipe_file,
+                    format!("target ({}).bootstrap.mirror", t.name),
+                    "is `auto` but no Debian mirror was found: set KCI_DEBIAN_MIRROR or add one to /etc/apt/sources.list",
+                )
+            })?;
             RecipeInputs::Bootstrap {
                 suite: b.suite.clone(),
                 variant: b.variant.clone(),

@@ -112,6 +112,16 @@ pub struct Bootstrap {
     pub mirror: String,
 }
 
+impl Bootstrap {
+    /// The mirror URL to use: the recipe's, or for `auto` the machine's (if it has one).
+    pub fn mirror_url<'a>(&'a self, machine: Option<&'a str>) -> Option<&'a str> {
+        match self.mirror.as_str() {
+            "auto" => machine,
+            given => Some(given),
+        }
+    }
+}
+
 fn default_variant() -> String {
     "minbase".into()
 }

@@ -503,16 +503,12 @@ impl Job {
         let TargetKind::Bootstrap(b) = &self.recipe.kind else {
             unreachable!()
         };
-        let mirror = match b.mirror.as_str() {
-            "auto" => self
-                .mirror
-                .clone()
-                .ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?,
-            m => m.to_owned(),
-        };
+        let mirror = b
+            .mirror_url(self.mirror.as_deref())
+            .ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?;
         let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
         let tarball = tmp.path().join("rootfs.tar");
-        bootstrap::mmdebstrap(b, &self.recipe.platform, &mirror, self.sde, &tarball, |l| {
+        bootstrap::mmdebstrap(b, &self.recipe.platform, mirror, self.sde, &tarball, |l| {
             log.line(l)
         })
         .await?;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use super::build::{self, BuildOptions, LockMode};
-use super::push::repository;
+use super::push::{fetch_blob, repository};
 use super::Workspace;
 use crate::core::names::{Digest, TargetName};
 use crate::layerdiff;
@@ -139,27 +139,4 @@ pub async fn run(
 
 fn names(t: &[TargetName]) -> String {
     t.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// Copies one blob from the registry into the store, verifying its digest.
-async fn fetch_blob(
-    reg: &Registry,
-    store: &Store,
-    repo: &str,
-    digest: &Digest,
-) -> anyhow::Result<()> {
-    let mut w = store.blob_writer()?;
-    reg.get_blob(repo, digest, &mut w).await.with_context(|| {
-        format!(
-            "fetching the locked layer {digest} from {}/{repo}",
-            reg.host()
-        )
-    })?;
-    let (got, _) = w.commit()?;
-    anyhow::ensure!(
-        &got == digest,
-        "{}/{repo} served {got} for {digest}",
-        reg.host()
-    );
-    Ok(())
 }

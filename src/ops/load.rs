@@ -7,24 +7,15 @@ use super::build::ensure_loaded;
 use super::push::repository;
 use super::Workspace;
 use crate::core::names::TargetName;
-use crate::core::plan::Status;
 use crate::docker::{DockerEngine, Engine};
 use crate::printer::Printer;
 
 pub async fn run(ws: &Workspace, targets: &[TargetName], printer: &Printer) -> anyhow::Result<()> {
-    let sel = ws.selection(targets)?;
-    let contexts = ws.scan_contexts(&sel)?;
-    let planned = ws.plan(&sel, &contexts)?;
+    let planned = ws.plan_for(targets)?;
     let engine = DockerEngine::connect().await?;
     for p in &planned {
         if !targets.is_empty() && !targets.contains(&p.recipe.name) {
             continue;
-        }
-        if p.status != Status::Cached {
-            bail!(
-                "{} is not built for its current inputs: run `kci-build build` first",
-                p.recipe.name
-            );
         }
         if matches!(p.recipe.kind, crate::core::recipe::TargetKind::Index { .. }) {
             if targets.contains(&p.recipe.name) {
@@ -35,10 +26,7 @@ pub async fn run(ws: &Workspace, targets: &[TargetName], printer: &Printer) -> a
             }
             continue;
         }
-        let img = ws
-            .store
-            .lookup(p.key.as_ref().expect("cached"))
-            .expect("cached targets are stored");
+        let img = ws.stored(p)?;
         ensure_loaded(&engine, &ws.store, &img).await?;
         let repo = repository(&ws.settings.prefix, &img.target);
         engine

@@ -6,9 +6,7 @@ use crate::core::plan::LockState;
 
 /// The problems found; empty means the lockfile is up to date.
 pub fn check(ws: &Workspace) -> anyhow::Result<Vec<String>> {
-    let sel = ws.selection(&[])?;
-    let contexts = ws.scan_contexts(&sel)?;
-    let planned = ws.plan(&sel, &contexts)?;
+    let planned = ws.plan_for(&[])?;
     let mut problems = Vec::new();
     for p in &planned {
         let name = &p.recipe.name;

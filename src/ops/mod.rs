@@ -122,6 +122,28 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// The plan of the requested targets and their dependencies (all when none are given).
+    pub fn plan_for(&self, requested: &[TargetName]) -> anyhow::Result<Vec<PlannedTarget<'_>>> {
+        let sel = self.selection(requested)?;
+        let contexts = self.scan_contexts(&sel)?;
+        self.plan(&sel, &contexts)
+    }
+
+    /// The stored image of a planned target, or an error saying to build it first.
+    pub fn stored(&self, p: &PlannedTarget<'_>) -> anyhow::Result<crate::store::StoredImage> {
+        p.key
+            .as_ref()
+            .and_then(|k| self.store.lookup(k))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is not built for its current inputs: run `kci-build build` first",
+                    p.recipe.name
+                )
+            })
+    }
+}
+
 /// `images/*/image.toml`, sorted.
 fn image_files(images: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

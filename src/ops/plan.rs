@@ -40,9 +40,7 @@ pub fn lock_word(l: LockState) -> &'static str {
 
 /// Runs the plan and renders it: JSON, or an indented tree.
 pub fn run(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<String> {
-    let sel = ws.selection(targets)?;
-    let contexts = ws.scan_contexts(&sel)?;
-    let planned = ws.plan(&sel, &contexts)?;
+    let planned = ws.plan_for(targets)?;
     let entries = entries(&planned);
     if json {
         return Ok(serde_json::to_string_pretty(&entries)? + "\n");

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::Workspace;
 use crate::core::names::{Digest, TargetName};
-use crate::core::plan::Status;
 use crate::dpkg;
 use crate::image;
 use crate::printer::Printer;
@@ -60,21 +59,11 @@ pub async fn run(
     jobs: usize,
     printer: &Printer,
 ) -> anyhow::Result<PushReport> {
-    let sel = ws.selection(targets)?;
-    let contexts = ws.scan_contexts(&sel)?;
-    let planned = ws.plan(&sel, &contexts)?;
-    let mut images = Vec::new();
-    for p in &planned {
-        if p.status != Status::Cached {
-            bail!("{} is not built for its current inputs: run `kci-build build` first, or `kci-build build --push`", p.recipe.name);
-        }
-        let key = p.key.as_ref().expect("cached targets have keys");
-        images.push(
-            ws.store
-                .lookup(key)
-                .expect("cached targets are in the store"),
-        );
-    }
+    let images = ws
+        .plan_for(targets)?
+        .iter()
+        .map(|p| ws.stored(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let reg = Registry::new(registry)?;
     push_images(&reg, &ws.store, &ws.settings.prefix, &images, jobs, printer).await
 }
@@ -276,16 +265,8 @@ pub async fn fetch(
     for l in parsed.layers() {
         blobs.push(l.digest().to_string().parse()?);
     }
-    for d in &blobs {
-        if store.has_blob(d) {
-            continue;
-        }
-        let mut w = store.blob_writer()?;
-        reg.get_blob(&repo, d, &mut w).await?;
-        let (got, _) = w.commit()?;
-        if &got != d {
-            bail!("blob {d} from {}/{repo} has digest {got}", reg.host());
-        }
+    for d in blobs.iter().filter(|d| !store.has_blob(d)) {
+        fetch_blob(reg, store, &repo, d).await?;
     }
     let stored_manifest = store.put_bytes(&bytes)?;
     debug_assert_eq!(stored_manifest, manifest);
@@ -323,4 +304,24 @@ pub async fn fetch(
     };
     store.record(&img)?;
     Ok(Some(img))
+}
+
+/// Copies one blob from the registry into the store, verifying its digest.
+pub async fn fetch_blob(
+    reg: &Registry,
+    store: &Store,
+    repo: &str,
+    digest: &Digest,
+) -> anyhow::Result<()> {
+    let mut w = store.blob_writer()?;
+    reg.get_blob(repo, digest, &mut w)
+        .await
+        .with_context(|| format!("fetching {digest} from {}/{repo}", reg.host()))?;
+    let (got, _) = w.commit()?;
+    anyhow::ensure!(
+        &got == digest,
+        "{}/{repo} served {got} for {digest}",
+        reg.host()
+    );
+    Ok(())
 }

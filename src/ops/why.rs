@@ -8,9 +8,7 @@ use crate::core::names::TargetName;
 use crate::core::plan::{Status, UNKNOWN_PARENT};
 
 pub fn run(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
-    let sel = ws.selection(std::slice::from_ref(target))?;
-    let contexts = ws.scan_contexts(&sel)?;
-    let planned = ws.plan(&sel, &contexts)?;
+    let planned = ws.plan_for(std::slice::from_ref(target))?;
     let p = planned
         .last()
         .expect("the selection ends with the target itself");
