@@ -9,3 +9,4 @@ pub mod lockfile;
 pub mod names;
 pub mod plan;
 pub mod recipe;
+pub mod rootfs_lock;
