@@ -15,4 +15,5 @@ pub mod ops;
 pub mod printer;
 pub mod registry;
 pub mod rootfs;
+pub mod storage;
 pub mod store;

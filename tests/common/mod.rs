@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod registry;
+pub mod storage_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
