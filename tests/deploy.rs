@@ -227,7 +227,7 @@ fn deploy_rewrites_only_the_path_scalars_of_test_configs() {
             .contains("debian_bullseye-igt_ramdisk keeps 20211224.0")
             && r.stderr
                 .contains(&format!("{base}/bullseye-igt/{IGT}/arm64/rootfs.cpio.gz"))
-            && r.stderr.contains("1 entry kept their old version"),
+            && r.stderr.contains("1 entry kept the old version"),
         "{}",
         r.stderr
     );
@@ -542,5 +542,34 @@ fn an_unreachable_storage_is_an_environment_error_and_writes_nothing() {
     assert_eq!(
         std::fs::read_to_string(ws.path().join("test-configs.yaml")).unwrap(),
         original
+    );
+}
+
+#[test]
+fn deploy_help_teaches_with_an_example_and_a_missing_lockfile_is_named() {
+    let ws = Workspace::new();
+    let r = ws.kci(&["deploy", "--help"]).ok();
+    assert!(
+        r.stdout.contains("kci-build deploy --test-configs")
+            && r.stdout.contains("--check")
+            && r.stdout
+                .contains("--lockfile defaults to lockfiles/rootfs.lock"),
+        "{}",
+        r.stdout
+    );
+    ws.write("t.yaml", "file_systems: {}\n");
+    let r = ws.kci(&["deploy", "--test-configs", "t.yaml"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("lockfiles/rootfs.lock: no rootfs lockfile"),
+        "{}",
+        r.stderr
+    );
+    let r = ws.kci(&["deploy", "--test-configs", "t.yaml", "--lockfile", "x.lock"]);
+    assert!(
+        r.stderr.contains("x.lock: no rootfs lockfile"),
+        "{}",
+        r.stderr
     );
 }

@@ -42,14 +42,34 @@ pub struct DeployReport {
 /// written); or `--check` found the file out of date.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployFailed {
-    #[error("{} kept their old version: files of the new version are not served ({})", plural(names.len()), names.join(", "))]
+    #[error("{} kept the old version: files of the new version are not served ({})", plural(names.len()), names.join(", "))]
     Missing { names: Vec<String> },
-    #[error("{file} is not up to date with {lockfile}: {} would change ({})\nhelp: run `kci-build deploy --test-configs {file}`", plural(names.len()), names.join(", "))]
+    #[error("{file} is not up to date with {lockfile}: {}\nhelp: run `kci-build deploy --test-configs {file}` once the files are served", out_of_date(updated, missing))]
     OutOfDate {
         file: String,
         lockfile: String,
-        names: Vec<String>,
+        updated: Vec<String>,
+        missing: Vec<String>,
     },
+}
+
+fn out_of_date(updated: &[String], missing: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !updated.is_empty() {
+        parts.push(format!(
+            "{} would change ({})",
+            plural(updated.len()),
+            updated.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} cannot change yet, files are not served ({})",
+            plural(missing.len()),
+            missing.join(", ")
+        ));
+    }
+    parts.join("; ")
 }
 
 fn plural(n: usize) -> String {
@@ -73,13 +93,13 @@ impl DeployReport {
     pub fn into_result(self) -> Result<(), DeployFailed> {
         let missing = self.names(Status::Missing);
         if self.check {
-            let mut names = self.names(Status::Updated);
-            names.extend(missing);
-            if !names.is_empty() {
+            let updated = self.names(Status::Updated);
+            if !updated.is_empty() || !missing.is_empty() {
                 return Err(DeployFailed::OutOfDate {
                     file: self.file.display().to_string(),
                     lockfile: self.lockfile.display().to_string(),
-                    names,
+                    updated,
+                    missing,
                 });
             }
         } else if !missing.is_empty() {
@@ -199,8 +219,9 @@ pub async fn run<P: Probe>(
     }
     let count = |s: Status| deployed.entries.iter().filter(|e| e.status == s).count();
     let summary = format!(
-        "{} updated, {} unchanged, {} missing files",
+        "{} {}, {} unchanged, {} with files missing",
         count(Status::Updated),
+        if args.check { "to update" } else { "updated" },
         count(Status::Unchanged),
         count(Status::Missing)
     );
