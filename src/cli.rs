@@ -139,6 +139,40 @@ pub enum Command {
         #[arg(long, env = "KCI_REGISTRY")]
         registry: Option<String>,
     },
+    /// Point the `file_systems` entries of KernelCI's test-configs.yaml at the version
+    /// directories of the rootfs lockfile, once every new file is served.
+    ///
+    /// An entry is touched when its `type` is `debian` and its paths look like
+    /// `<config>/<version>/{arch}/<file>` with `<config>` in the lockfile: each such path gets
+    /// the lockfile's version, file name kept. Only those strings change; comments, anchors,
+    /// merge keys and quoting stay byte for byte, and the result is re-parsed to prove it.
+    /// Before writing, every new URL (`<type url or --storage-url>/<path>` for each arch of
+    /// the config) must answer HTTP HEAD 200; an entry with a missing file keeps its old
+    /// version, the others are written, and the command exits 1.
+    ///
+    /// --lockfile defaults to lockfiles/rootfs.lock here.
+    #[command(
+        after_help = "Examples:\n  kci-build deploy --test-configs ../kernelci-core/config/core/test-configs.yaml\n  kci-build deploy --test-configs test-configs.yaml --check      CI: exit 1 if not up to date\n  kci-build deploy --test-configs rootfs-images.yaml --format rootfs-images \\\n      --storage-url https://storage.example.org/images/rootfs/debian --json"
+    )]
+    Deploy {
+        /// The file to update: test-configs.yaml, or rootfs-images.yaml with --format.
+        #[arg(long, value_name = "PATH")]
+        test_configs: PathBuf,
+        /// Write nothing; exit 1 (saying what would change) when the file is not up to date.
+        #[arg(long)]
+        check: bool,
+        /// `rootfs-images` is KernelCI's later generated file_systems file.
+        #[arg(long, value_enum, default_value = "test-configs")]
+        format: crate::core::deploy::Format,
+        /// Base URL of the Debian rootfs storage, replacing the `debian` type's `url`
+        /// (required with --format rootfs-images, which does not carry it).
+        #[arg(long, value_name = "URL")]
+        storage_url: Option<String>,
+        /// Print a JSON report on stdout: per entry name, config, old, new, status
+        /// (updated, unchanged, missing) and missing_urls.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the lockfile against the recipes (for CI).
     Lock {
         /// Exit 1 when the lockfile does not match the recipes.

@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use kci_build::cli::{Cli, Command, ImportWhat};
 use kci_build::error::{classify, ExitCode as Code, Rendered};
 use kci_build::ops::{self, Paths, Workspace};
@@ -10,8 +11,11 @@ use kci_build::printer::Printer;
 use kci_build::store::Store;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             // Usage errors are bad input (1); help and version are success.
@@ -24,7 +28,10 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.verbose);
     let printer = Printer::new(cli.color, cli.quiet);
-    match run(&cli, &printer) {
+    // `--lockfile` names the images lockfile by default; deploy reads the rootfs one
+    // unless it is given on the command line.
+    let lockfile_given = matches.value_source("lockfile") == Some(ValueSource::CommandLine);
+    match run(&cli, lockfile_given, &printer) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             printer.error(Rendered(&e));
@@ -48,11 +55,37 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
+fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()> {
     // `diff` reads lockfiles only: it works outside a recipe tree (git calls it).
     if let Command::Diff { args, format } = &cli.command {
         print!("{}", ops::diff::run(args, &cli.lockfile, *format)?);
         return Ok(());
+    }
+    if let Command::Deploy {
+        test_configs,
+        check,
+        format,
+        storage_url,
+        json,
+    } = &cli.command
+    {
+        let args = ops::deploy::DeployArgs {
+            test_configs: test_configs.clone(),
+            lockfile: if lockfile_given {
+                cli.lockfile.clone()
+            } else {
+                ops::deploy::default_lockfile().to_owned()
+            },
+            check: *check,
+            format: *format,
+            storage_url: storage_url.clone(),
+        };
+        let probe = ops::deploy::HttpProbe::new()?;
+        let report = runtime()?.block_on(ops::deploy::run(&args, &probe, printer))?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        return Ok(report.into_result()?);
     }
     if let Command::Import {
         what:
@@ -163,7 +196,9 @@ fn run(cli: &Cli, printer: &Printer) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
-        Command::Diff { .. } | Command::Import { .. } => unreachable!("handled above"),
+        Command::Diff { .. } | Command::Import { .. } | Command::Deploy { .. } => {
+            unreachable!("handled above")
+        }
         Command::Load { targets } => runtime()?.block_on(ops::load::run(&ws, targets, printer))?,
         Command::Lock { .. } => {
             let problems = ops::lock::check(&ws)?;

@@ -2,6 +2,7 @@
 //! Nothing in here touches the file system, the network or the Docker daemon.
 
 pub mod debversion;
+pub mod deploy;
 pub mod graph;
 pub mod key;
 pub mod lockdiff;
