@@ -261,7 +261,7 @@ impl<R: BufRead> Reader<R> {
     /// reads the data with [`Reader::read_data`]. The trailer is returned like any entry.
     pub fn next_entry(&mut self) -> io::Result<EntryHead> {
         let offset = self.pos;
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(self.err(offset, "cpio header not aligned to 4 bytes"));
         }
         let mut raw = [0u8; HEADER_LEN];
@@ -357,9 +357,7 @@ impl<R: BufRead> Reader<R> {
             let n = buf.len().min(left as usize);
             let chunk = &buf[..n];
             if head.crc {
-                sum = chunk
-                    .iter()
-                    .fold(sum, |s, &b| s.wrapping_add(u32::from(b)));
+                sum = chunk.iter().fold(sum, |s, &b| s.wrapping_add(u32::from(b)));
             }
             out.write_all(chunk)?;
             self.inner.consume(n);
@@ -402,9 +400,8 @@ mod tests {
         assert_eq!(
             &out[..110],
             concat!(
-                "070701", "00000001", "000081A4", "00000000", "00000000", "00000001",
-                "00000010", "00000003", "00000000", "00000000", "00000000", "00000000",
-                "00000002", "00000000"
+                "070701", "00000001", "000081A4", "00000000", "00000000", "00000001", "00000010",
+                "00000003", "00000000", "00000000", "00000000", "00000000", "00000002", "00000000"
             )
             .as_bytes()
         );
@@ -462,7 +459,21 @@ mod tests {
     #[test]
     fn crc_archives_are_checked() {
         let mut raw = Vec::new();
-        let fields = [1u32, S_IFREG | 0o644, 0, 0, 1, 0, 2, 0, 0, 0, 0, 2, 0x41 + 0x42];
+        let fields = [
+            1u32,
+            S_IFREG | 0o644,
+            0,
+            0,
+            1,
+            0,
+            2,
+            0,
+            0,
+            0,
+            0,
+            2,
+            0x41 + 0x42,
+        ];
         raw.extend_from_slice(MAGIC_CRC);
         for f in fields {
             raw.extend_from_slice(format!("{f:08x}").as_bytes());
