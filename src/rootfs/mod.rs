@@ -5,6 +5,9 @@
 //!
 //! Building these recipes (`kci-build rootfs`) is not implemented yet.
 
+pub mod artifact;
+pub mod cpio;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
