@@ -47,8 +47,10 @@ pub const XZ_BLOCK_SIZE: u64 = 24 << 20;
 const XZ_MAX_THREADS: u32 = 16;
 
 /// The format fingerprint that enters the cache key: the cpio rules version, the gzip
-/// backend, version and level, and the xz library (Rust binding and bundled C library),
-/// preset, block size and check. Change it whenever any of them changes the bytes.
+/// backend, version and level, and the xz library (the Rust binding, and liblzma-sys whose
+/// version pins the bundled C liblzma, 5.8.4 for 0.4.9, built statically), preset, block
+/// size and check. Change it whenever any of them changes the bytes; a unit test fails when
+/// Cargo.lock's versions differ from the ones named here.
 pub const ROOTFS_OUTPUT_FORMAT: &str = "kci-rootfs-v1 cpio=newc-rules-1 \
      gzip=zlib-rs-0.6.8 level=6 \
      xz=liblzma-0.4.9 liblzma-sys-0.4.9 preset=6 block=24MiB check=crc64";
@@ -108,7 +110,7 @@ fn xz_copy(src: &mut dyn Read, w: &mut dyn Write, threads: u32) -> io::Result<()
 /// other than file, directory, symlink, hard link, device and FIFO are skipped.
 pub fn cpio_gz_from_tar(canonical_tar: &Path, out: &Path, sde: u64) -> io::Result<Artifact> {
     let nodes = nodes_from_tar(File::open(canonical_tar)?)?;
-    let mut src = Source::new(File::open(canonical_tar)?);
+    let mut src = Source::new(File::open(canonical_tar)?)?;
     write_output(out, |w| write_cpio_gz(nodes, &mut src, sde, w))
 }
 
@@ -128,7 +130,7 @@ pub fn initrd(mkinitramfs_output: &Path, out: &Path, sde: u64) -> io::Result<Art
         w.flush()?;
         nodes
     };
-    let mut src = Source::new(spool);
+    let mut src = Source::new(spool)?;
     write_output(out, |w| write_cpio_gz(nodes, &mut src, sde, w))
 }
 
@@ -239,12 +241,12 @@ struct Source {
 }
 
 impl Source {
-    fn new(mut f: File) -> Source {
-        let _ = f.rewind();
-        Source {
+    fn new(mut f: File) -> io::Result<Source> {
+        f.rewind()?;
+        Ok(Source {
             r: BufReader::with_capacity(1 << 20, f),
             pos: 0,
-        }
+        })
     }
 
     fn goto(&mut self, offset: u64) -> io::Result<()> {

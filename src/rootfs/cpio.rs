@@ -336,11 +336,14 @@ impl<R: BufRead> Reader<R> {
     }
 
     /// Copies the data of the entry `head` (just read by [`Reader::next_entry`]) into
-    /// `out`, verifies the checksum of a "070702" entry, and skips the padding after it.
+    /// `out`, verifies the checksum of a "070702" regular file, and skips the padding after
+    /// it.
     pub fn read_data(&mut self, head: &EntryHead, out: &mut dyn Write) -> io::Result<()> {
         let at = self.pos;
         let mut left = u64::from(head.header.filesize);
         let mut sum: u32 = 0;
+        // GNU cpio sums the data of regular files only (a symlink's check field is 0).
+        let checked = head.crc && head.header.mode & S_IFMT == S_IFREG;
         while left > 0 {
             let buf = self.inner.fill_buf()?;
             if buf.is_empty() {
@@ -356,7 +359,7 @@ impl<R: BufRead> Reader<R> {
             }
             let n = buf.len().min(left as usize);
             let chunk = &buf[..n];
-            if head.crc {
+            if checked {
                 sum = chunk.iter().fold(sum, |s, &b| s.wrapping_add(u32::from(b)));
             }
             out.write_all(chunk)?;
@@ -364,7 +367,7 @@ impl<R: BufRead> Reader<R> {
             self.pos += n as u64;
             left -= n as u64;
         }
-        if head.crc && sum != head.header.check {
+        if checked && sum != head.header.check {
             return Err(self.err(
                 head.offset,
                 format!(
