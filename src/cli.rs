@@ -100,6 +100,56 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: crate::ops::diff::Format,
     },
+    /// Build KernelCI's Debian rootfs files for every (config, arch) of recipes/*.toml whose
+    /// key is not stored yet, upload them and update lockfiles/rootfs.lock.
+    ///
+    /// Each (config, arch) runs mmdebstrap in a detached container of the `rootfs-builder`
+    /// image (built first, like any target). Outputs: rootfs.cpio.gz, full.rootfs.tar.xz,
+    /// full.rootfs.cpio.gz, initrd.cpio.gz, rootfs.ext4.xz and manifest.json, bit-for-bit
+    /// reproducible. Files live in `<store>/rootfs/<key>/` and are uploaded to
+    /// `<config>/<version>/<arch>/<file>`, where the version is derived from the keys of every
+    /// arch of the config: nothing changed, same URLs.
+    ///
+    /// Ctrl-C or a kill leaves the containers running; a rerun (or --resume) re-attaches to
+    /// them, collects finished ones and starts only what is missing.
+    #[command(
+        after_help = "Examples:\n  kci-build rootfs bookworm-kselftest --arch amd64\n  kci-build rootfs --storage /srv/www/rootfs --public-url http://files.lab/rootfs\n  KCI_STORAGE_TOKEN=... kci-build rootfs --storage https://api.example/ --public-url https://storage.example/images/rootfs/debian\n  kci-build rootfs --resume          after Ctrl-C: wait for the running builds, collect them\n  kci-build rootfs --locked          CI: fail if lockfiles/rootfs.lock would change"
+    )]
+    Rootfs {
+        /// Configs to build (recipes/<config>.toml); all when none are given.
+        configs: Vec<String>,
+        /// Only these Debian arches (repeatable); default: each config's arch-list.
+        #[arg(long = "arch")]
+        arches: Vec<String>,
+        /// The rootfs recipes directory (also holds scripts/ and overlays/).
+        #[arg(long, default_value = "recipes")]
+        recipes: PathBuf,
+        /// The rootfs lockfile to read and write.
+        #[arg(long, default_value = "lockfiles/rootfs.lock")]
+        rootfs_lockfile: PathBuf,
+        /// How many (config, arch) builds run at once.
+        #[arg(short, long, default_value_t = 2)]
+        jobs: usize,
+        /// Fail if the rootfs lockfile (or the images lockfile, for the builder) would change.
+        #[arg(long)]
+        locked: bool,
+        /// Pick up the builds of an interrupted run (any rerun does this too).
+        #[arg(long)]
+        resume: bool,
+        /// Upload to a directory, or to KernelCI's storage API at this URL (token in
+        /// $KCI_STORAGE_TOKEN).
+        #[arg(long, env = "KCI_STORAGE")]
+        storage: Option<String>,
+        /// Where uploaded files are served: `<public-url>/<config>/<version>/<arch>/<file>`.
+        #[arg(long, env = "KCI_STORAGE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// The storage API's path prefix [default: images/rootfs/debian].
+        #[arg(long)]
+        storage_prefix: Option<String>,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert KernelCI configuration into kci-build recipes.
     Import {
         #[command(subcommand)]

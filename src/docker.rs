@@ -98,6 +98,11 @@ impl DockerEngine {
         tracing::debug!(version = %docker.client_version(), "connected to the Docker daemon");
         Ok(DockerEngine { docker })
     }
+
+    /// The raw API, for the rootfs builder's container calls.
+    pub fn api(&self) -> &Docker {
+        &self.docker
+    }
 }
 
 impl Engine for DockerEngine {

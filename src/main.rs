@@ -196,6 +196,52 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
         }
+        Command::Rootfs {
+            configs,
+            arches,
+            recipes,
+            rootfs_lockfile,
+            jobs,
+            locked,
+            resume: _,
+            storage,
+            public_url,
+            storage_prefix,
+            json,
+        } => {
+            let opts = ops::rootfs::RootfsOptions {
+                configs: configs.clone(),
+                arches: arches.clone(),
+                recipes: recipes.clone(),
+                lockfile: rootfs_lockfile.clone(),
+                jobs: *jobs,
+                locked: *locked,
+                storage: storage.as_ref().map(|dest| ops::rootfs::StorageArgs {
+                    dest: dest.clone(),
+                    public_url: public_url.clone(),
+                    prefix: storage_prefix.clone(),
+                }),
+                verbose: cli.verbose > 0,
+            };
+            let rt = runtime()?;
+            let outcome = rt.block_on(async {
+                tokio::select! {
+                    r = ops::rootfs::run(&ws, &opts, printer) => Some(r),
+                    _ = tokio::signal::ctrl_c() => None,
+                }
+            });
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            let Some(report) = outcome else {
+                printer.error("interrupted: the build containers keep running; `kci-build rootfs --resume` picks them up");
+                std::process::exit(130);
+            };
+            let report = report?;
+            printer.raw(&ops::rootfs::table(&report));
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            report.into_result()?;
+        }
         Command::Diff { .. } | Command::Import { .. } | Command::Deploy { .. } => {
             unreachable!("handled above")
         }

@@ -10,6 +10,7 @@ pub mod load;
 pub mod lock;
 pub mod plan;
 pub mod push;
+pub mod rootfs;
 pub mod why;
 
 use std::collections::BTreeMap;

@@ -38,7 +38,8 @@ use crate::core::names::Digest;
 use crate::layer::{self, HashWriter};
 use crate::rootfs::cpio;
 
-/// xz preset (compression level) of the `.xz` outputs.
+/// xz preset (compression level) of the `.xz` outputs unless a recipe sets `xz-preset`:
+/// KernelCI's `tar cJf` used xz's default, 6. The preset is a key fact of its own.
 pub const XZ_PRESET: u32 = 6;
 /// Uncompressed size of each xz block: fixed, so the multi-threaded encoder's output does
 /// not depend on the number of threads.
@@ -53,7 +54,7 @@ const XZ_MAX_THREADS: u32 = 16;
 /// Cargo.lock's versions differ from the ones named here.
 pub const ROOTFS_OUTPUT_FORMAT: &str = "kci-rootfs-v1 cpio=newc-rules-1 \
      gzip=zlib-rs-0.6.8 level=6 \
-     xz=liblzma-0.4.9 liblzma-sys-0.4.9 preset=6 block=24MiB check=crc64";
+     xz=liblzma-0.4.9 liblzma-sys-0.4.9 block=24MiB check=crc64";
 
 /// One output file: its name (the final path component), size and sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,27 +65,27 @@ pub struct Artifact {
 }
 
 /// `full.rootfs.tar.xz`: the canonical tar (already the bytes of the tree), xz-compressed.
-pub fn tar_xz(canonical_tar: &Path, out: &Path) -> io::Result<Artifact> {
-    xz_file(canonical_tar, out)
+pub fn tar_xz(canonical_tar: &Path, out: &Path, preset: u32) -> io::Result<Artifact> {
+    xz_file(canonical_tar, out, preset)
 }
 
 /// `rootfs.ext4.xz` (or any file): `input` xz-compressed with the multi-threaded encoder,
-/// preset [`XZ_PRESET`], blocks of [`XZ_BLOCK_SIZE`], CRC64.
-pub fn xz_file(input: &Path, out: &Path) -> io::Result<Artifact> {
+/// `preset` (0–9), blocks of [`XZ_BLOCK_SIZE`], CRC64.
+pub fn xz_file(input: &Path, out: &Path, preset: u32) -> io::Result<Artifact> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
         .clamp(1, XZ_MAX_THREADS);
     let mut src = File::open(input)?;
-    write_output(out, |w| xz_copy(&mut src, w, threads))
+    write_output(out, |w| xz_copy(&mut src, w, threads, preset))
 }
 
 /// Compresses everything `src` yields into `w` with `threads` encoder threads.
-fn xz_copy(src: &mut dyn Read, w: &mut dyn Write, threads: u32) -> io::Result<()> {
+fn xz_copy(src: &mut dyn Read, w: &mut dyn Write, threads: u32, preset: u32) -> io::Result<()> {
     let stream = liblzma::stream::MtStreamBuilder::new()
         .threads(threads)
         .block_size(XZ_BLOCK_SIZE)
-        .preset(XZ_PRESET)
+        .preset(preset)
         .check(liblzma::stream::Check::Crc64)
         .timeout_ms(0)
         .encoder()

@@ -3,7 +3,14 @@
 //! per config under `recipes/`. The converter from KernelCI's YAML is pure: it returns the
 //! recipes and, for anything it cannot carry over, a message naming the config and field.
 //!
-//! Building these recipes (`kci-build rootfs`) is not implemented yet.
+//! `kci-build rootfs` builds them: [`plan`] (keys, pure), [`inputs`] (files sent to the
+//! builder), [`builder`] (containers), [`binfmt`] (foreign arches), and the canonical
+//! files in `artifact`/`cpio`.
+
+pub mod binfmt;
+pub mod builder;
+pub mod inputs;
+pub mod plan;
 
 pub mod artifact;
 pub mod cpio;
@@ -38,6 +45,16 @@ pub struct RootfsRecipe {
     pub source_date_epoch: u64,
     /// `auto`: `$KCI_DEBIAN_MIRROR`, else the machine's apt sources.
     pub mirror: String,
+    /// xz level of `full.rootfs.tar.xz` and `rootfs.ext4.xz` (default 6, as KernelCI's
+    /// `tar cJf`); lower is much faster (BENCHMARKS.md) and a little larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xz_preset: Option<u32>,
+}
+
+impl RootfsRecipe {
+    pub fn xz_preset(&self) -> u32 {
+        self.xz_preset.unwrap_or(artifact::XZ_PRESET)
+    }
 }
 
 impl RootfsRecipe {
@@ -182,6 +199,7 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                 crush_image_options: c.crush_image_options,
                 source_date_epoch: opts.source_date_epoch,
                 mirror: "auto".into(),
+                xz_preset: None,
             },
         ));
     }

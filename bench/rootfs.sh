@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Rootfs benchmarks, side by side (BENCHMARKS.md):
+#  1. one amd64 config built by `kci-build rootfs` (builder image cached, empty rootfs store)
+#     vs bare `mmdebstrap` of the same package set into a tarball on the host — the tool an
+#     operator would otherwise run. Goal: kci-build ≤ 1.5× (it also makes the ext4 image,
+#     the initrd, the stripped ramdisk and the five compressed files).
+#  2. a fully cached rerun of the whole matrix (every config × arch of the recipes dir, all
+#     stored): goal under one second.
+# Usage: bench/rootfs.sh   (needs: docker, mmdebstrap, qemu-user-static, hyperfine, a
+# Debian mirror in the apt sources or $KCI_DEBIAN_MIRROR, a release build)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+kci="$root/target/release/kci-build"
+[ -x "$kci" ] || (cd "$root" && cargo build --release)
+work=$(mktemp -d /var/tmp/kci-bench-rootfs.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+export KCI_BUILD_STORE=${KCI_BENCH_STORE:-/var/tmp/kci-bench-rootfs-store}
+cd "$work"
+mkdir -p recipes/scripts recipes/overlays/tiny/etc lockfiles
+cp -r "$root/recipes/overlays/." recipes/overlays/
+cat > recipes/tiny.toml <<T
+name = "tiny"
+debian-release = "bookworm"
+arch-list = ["amd64", "arm64"]
+extra-packages = ["netbase"]
+extra-packages-remove = ["usbutils"]
+extra-files-remove = ["nosuspend.conf"]
+script = "scripts/tiny.sh"
+test-overlay = "overlays/tiny"
+crush-image-options = []
+source-date-epoch = 1764547200
+mirror = "auto"
+xz-preset = ${XZ_PRESET:-6}
+T
+printf '#!/bin/sh\necho "built for $(dpkg --print-architecture)" > /etc/kci-script-ran\n' > recipes/scripts/tiny.sh
+echo "tiny overlay" > recipes/overlays/tiny/etc/kci-test-overlay
+args=(--images "$root/images" --lockfile lockfiles/images.lock)
+
+# The mirror kci-build uses: $KCI_DEBIAN_MIRROR, else the first Debian URI of the apt sources.
+mirror=${KCI_DEBIAN_MIRROR:-$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *\([^ ]*debian\)\/*$/\1/p' | head -1)}
+[ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\?\([^ ]*\) .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -1)
+[ -n "$mirror" ] || { echo "set KCI_DEBIAN_MIRROR" >&2; exit 2; }
+pkgs=udev,kmod,dbus,systemd-sysv,diffutils,usbutils,initramfs-tools,patch,systemd-timesyncd,netbase
+
+echo "== warm-up: the builder image (not timed)"
+"$kci" "${args[@]}" -q rootfs tiny --arch amd64 >/dev/null
+
+echo "== 1. one amd64 rootfs: kci-build rootfs (empty rootfs store) vs bare mmdebstrap"
+hyperfine --runs "${RUNS:-2}" --export-markdown "$work/one.md" \
+  --prepare "rm -rf $KCI_BUILD_STORE/rootfs" \
+  -n "kci-build rootfs tiny --arch amd64" "$kci ${args[*]} -q rootfs tiny --arch amd64" \
+  -n "mmdebstrap (same packages, tarball)" "SOURCE_DATE_EPOCH=1764547200 mmdebstrap --quiet --mode=root --variant=minbase --arch=amd64 --include=$pkgs bookworm $work/bare.tar $mirror"
+cat "$work/one.md"
+
+echo "== 2. fully cached rerun of the matrix (tiny × amd64, arm64)"
+"$kci" "${args[@]}" -q rootfs >/dev/null
+hyperfine --warmup 1 --runs 10 --export-markdown "$work/cached.md" \
+  -n "kci-build rootfs (all cached)" "$kci ${args[*]} -q rootfs"
+cat "$work/cached.md"

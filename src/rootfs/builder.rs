@@ -1,0 +1,283 @@
+//! Rootfs builds as labelled, detached containers of the rootfs-builder image, driven
+//! through the Docker API. A container outlives kci-build: Ctrl-C or a kill leaves it
+//! running, and the next run finds it by its name (derived from the key), re-attaches to its
+//! log, and collects `/out` once it has exited 0.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::plan::RootfsJob;
+use crate::docker::{DaemonError, DockerEngine};
+
+pub const LABEL: &str = "org.kernelci.kci-build.rootfs";
+pub const LABEL_KEY: &str = "org.kernelci.kci-build.rootfs.key";
+
+/// The container name of a job: stable across runs, unique per key.
+pub fn container_name(job: &RootfsJob) -> String {
+    format!(
+        "kci-rootfs-{}-{}-{}",
+        job.config,
+        job.arch,
+        &job.key.hex()[..16]
+    )
+}
+
+/// Where a job's container is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Missing,
+    /// Created (inputs uploaded or not) but never started.
+    Created,
+    Running,
+    Exited(i64),
+}
+
+fn api(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Api { context, source }
+}
+
+pub async fn state(engine: &DockerEngine, name: &str) -> Result<ContainerState, DaemonError> {
+    match engine.api().inspect_container(name, None).await {
+        Ok(c) => {
+            let s = c.state.unwrap_or_default();
+            Ok(if s.running.unwrap_or(false) {
+                ContainerState::Running
+            } else if matches!(
+                s.status,
+                Some(bollard::models::ContainerStateStatusEnum::CREATED)
+            ) {
+                ContainerState::Created
+            } else {
+                ContainerState::Exited(s.exit_code.unwrap_or(-1))
+            })
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(ContainerState::Missing),
+        Err(e) => Err(api(format!("inspecting container {name}"))(e)),
+    }
+}
+
+/// Creates the container, uploads `/kci/` and starts it. With CAP_SYS_ADMIN and no seccomp
+/// or AppArmor profile: mmdebstrap mounts /proc, /sys and /dev in the chroot and the ext4
+/// step mounts a tmpfs. (Not `--privileged`: it needs every capability in the daemon's
+/// bounding set, which sandboxed hosts do not have.) Host network: the Debian mirror is
+/// reached the way the host reaches it.
+pub async fn start(
+    engine: &DockerEngine,
+    job: &RootfsJob,
+    image_id: &str,
+    env: Vec<String>,
+    inputs_tar: Vec<u8>,
+) -> Result<(), DaemonError> {
+    let name = container_name(job);
+    let labels = HashMap::from([
+        (LABEL.to_owned(), job.label()),
+        (LABEL_KEY.to_owned(), job.key.as_str().to_owned()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(image_id.to_owned()),
+        cmd: Some(vec!["sh".into(), "/kci/build.sh".into()]),
+        env: Some(env),
+        labels: Some(labels),
+        hostname: Some("kci-rootfs".into()),
+        working_dir: Some("/".into()),
+        host_config: Some(HostConfig {
+            cap_add: Some(vec!["SYS_ADMIN".into()]),
+            security_opt: Some(vec![
+                "seccomp=unconfined".into(),
+                "apparmor=unconfined".into(),
+            ]),
+            network_mode: Some("host".into()),
+            tmpfs: Some(HashMap::from([(
+                "/work".to_owned(),
+                "rw,exec,dev,suid,mode=0755".to_owned(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let docker = engine.api();
+    if state(engine, &name).await? == ContainerState::Missing {
+        docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(api(format!("creating container {name}")))?;
+    }
+    docker
+        .upload_to_container(
+            &name,
+            Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+            bollard::body_full(inputs_tar.into()),
+        )
+        .await
+        .map_err(api(format!("uploading /kci to {name}")))?;
+    docker
+        .start_container(&name, None)
+        .await
+        .map_err(api(format!("starting {name}")))?;
+    Ok(())
+}
+
+/// Follows the container's whole log (from its start, so a re-attach rewrites the same
+/// file) into `log_path`, calling `on_phase` for each `kci-phase:` line, until it exits.
+/// Returns the exit code.
+pub async fn follow(
+    engine: &DockerEngine,
+    name: &str,
+    log_path: &Path,
+    mut on_phase: impl FnMut(&str),
+) -> Result<i64, DaemonError> {
+    let io = |context: String| move |source| DaemonError::Io { context, source };
+    let mut log = std::io::BufWriter::new(
+        std::fs::File::create(log_path).map_err(io(format!("creating {}", log_path.display())))?,
+    );
+    let mut stream = engine.api().logs(
+        name,
+        Some(
+            LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build(),
+        ),
+    );
+    let mut pending = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(api(format!("reading the log of {name}")))?;
+        let bytes = chunk.into_bytes();
+        log.write_all(&bytes)
+            .map_err(io(format!("writing {}", log_path.display())))?;
+        pending.extend_from_slice(&bytes);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            if let Some(p) = line.trim_end().strip_prefix("kci-phase: ") {
+                on_phase(p);
+            }
+            tracing::trace!(target: "rootfs", "{name}: {}", line.trim_end());
+        }
+    }
+    log.flush()
+        .map_err(io(format!("writing {}", log_path.display())))?;
+    // The log ends when the container stops; wait for the daemon to record the exit.
+    let mut waits = engine.api().wait_container(name, None);
+    while let Some(r) = waits.next().await {
+        match r {
+            Ok(_) => {}
+            // bollard reports a non-zero exit as an error; the state below has the code.
+            Err(bollard::errors::Error::DockerContainerWaitError { .. }) => {}
+            Err(e) => return Err(api(format!("waiting for {name}"))(e)),
+        }
+    }
+    match state(engine, name).await? {
+        ContainerState::Exited(code) => Ok(code),
+        other => Err(DaemonError::BuildFailed(format!(
+            "{name} stopped logging but is {other:?}"
+        ))),
+    }
+}
+
+/// Copies the container's `/out/*` regular files into `dest` (flat).
+pub async fn collect(engine: &DockerEngine, name: &str, dest: &Path) -> Result<(), DaemonError> {
+    let io = |context: String| move |source| DaemonError::Io { context, source };
+    let archive = dest.join(".out.tar");
+    {
+        let mut f = tokio::io::BufWriter::new(
+            tokio::fs::File::create(&archive)
+                .await
+                .map_err(io(format!("creating {}", archive.display())))?,
+        );
+        let mut stream = engine.api().download_from_container(
+            name,
+            Some(
+                DownloadFromContainerOptionsBuilder::new()
+                    .path("/out")
+                    .build(),
+            ),
+        );
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(api(format!("downloading /out from {name}")))?;
+            tokio::io::AsyncWriteExt::write_all(&mut f, &chunk)
+                .await
+                .map_err(io(format!("writing {}", archive.display())))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut f)
+            .await
+            .map_err(io(format!("writing {}", archive.display())))?;
+    }
+    let (archive2, dest2) = (archive.clone(), dest.to_owned());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut a = tar::Archive::new(std::fs::File::open(&archive2)?);
+        for e in a.entries()? {
+            let mut e = e?;
+            if e.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let path = e.path()?.into_owned();
+            let Some(file) = path.file_name() else {
+                continue;
+            };
+            let mut out = std::fs::File::create(dest2.join(file))?;
+            std::io::copy(&mut e, &mut out)?;
+        }
+        std::fs::remove_file(&archive2)
+    })
+    .await
+    .map_err(|e| DaemonError::BuildFailed(format!("collecting {name}: {e}")))?
+    .map_err(io(format!("unpacking /out of {name}")))?;
+    Ok(())
+}
+
+pub async fn remove(engine: &DockerEngine, name: &str) -> Result<(), DaemonError> {
+    match engine
+        .api()
+        .remove_container(
+            name,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(api(format!("removing {name}"))(e)),
+    }
+}
+
+/// Names of every rootfs build container on the daemon (running or not).
+pub async fn list(engine: &DockerEngine) -> Result<Vec<(String, String)>, DaemonError> {
+    let filters = HashMap::from([("label".to_owned(), vec![LABEL.to_owned()])]);
+    let cs = engine
+        .api()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(api("listing rootfs build containers"))?;
+    Ok(cs
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names?.first()?.trim_start_matches('/').to_owned();
+            let label = c.labels?.get(LABEL)?.clone();
+            Some((name, label))
+        })
+        .collect())
+}

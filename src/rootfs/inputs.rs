@@ -1,0 +1,226 @@
+//! The files a rootfs build sends into its builder container under `/kci/`: kci-build's
+//! build script, the recipe's `script`, the base overlays and the recipe's `test_overlay`.
+//! Scanned once (hashes and normalised modes become key facts) and packed into one
+//! deterministic tar for the Docker API's archive upload.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+use super::plan::{InputFile, BASE_OVERLAYS, BUILD_SCRIPT};
+use super::RootfsRecipe;
+use crate::core::names::Digest;
+
+/// The scanned inputs of one recipe, with where each file comes from.
+#[derive(Debug, Clone)]
+pub struct RecipeInputs {
+    pub files: Vec<(InputFile, Option<PathBuf>)>,
+}
+
+impl RecipeInputs {
+    pub fn key_files(&self) -> Vec<InputFile> {
+        self.files.iter().map(|(f, _)| f.clone()).collect()
+    }
+}
+
+/// Scans `recipe`'s files under `recipes_dir`; a missing file names the recipe and field.
+pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeInputs> {
+    let recipe_file = recipes_dir.join(format!("{}.toml", recipe.name));
+    let mut files = Vec::new();
+    if let Some(script) = &recipe.script {
+        let path = recipes_dir.join(script);
+        if !path.is_file() {
+            bail!(
+                "{}: script: {} does not exist (scripts live under {})",
+                recipe_file.display(),
+                path.display(),
+                recipes_dir.join("scripts").display()
+            );
+        }
+        files.push((file_entry("script", &path, Some(0o755))?, Some(path)));
+    }
+    let mut overlays: Vec<(String, PathBuf)> = BASE_OVERLAYS
+        .iter()
+        .map(|o| (o.to_string(), recipes_dir.join("overlays").join(o)))
+        .filter(|(_, p)| p.is_dir())
+        .collect();
+    if let Some(o) = &recipe.test_overlay {
+        let path = recipes_dir.join(o);
+        if !path.is_dir() {
+            bail!(
+                "{}: test-overlay: {} is not a directory",
+                recipe_file.display(),
+                path.display()
+            );
+        }
+        overlays.push(("test".to_owned(), path));
+    }
+    for (name, dir) in overlays {
+        let mut entries: Vec<walkdir::DirEntry> = walkdir::WalkDir::new(&dir)
+            .follow_links(false)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading overlay {}", dir.display()))?;
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        for e in entries {
+            let rel = e.path().strip_prefix(&dir).expect("under the overlay");
+            let rel = rel
+                .to_str()
+                .with_context(|| format!("{}: not UTF-8", e.path().display()))?;
+            let path = if rel.is_empty() {
+                format!("overlays/{name}")
+            } else {
+                format!("overlays/{name}/{rel}")
+            };
+            let ft = e.file_type();
+            if ft.is_dir() {
+                files.push((
+                    InputFile {
+                        path,
+                        sha256: Digest::of(b""),
+                        mode: 0o755,
+                        is_dir: true,
+                    },
+                    None,
+                ));
+            } else if ft.is_file() {
+                files.push((
+                    file_entry(&path, e.path(), None)?,
+                    Some(e.path().to_owned()),
+                ));
+            } else {
+                bail!(
+                    "{}: only files and directories are supported in overlays",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    files.push((
+        InputFile {
+            path: "build.sh".to_owned(),
+            sha256: Digest::of(BUILD_SCRIPT.as_bytes()),
+            mode: 0o755,
+            is_dir: false,
+        },
+        None,
+    ));
+    files.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    Ok(RecipeInputs { files })
+}
+
+fn file_entry(path: &str, source: &Path, mode: Option<u32>) -> anyhow::Result<InputFile> {
+    let bytes = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+    let mode = mode.unwrap_or_else(|| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let m = std::fs::metadata(source)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if m & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        }
+    });
+    Ok(InputFile {
+        path: path.to_owned(),
+        sha256: Digest::of(&bytes),
+        mode,
+        is_dir: false,
+    })
+}
+
+/// The `/kci/` tree as a tar: sorted, owned by root, mtime = SOURCE_DATE_EPOCH. Each file is
+/// re-hashed as it is packed, so a file changed since the scan is an error, not a wrong key.
+pub fn pack(inputs: &RecipeInputs, sde: u64) -> anyhow::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_ustar();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_mtime(sde);
+    dir.set_size(0);
+    b.append_data(&mut dir.clone(), "kci/", std::io::empty())?;
+    for (f, source) in &inputs.files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(sde);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mode(f.mode);
+        let name = format!("kci/{}", f.path);
+        if f.is_dir {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+            continue;
+        }
+        let bytes = match source {
+            Some(p) => {
+                let mut v = Vec::new();
+                std::fs::File::open(p)
+                    .and_then(|mut f| f.read_to_end(&mut v))
+                    .with_context(|| format!("reading {}", p.display()))?;
+                v
+            }
+            None => BUILD_SCRIPT.as_bytes().to_vec(),
+        };
+        if Digest::of(&bytes) != f.sha256 {
+            bail!("{} changed while kci-build was running", f.path);
+        }
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(bytes.len() as u64);
+        b.append_data(&mut h, name, bytes.as_slice())?;
+    }
+    Ok(b.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> RootfsRecipe {
+        RootfsRecipe {
+            name: "tiny".into(),
+            debian_release: "bookworm".into(),
+            arch_list: vec!["amd64".into()],
+            extra_packages: vec![],
+            extra_packages_remove: vec![],
+            extra_files_remove: vec![],
+            script: Some("scripts/hello.sh".into()),
+            test_overlay: Some("overlays/tiny".into()),
+            crush_image_options: vec![],
+            source_date_epoch: 1,
+            mirror: "auto".into(),
+            xz_preset: None,
+        }
+    }
+
+    #[test]
+    fn scan_names_missing_files_and_packs_deterministically() {
+        let d = tempfile::tempdir().unwrap();
+        let e = scan(d.path(), &recipe()).unwrap_err().to_string();
+        assert!(e.contains("tiny.toml: script:"), "{e}");
+        std::fs::create_dir_all(d.path().join("scripts")).unwrap();
+        std::fs::write(d.path().join("scripts/hello.sh"), "echo hi\n").unwrap();
+        let e = scan(d.path(), &recipe()).unwrap_err().to_string();
+        assert!(e.contains("test-overlay:"), "{e}");
+        std::fs::create_dir_all(d.path().join("overlays/tiny/etc")).unwrap();
+        std::fs::write(d.path().join("overlays/tiny/etc/motd"), "hi\n").unwrap();
+        let inputs = scan(d.path(), &recipe()).unwrap();
+        let paths: Vec<&str> = inputs.files.iter().map(|f| f.0.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "build.sh",
+                "overlays/test",
+                "overlays/test/etc",
+                "overlays/test/etc/motd",
+                "script"
+            ]
+        );
+        let a = pack(&inputs, 7).unwrap();
+        assert_eq!(a, pack(&inputs, 7).unwrap());
+        std::fs::write(d.path().join("overlays/tiny/etc/motd"), "changed\n").unwrap();
+        assert!(pack(&inputs, 7).is_err());
+    }
+}

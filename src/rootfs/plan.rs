@@ -1,0 +1,333 @@
+//! What one rootfs build — a (config, arch) pair — depends on, and its cache key.
+//!
+//! Pure: the recipe, the arch, the builder image's manifest digest, the mirror, the files
+//! sent into the builder (recipe script, overlays, kci-build's own build script) and the
+//! output format go in; facts and a key come out. The key is the sha256 of the facts'
+//! canonical JSON (OLPC canonical form of a sorted string map), so it changes exactly when
+//! a fact changes, and `kci-build rootfs` can say which.
+
+use std::collections::BTreeMap;
+
+use super::RootfsRecipe;
+use crate::core::key::canonical_json;
+use crate::core::names::Digest;
+
+/// Bumped when the meaning of a fact changes.
+pub const ROOTFS_KEY_FORMAT: &str = "rootfs-1";
+
+/// kci-build's recipe, run in the builder container.
+pub const BUILD_SCRIPT: &str = include_str!("build.sh");
+
+/// Size of `rootfs.ext4` before compression (KernelCI's debos recipe: 1 GB).
+pub const EXT4_SIZE: &str = "1G";
+
+/// Overlays every rootfs gets, in order, from `recipes/overlays/` (DOMAIN.md §2).
+pub const BASE_OVERLAYS: &[&str] = &["auto-login", "prompt", "networkd", "nosuspend"];
+
+/// Packages the debos recipe installs into every rootfs before the config's own.
+pub const BASE_PACKAGES: &[&str] = &[
+    "udev",
+    "kmod",
+    "dbus",
+    "systemd-sysv",
+    "diffutils",
+    "usbutils",
+    "initramfs-tools",
+    "patch",
+    "systemd-timesyncd",
+];
+
+/// A file sent into the builder under `/kci/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Path under `/kci/`, e.g. `overlays/prompt/root/.profile` or `script`.
+    pub path: String,
+    pub sha256: Digest,
+    /// 0o755 for executables and directories, 0o644 otherwise.
+    pub mode: u32,
+    pub is_dir: bool,
+}
+
+/// One (config, arch) to build.
+#[derive(Debug, Clone)]
+pub struct RootfsJob {
+    pub config: String,
+    pub arch: String,
+    pub key: Digest,
+    pub facts: BTreeMap<String, String>,
+    pub source_date_epoch: u64,
+    pub xz_preset: u32,
+}
+
+impl RootfsJob {
+    /// `config/arch`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.config, self.arch)
+    }
+}
+
+/// The facts a build depends on, as `name → value`.
+pub fn facts(
+    recipe: &RootfsRecipe,
+    arch: &str,
+    builder_manifest: &Digest,
+    mirror: &str,
+    inputs: &[InputFile],
+    output_format: &str,
+) -> BTreeMap<String, String> {
+    let mut f = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        f.insert(k.to_owned(), v);
+    };
+    put("key-format", ROOTFS_KEY_FORMAT.to_owned());
+    put("output-format", format!("{output_format} ext4={EXT4_SIZE}"));
+    put("builder.manifest", builder_manifest.as_str().to_owned());
+    put(
+        "build-script",
+        Digest::of(BUILD_SCRIPT.as_bytes()).as_str().to_owned(),
+    );
+    put("arch", arch.to_owned());
+    put("config", recipe.name.clone());
+    put("recipe.debian-release", recipe.debian_release.clone());
+    put("recipe.base-packages", BASE_PACKAGES.join(" "));
+    put("recipe.extra-packages", recipe.extra_packages.join(" "));
+    put(
+        "recipe.extra-packages-remove",
+        recipe.extra_packages_remove.join(" "),
+    );
+    put(
+        "recipe.extra-files-remove",
+        recipe.extra_files_remove.join(" "),
+    );
+    put(
+        "recipe.crush-image-options",
+        recipe.crush_image_options.join(" "),
+    );
+    put("recipe.script", recipe.script.clone().unwrap_or_default());
+    put(
+        "recipe.test-overlay",
+        recipe.test_overlay.clone().unwrap_or_default(),
+    );
+    put("recipe.xz-preset", recipe.xz_preset().to_string());
+    put("source-date-epoch", recipe.source_date_epoch.to_string());
+    put(
+        "mirror-sha256",
+        Digest::of(mirror.as_bytes()).as_str().to_owned(),
+    );
+    for i in inputs {
+        let value = if i.is_dir {
+            format!("dir {:o}", i.mode)
+        } else {
+            format!("{} {:o}", i.sha256.as_str(), i.mode)
+        };
+        f.insert(format!("file.{}", i.path), value);
+    }
+    f
+}
+
+/// The cache key: sha256 of the facts' canonical JSON.
+pub fn key(facts: &BTreeMap<String, String>) -> Digest {
+    Digest::of(&canonical_json(facts))
+}
+
+/// The builder's environment for a job (no secrets: everything here is in the key).
+pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest) -> Vec<String> {
+    // A fixed file-system UUID per key: same inputs, same ext4 bytes.
+    let h = key.hex();
+    let uuid = format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    );
+    let mut env = vec![
+        format!("SOURCE_DATE_EPOCH={}", recipe.source_date_epoch),
+        format!("KCI_SUITE={}", recipe.debian_release),
+        format!("KCI_ARCH={arch}"),
+        format!("KCI_MIRROR={mirror}"),
+        format!("KCI_EXTRA_PACKAGES={}", recipe.extra_packages.join(",")),
+        format!(
+            "KCI_REMOVE_PACKAGES={}",
+            recipe.extra_packages_remove.join(" ")
+        ),
+        format!("KCI_FILES_REMOVE={}", recipe.extra_files_remove.join(" ")),
+        format!("KCI_EXT4_SIZE={EXT4_SIZE}"),
+        format!("KCI_FS_UUID={uuid}"),
+    ];
+    if recipe.script.is_some() {
+        env.push("KCI_SCRIPT=1".to_owned());
+    }
+    if recipe.test_overlay.is_some() {
+        env.push("KCI_OVERLAY=1".to_owned());
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> RootfsRecipe {
+        RootfsRecipe {
+            name: "bookworm".into(),
+            debian_release: "bookworm".into(),
+            arch_list: vec!["amd64".into(), "arm64".into()],
+            extra_packages: vec!["isc-dhcp-client".into()],
+            extra_packages_remove: vec![],
+            extra_files_remove: vec![],
+            script: None,
+            test_overlay: None,
+            crush_image_options: vec![],
+            source_date_epoch: 1_764_547_200,
+            mirror: "auto".into(),
+            xz_preset: None,
+        }
+    }
+
+    fn builder() -> Digest {
+        Digest::of(b"builder")
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let r = recipe();
+        let file = InputFile {
+            path: "overlays/prompt/root/.profile".into(),
+            sha256: Digest::of(b"PS1"),
+            mode: 0o644,
+            is_dir: false,
+        };
+        let base = key(&facts(
+            &r,
+            "amd64",
+            &builder(),
+            "http://m/debian",
+            std::slice::from_ref(&file),
+            "f1",
+        ));
+        let mut variants = vec![
+            key(&facts(
+                &r,
+                "arm64",
+                &builder(),
+                "http://m/debian",
+                std::slice::from_ref(&file),
+                "f1",
+            )),
+            key(&facts(
+                &r,
+                "amd64",
+                &Digest::of(b"x"),
+                "http://m/debian",
+                std::slice::from_ref(&file),
+                "f1",
+            )),
+            key(&facts(
+                &r,
+                "amd64",
+                &builder(),
+                "http://n/debian",
+                std::slice::from_ref(&file),
+                "f1",
+            )),
+            key(&facts(
+                &r,
+                "amd64",
+                &builder(),
+                "http://m/debian",
+                &[],
+                "f1",
+            )),
+            key(&facts(
+                &r,
+                "amd64",
+                &builder(),
+                "http://m/debian",
+                std::slice::from_ref(&file),
+                "f2",
+            )),
+        ];
+        let mut executable = file.clone();
+        executable.mode = 0o755;
+        variants.push(key(&facts(
+            &r,
+            "amd64",
+            &builder(),
+            "http://m/debian",
+            &[executable],
+            "f1",
+        )));
+        let mut r2 = r.clone();
+        r2.extra_packages.push("wget".into());
+        variants.push(key(&facts(
+            &r2,
+            "amd64",
+            &builder(),
+            "http://m/debian",
+            std::slice::from_ref(&file),
+            "f1",
+        )));
+        let mut r3 = r.clone();
+        r3.source_date_epoch += 1;
+        variants.push(key(&facts(
+            &r3,
+            "amd64",
+            &builder(),
+            "http://m/debian",
+            std::slice::from_ref(&file),
+            "f1",
+        )));
+        let mut r4 = r.clone();
+        r4.xz_preset = Some(1);
+        variants.push(key(&facts(
+            &r4,
+            "amd64",
+            &builder(),
+            "http://m/debian",
+            std::slice::from_ref(&file),
+            "f1",
+        )));
+        for v in &variants {
+            assert_ne!(*v, base);
+        }
+        assert_eq!(
+            key(&facts(
+                &r,
+                "amd64",
+                &builder(),
+                "http://m/debian",
+                &[file],
+                "f1"
+            )),
+            base
+        );
+    }
+
+    #[test]
+    fn the_mirror_host_is_not_a_fact_only_its_hash() {
+        let f = facts(
+            &recipe(),
+            "amd64",
+            &builder(),
+            "http://m.example/debian",
+            &[],
+            "f",
+        );
+        assert!(f.values().all(|v| !v.contains("m.example")));
+    }
+
+    #[test]
+    fn environment_has_a_valid_uuid_derived_from_the_key() {
+        let env = environment(&recipe(), "arm64", "http://m/debian", &Digest::of(b"k"));
+        let uuid = env
+            .iter()
+            .find_map(|e| e.strip_prefix("KCI_FS_UUID="))
+            .unwrap();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(uuid.as_bytes()[14], b'4');
+        assert!(env.contains(&"KCI_ARCH=arm64".to_owned()));
+        assert!(env.contains(&"KCI_EXTRA_PACKAGES=isc-dhcp-client".to_owned()));
+    }
+}
