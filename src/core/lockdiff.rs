@@ -1,6 +1,10 @@
 //! What changed between two lockfiles, for reviewers: targets added and removed, and per
 //! target its key, output digests, inputs and Debian packages (added, removed, upgraded,
 //! downgraded), as text or as a Markdown PR comment.
+//!
+//! Both lockfiles diff the same way: an images target and a rootfs (config, arch) are each
+//! an [`Entry`] with a key, inputs, packages and named outputs (an image's manifest; a
+//! rootfs's version directory and the sha256 of each file).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -8,7 +12,68 @@ use std::fmt::Write as _;
 
 use super::debversion;
 use super::key::diff_facts;
-use super::lockfile::{LockedTarget, Lockfile};
+use super::lockfile::Lockfile;
+use super::rootfs_lock::RootfsLockfile;
+
+/// One diffable unit of a lockfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub input: BTreeMap<String, String>,
+    pub package: BTreeMap<String, String>,
+    /// The output a one-line summary shows (an image's manifest, a rootfs's version).
+    pub primary: String,
+    /// Every output by name (`manifest`, `config`, `rootfs.cpio.gz`, …).
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The images lockfile's targets as entries.
+pub fn image_entries(lock: &Lockfile) -> BTreeMap<String, Entry> {
+    lock.targets
+        .iter()
+        .map(|(name, t)| {
+            let mut outputs =
+                BTreeMap::from([("manifest".to_owned(), t.output.manifest.to_string())]);
+            if let Some(c) = &t.output.config {
+                outputs.insert("config".to_owned(), c.to_string());
+            }
+            (
+                name.to_string(),
+                Entry {
+                    key: t.key.to_string(),
+                    input: t.input.clone(),
+                    package: t.package.clone(),
+                    primary: t.output.manifest.to_string(),
+                    outputs,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The rootfs lockfile's (config, arch) builds as entries named `config/arch`.
+pub fn rootfs_entries(lock: &RootfsLockfile) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    for (config, c) in &lock.configs {
+        for (arch, r) in &c.arch {
+            let mut outputs = BTreeMap::from([("version".to_owned(), c.version.clone())]);
+            for (file, a) in &r.artifact {
+                outputs.insert(file.clone(), a.sha256.to_string());
+            }
+            out.insert(
+                format!("{config}/{arch}"),
+                Entry {
+                    key: r.key.to_string(),
+                    input: r.input.clone(),
+                    package: r.package.clone(),
+                    primary: c.version.clone(),
+                    outputs,
+                },
+            );
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackageChange {
@@ -24,6 +89,8 @@ pub struct TargetDiff {
     pub old_manifest: String,
     pub new_manifest: String,
     pub key_changed: bool,
+    /// `(output, old, new)` of every named output; equal old and new mean it stayed.
+    pub outputs: Vec<(String, String, String)>,
     /// `(path, old, new)` of changed inputs.
     pub inputs: Vec<(String, String, String)>,
     pub packages: BTreeMap<String, PackageChange>,
@@ -38,27 +105,27 @@ pub struct LockDiff {
 }
 
 pub fn diff(old: &Lockfile, new: &Lockfile) -> LockDiff {
+    diff_entries(&image_entries(old), &image_entries(new))
+}
+
+pub fn diff_entries(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> LockDiff {
     let mut d = LockDiff::default();
-    for name in old.targets.keys() {
-        if !new.targets.contains_key(name) {
-            d.removed.push(name.to_string());
+    for name in old.keys() {
+        if !new.contains_key(name) {
+            d.removed.push(name.clone());
         }
     }
-    for (name, n) in &new.targets {
-        match old.targets.get(name) {
-            None => d
-                .added
-                .push((name.to_string(), n.output.manifest.to_string())),
-            Some(o) if o == n => d
-                .unchanged
-                .push((name.to_string(), n.output.manifest.to_string())),
-            Some(o) => d.changed.push(target_diff(&name.to_string(), o, n)),
+    for (name, n) in new {
+        match old.get(name) {
+            None => d.added.push((name.clone(), n.primary.clone())),
+            Some(o) if o == n => d.unchanged.push((name.clone(), n.primary.clone())),
+            Some(o) => d.changed.push(target_diff(name, o, n)),
         }
     }
     d
 }
 
-fn target_diff(name: &str, o: &LockedTarget, n: &LockedTarget) -> TargetDiff {
+fn target_diff(name: &str, o: &Entry, n: &Entry) -> TargetDiff {
     let inputs = diff_facts(&o.input, &n.input)
         .into_iter()
         .map(|c| {
@@ -90,11 +157,26 @@ fn target_diff(name: &str, o: &LockedTarget, n: &LockedTarget) -> TargetDiff {
             packages.insert(p.clone(), PackageChange::Added(v.clone()));
         }
     }
+    let mut names: Vec<&String> = o.outputs.keys().chain(n.outputs.keys()).collect();
+    names.sort();
+    names.dedup();
+    let absent = || "(absent)".to_owned();
+    let outputs = names
+        .into_iter()
+        .map(|k| {
+            (
+                k.clone(),
+                o.outputs.get(k).cloned().unwrap_or_else(absent),
+                n.outputs.get(k).cloned().unwrap_or_else(absent),
+            )
+        })
+        .collect();
     TargetDiff {
         name: name.to_owned(),
-        old_manifest: o.output.manifest.to_string(),
-        new_manifest: n.output.manifest.to_string(),
+        old_manifest: o.primary.clone(),
+        new_manifest: n.primary.clone(),
         key_changed: o.key != n.key,
+        outputs,
         inputs,
         packages,
     }
@@ -118,10 +200,17 @@ fn package_line(p: &str, c: &PackageChange) -> String {
 /// A compact one-fact-per-line view of one lockfile, for `git diff` through textconv:
 /// `<target> manifest <short digest>` and `<target> <package> <version>` lines.
 pub fn summary(lock: &Lockfile) -> String {
+    summary_of(&image_entries(lock))
+}
+
+/// [`summary`] for any entries: every output, then every package, one per line.
+pub fn summary_of(entries: &BTreeMap<String, Entry>) -> String {
     let mut out = String::new();
-    for (name, t) in &lock.targets {
-        let _ = writeln!(out, "{name} manifest {}", short(t.output.manifest.as_str()));
-        for (p, v) in &t.package {
+    for (name, e) in entries {
+        for (o, v) in &e.outputs {
+            let _ = writeln!(out, "{name} {o} {}", short(v));
+        }
+        for (p, v) in &e.package {
             let _ = writeln!(out, "{name} {p} {v}");
         }
     }
@@ -154,6 +243,17 @@ impl LockDiff {
                 short(&t.old_manifest),
                 short(&t.new_manifest)
             );
+            for (o, a, b) in t
+                .outputs
+                .iter()
+                .filter(|(o, _, _)| o != "manifest" && o != "version")
+            {
+                if a == b {
+                    let _ = writeln!(out, "    output {o}: same {}", short(a));
+                } else {
+                    let _ = writeln!(out, "    output {o}: {} -> {}", short(a), short(b));
+                }
+            }
             for (p, a, b) in &t.inputs {
                 let _ = writeln!(out, "    input {p}: {a} -> {b}");
             }
@@ -209,6 +309,17 @@ impl LockDiff {
                 "\n<details><summary><code>{}</code></summary>\n\n```",
                 t.name
             );
+            for (o, a, b) in t
+                .outputs
+                .iter()
+                .filter(|(o, _, _)| o != "manifest" && o != "version")
+            {
+                if a == b {
+                    let _ = writeln!(out, "output {o}: same {}", short(a));
+                } else {
+                    let _ = writeln!(out, "output {o}: {} -> {}", short(a), short(b));
+                }
+            }
             for (p, a, b) in &t.inputs {
                 let _ = writeln!(out, "input {p}: {a} -> {b}");
             }
@@ -225,7 +336,7 @@ impl LockDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::lockfile::LockedOutput;
+    use crate::core::lockfile::{LockedOutput, LockedTarget};
     use crate::core::names::Digest;
 
     fn target(key: u8, manifest: u8, arg: &str, packages: &[(&str, &str)]) -> LockedTarget {
@@ -331,6 +442,69 @@ mod tests {
         assert!(
             md.contains("<details><summary><code>gcc</code></summary>"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn rootfs_lockfiles_diff_per_config_and_arch_with_file_sums() {
+        use crate::core::rootfs_lock::{LockedArtifact, LockedConfig, LockedRootfs};
+        let lock = |version: &str, cpio: u8, libc: &str| {
+            let artifact = BTreeMap::from([
+                (
+                    "rootfs.cpio.gz".to_owned(),
+                    LockedArtifact {
+                        sha256: Digest::of(&[cpio]),
+                        size: 1,
+                        url: None,
+                    },
+                ),
+                (
+                    "initrd.cpio.gz".to_owned(),
+                    LockedArtifact {
+                        sha256: Digest::of(&[9]),
+                        size: 1,
+                        url: None,
+                    },
+                ),
+            ]);
+            let r = LockedRootfs {
+                key: Digest::of(version.as_bytes()),
+                input: BTreeMap::new(),
+                package: BTreeMap::from([("libc6:arm64".to_owned(), libc.to_owned())]),
+                artifact,
+            };
+            RootfsLockfile {
+                configs: BTreeMap::from([(
+                    "bookworm".to_owned(),
+                    LockedConfig {
+                        version: version.to_owned(),
+                        arch: BTreeMap::from([("arm64".to_owned(), r)]),
+                    },
+                )]),
+            }
+        };
+        let old = lock("20251201.aaaaaaaaaaaa", 1, "2.36-9+deb12u7");
+        let new = lock("20251201.bbbbbbbbbbbb", 2, "2.36-9+deb12u10");
+        let d = diff_entries(&rootfs_entries(&old), &rootfs_entries(&new));
+        let text = d.to_text();
+        assert!(
+            text.contains("changed  bookworm/arm64 (new output: 20251201.aaaaaaaaaaaa -> 20251201.bbbbbbbbbbbb)"),
+            "{text}"
+        );
+        assert!(text.contains("    output initrd.cpio.gz: same "), "{text}");
+        assert!(text.contains("    output rootfs.cpio.gz: "), "{text}");
+        assert!(
+            text.contains("    ↑ libc6:arm64 2.36-9+deb12u7 -> 2.36-9+deb12u10"),
+            "{text}"
+        );
+        let summary = summary_of(&rootfs_entries(&new));
+        assert!(
+            summary.contains("bookworm/arm64 version 20251201.bbbbbbbbbbbb\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("bookworm/arm64 libc6:arm64 2.36-9+deb12u10\n"),
+            "{summary}"
         );
     }
 }

@@ -64,8 +64,9 @@ pub fn entry_has_fix_binary(text: &str) -> bool {
     enabled && flags.contains('F')
 }
 
-/// Makes sure binaries of `arch` can run in containers; registers
-/// `kci-build-qemu-<name>` (flags `F`) when no usable handler exists.
+/// Makes sure binaries of `arch` can run in containers; registers `qemu-<name>` (flags
+/// `F`, the name mmdebstrap looks for) when no handler exists, and says what to do when
+/// one exists without the F flag.
 pub fn ensure(arch: &str) -> Result<(), EnvironmentError> {
     if arch == native_arch() || (native_arch() == "amd64" && arch == "i386") {
         return Ok(());
@@ -83,15 +84,15 @@ pub fn ensure(arch: &str) -> Result<(), EnvironmentError> {
             hint: "as root: `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` and install qemu-user-static".into(),
         });
     }
-    for name in [
-        format!("qemu-{}", h.qemu),
-        format!("kci-build-qemu-{}", h.qemu),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(root.join(&name)) {
-            if entry_has_fix_binary(&text) {
-                return Ok(());
-            }
+    let name = format!("qemu-{}", h.qemu);
+    if let Ok(text) = std::fs::read_to_string(root.join(&name)) {
+        if entry_has_fix_binary(&text) {
+            return Ok(());
         }
+        return Err(EnvironmentError {
+            message: format!("the binfmt_misc handler {name} is disabled or lacks the F flag, so {arch} binaries cannot run in containers"),
+            hint: format!("as root: `echo -1 > {BINFMT}/{name}` and rerun (kci-build then registers it with F), or install Debian's qemu-user-static, which registers it with F"),
+        });
     }
     let interpreter = format!("/usr/bin/qemu-{}-static", h.qemu);
     if !Path::new(&interpreter).exists() {
@@ -100,10 +101,7 @@ pub fn ensure(arch: &str) -> Result<(), EnvironmentError> {
             hint: "install qemu-user-static (it registers the handlers), e.g. `apt-get install qemu-user-static`".into(),
         });
     }
-    let line = format!(
-        ":kci-build-qemu-{}:M::{}:{}:{interpreter}:F",
-        h.qemu, h.magic, h.mask
-    );
+    let line = format!(":{name}:M::{}:{}:{interpreter}:F", h.magic, h.mask);
     std::fs::write(root.join("register"), line).map_err(|e| EnvironmentError {
         message: format!("cannot register a binfmt_misc handler for {arch}: {e}"),
         hint: "run once as root, or register qemu-user-static's handlers with the F flag (`update-binfmts --enable`)".into(),

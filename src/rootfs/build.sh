@@ -63,6 +63,12 @@ fi
 
 mkdir -p /out /work/root
 root=/work/root
+# mmdebstrap reads the host's qemu-<arch> binfmt_misc entry to see that it has the F flag
+# (so no qemu binary is needed in the chroot); containers do not see binfmt_misc unless
+# it is mounted here.
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+fi
 phase bootstrap
 # shellcheck disable=SC2086
 mmdebstrap --mode=root --variant=minbase --arch="$KCI_ARCH" --components=main \
