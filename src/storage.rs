@@ -245,6 +245,72 @@ impl Storage {
         format!("{base}/{}/{name}", dir.trim_matches('/'))
     }
 
+    /// The bytes of a small file (a manifest) in `dir`, `None` when it is not there.
+    pub async fn fetch(&self, dir: &str, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let dir = dir.trim_matches('/');
+        check_relative("directory", dir)?;
+        check_relative("file name", name)?;
+        match self {
+            Storage::Local(l) => {
+                let path = l.root.join(dir).join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StorageError::Io {
+                        action: "reading",
+                        path,
+                        source,
+                    }),
+                }
+            }
+            Storage::Api(a) => {
+                let url = a.public(dir, name);
+                let action = format!("downloading {name}:");
+                let resp = a.send(&action, &url, || Ok(a.client.get(&url))).await?;
+                match resp.status().as_u16() {
+                    404 | 410 => Ok(None),
+                    200 => resp
+                        .bytes()
+                        .await
+                        .map(|b| Some(b.to_vec()))
+                        .map_err(|source| StorageError::Http {
+                            action,
+                            url: url.clone(),
+                            source,
+                        }),
+                    status => Err(status_error(action, &url, status, String::new())),
+                }
+            }
+        }
+    }
+
+    /// The size of a file in `dir` as served (HEAD for the API), `None` when absent.
+    pub async fn size(&self, dir: &str, name: &str) -> Result<Option<u64>, StorageError> {
+        let dir = dir.trim_matches('/');
+        check_relative("directory", dir)?;
+        check_relative("file name", name)?;
+        match self {
+            Storage::Local(l) => Ok(std::fs::metadata(l.root.join(dir).join(name))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())),
+            Storage::Api(a) => {
+                let url = a.public(dir, name);
+                let action = format!("checking {name}:");
+                let resp = a.send(&action, &url, || Ok(a.client.head(&url))).await?;
+                match resp.status().as_u16() {
+                    404 | 410 => Ok(None),
+                    200 => Ok(resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())),
+                    status => Err(status_error(action, &url, status, String::new())),
+                }
+            }
+        }
+    }
+
     /// Makes `dir` (`<config>/<version>`) hold these files.
     ///
     /// A file already there with the same size and sha256 is skipped; the others are stored

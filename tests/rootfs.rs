@@ -140,7 +140,7 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         ])
     );
     let first_sums = sums(&first_report);
-    assert_eq!(first_sums.len(), 12, "{first_sums:?}");
+    assert_eq!(first_sums.len(), 10, "{first_sums:?}");
     let version = first_report["versions"]["tiny"]
         .as_str()
         .unwrap()
@@ -228,8 +228,23 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     assert_eq!(again["lockfile_changed"], false);
     eprintln!("cached rerun: {cached_secs:.2}s");
 
-    // 3. From an empty rootfs store again; kill kci-build in the middle of the amd64 build.
+    // 3. An empty rootfs store, but the files are on the storage: nothing is rebuilt.
     std::fs::remove_dir_all(ws.store().join("rootfs")).unwrap();
+    let remote = rootfs(&ws, &["--storage", &storage_arg, "--public-url", public]).ok();
+    let remote = remote.json();
+    assert_eq!(
+        actions_of(&remote),
+        BTreeMap::from([
+            ("amd64".to_owned(), "on-storage".to_owned()),
+            ("arm64".to_owned(), "on-storage".to_owned())
+        ])
+    );
+    assert_eq!(sums(&remote), first_sums);
+    assert_eq!(remote["lockfile_changed"], false);
+
+    // 4. From an empty rootfs store again, without the storage; kill kci-build in the middle
+    // of the amd64 build.
+    let _ = std::fs::remove_dir_all(ws.store().join("rootfs"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_kci-build"))
         .current_dir(ws.path())
         .env("KCI_BUILD_STORE", ws.store())
@@ -276,7 +291,32 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     assert!(resumed.stderr.contains("Attaching"), "{}", resumed.stderr);
     assert!(running_rootfs_containers().is_empty());
 
-    // 4. Same bytes, file by file, for both arches.
+    // 5. Same bytes, file by file, for both arches.
     assert_eq!(sums(&resumed_report), first_sums);
     assert_eq!(resumed_report["versions"]["tiny"], version.as_str());
+
+    // 6. A recipe change, rebuilt for amd64: `kci-build diff` of the two real lockfiles shows
+    // the packages it brought, the new version and which files changed.
+    let lock_path = ws.path().join("lockfiles/rootfs.lock");
+    std::fs::copy(&lock_path, ws.path().join("old-rootfs.lock")).unwrap();
+    let recipe = ws.path().join("recipes/tiny.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("[\"netbase\"]", "[\"bc\", \"netbase\"]"),
+    )
+    .unwrap();
+    rootfs(&ws, &["--arch", "amd64"]).ok();
+    let diff = ws
+        .kci(&["diff", "old-rootfs.lock", "lockfiles/rootfs.lock"])
+        .ok()
+        .stdout;
+    assert!(diff.contains("changed  tiny/amd64 (new output: "), "{diff}");
+    assert!(diff.contains("    + bc:amd64 "), "{diff}");
+    assert!(
+        diff.contains("    input recipe.extra-packages: netbase -> bc netbase"),
+        "{diff}"
+    );
+    assert!(diff.contains("    output rootfs.cpio.gz: "), "{diff}");
+    assert!(diff.contains("removed  tiny/arm64"), "{diff}");
 }

@@ -7,7 +7,7 @@
 //! and starts only what is missing. Files enter the store by renaming a complete directory,
 //! so a killed run never leaves a half-written artifact under a key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,7 +69,7 @@ pub struct RootfsOutcome {
     pub config: String,
     pub arch: String,
     pub key: String,
-    /// `built`, `cached`, `resumed` or `failed`.
+    /// `built`, `cached` (in the store), `on-storage`, `resumed` or `failed`.
     pub action: &'static str,
     pub seconds: f64,
     pub artifacts: BTreeMap<String, ArtifactInfo>,
@@ -183,6 +183,8 @@ fn read_manifest(path: &Path) -> Option<RootfsManifest> {
 
 struct Prepared {
     recipe: RootfsRecipe,
+    /// The version directory, `<config>/<version>`.
+    dir: String,
     /// Every arch of the recipe (the version directory depends on all of them).
     jobs: Vec<RootfsJob>,
     selected: Vec<String>,
@@ -292,7 +294,13 @@ pub async fn run(
             .cloned()
             .collect();
         let tar = Arc::new(inputs::pack(&inputs, r.source_date_epoch)?);
+        let keys: BTreeMap<String, Digest> = jobs
+            .iter()
+            .map(|j| (j.arch.clone(), j.key.clone()))
+            .collect();
+        let dir = format!("{}/{}", r.name, config_version(r.source_date_epoch, &keys));
         prepared.push(Prepared {
+            dir,
             recipe: r,
             jobs,
             selected: sel,
@@ -316,15 +324,29 @@ pub async fn run(
     let mut todo: Vec<(RootfsJob, Vec<String>, Arc<Vec<u8>>)> = Vec::new();
     let mut outcomes: Vec<RootfsOutcome> = Vec::new();
     let mut manifests: BTreeMap<(String, String), RootfsManifest> = BTreeMap::new();
+    // Builds whose files are on the storage already (and maybe nowhere else).
+    let mut on_storage: BTreeSet<(String, String)> = BTreeSet::new();
     for p in &prepared {
         for job in p.jobs.iter().filter(|j| p.selected.contains(&j.arch)) {
             if let Some(m) = read_manifest(&key_dir(ws, &job.key).join(MANIFEST)) {
                 printer.status("Fresh", format!("{} ({})", job.label(), job.key.short()));
                 outcomes.push(outcome(job, "cached", 0.0, &m));
                 manifests.insert((job.config.clone(), job.arch.clone()), m);
-            } else {
-                todo.push((job.clone(), p.env[&job.arch].clone(), p.tar.clone()));
+                continue;
             }
+            if let Some(storage) = &storage {
+                if let Some(m) = stored_remotely(storage, &p.dir, job).await? {
+                    printer.status(
+                        "Fresh",
+                        format!("{} ({}) on the storage", job.label(), job.key.short()),
+                    );
+                    outcomes.push(outcome(job, "on-storage", 0.0, &m));
+                    manifests.insert((job.config.clone(), job.arch.clone()), m);
+                    on_storage.insert((job.config.clone(), job.arch.clone()));
+                    continue;
+                }
+            }
+            todo.push((job.clone(), p.env[&job.arch].clone(), p.tar.clone()));
         }
     }
 
@@ -399,21 +421,29 @@ pub async fn run(
         .configs
         .retain(|name, _| recipe_names.contains(&name.as_str()));
     for p in &prepared {
-        let keys: BTreeMap<String, Digest> = p
-            .jobs
-            .iter()
-            .map(|j| (j.arch.clone(), j.key.clone()))
-            .collect();
-        let version = config_version(p.recipe.source_date_epoch, &keys);
+        let dir = p.dir.clone();
+        let version = dir
+            .rsplit_once('/')
+            .map(|(_, v)| v.to_owned())
+            .expect("dir is config/version");
         versions.insert(p.recipe.name.clone(), version.clone());
-        let dir = format!("{}/{version}", p.recipe.name);
         let mut urls: BTreeMap<(String, String), String> = BTreeMap::new();
         if let Some(storage) = &storage {
             let mut files = Vec::new();
             for job in &p.jobs {
-                let Some(m) = manifests.get(&(job.config.clone(), job.arch.clone())) else {
+                let id = (job.config.clone(), job.arch.clone());
+                let Some(m) = manifests.get(&id) else {
                     continue;
                 };
+                if on_storage.contains(&id) {
+                    for name in m.artifacts.keys().chain([&MANIFEST.to_owned()]) {
+                        urls.insert(
+                            (job.arch.clone(), name.clone()),
+                            storage.url(&dir, &format!("{}/{name}", job.arch)),
+                        );
+                    }
+                    continue;
+                }
                 let kd = key_dir(ws, &job.key);
                 for (name, a) in &m.artifacts {
                     files.push(UploadFile {
@@ -537,6 +567,33 @@ pub async fn run(
         upload_skipped,
         lockfile_changed: changed,
     })
+}
+
+/// The manifest of `job` on the storage, if it is there for the same key and every file it
+/// lists is served with the size it records.
+async fn stored_remotely(
+    storage: &Storage,
+    dir: &str,
+    job: &RootfsJob,
+) -> anyhow::Result<Option<RootfsManifest>> {
+    let Some(bytes) = storage
+        .fetch(dir, &format!("{}/{MANIFEST}", job.arch))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(m) = serde_json::from_slice::<RootfsManifest>(&bytes) else {
+        return Ok(None);
+    };
+    if m.key != job.key || m.artifacts.len() != ARTIFACTS.len() {
+        return Ok(None);
+    }
+    for (name, a) in &m.artifacts {
+        if storage.size(dir, &format!("{}/{name}", job.arch)).await? != Some(a.size) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(m))
 }
 
 fn describe(old: &RootfsLockfile, new: &RootfsLockfile) -> Vec<String> {
