@@ -182,6 +182,24 @@ fn target_diff(name: &str, o: &Entry, n: &Entry) -> TargetDiff {
     }
 }
 
+impl TargetDiff {
+    /// `output <name>: same <sum>` or `output <name>: <old> -> <new>` for every output but
+    /// the one already on the target's headline (manifest, version).
+    fn output_lines(&self) -> Vec<String> {
+        self.outputs
+            .iter()
+            .filter(|(o, _, _)| o != "manifest" && o != "version")
+            .map(|(o, a, b)| {
+                if a == b {
+                    format!("output {o}: same {}", short(a))
+                } else {
+                    format!("output {o}: {} -> {}", short(a), short(b))
+                }
+            })
+            .collect()
+    }
+}
+
 fn short(d: &str) -> &str {
     d.strip_prefix("sha256:")
         .map(|h| &h[..12.min(h.len())])
@@ -243,16 +261,8 @@ impl LockDiff {
                 short(&t.old_manifest),
                 short(&t.new_manifest)
             );
-            for (o, a, b) in t
-                .outputs
-                .iter()
-                .filter(|(o, _, _)| o != "manifest" && o != "version")
-            {
-                if a == b {
-                    let _ = writeln!(out, "    output {o}: same {}", short(a));
-                } else {
-                    let _ = writeln!(out, "    output {o}: {} -> {}", short(a), short(b));
-                }
+            for line in t.output_lines() {
+                let _ = writeln!(out, "    {line}");
             }
             for (p, a, b) in &t.inputs {
                 let _ = writeln!(out, "    input {p}: {a} -> {b}");
@@ -309,16 +319,8 @@ impl LockDiff {
                 "\n<details><summary><code>{}</code></summary>\n\n```",
                 t.name
             );
-            for (o, a, b) in t
-                .outputs
-                .iter()
-                .filter(|(o, _, _)| o != "manifest" && o != "version")
-            {
-                if a == b {
-                    let _ = writeln!(out, "output {o}: same {}", short(a));
-                } else {
-                    let _ = writeln!(out, "output {o}: {} -> {}", short(a), short(b));
-                }
+            for line in t.output_lines() {
+                let _ = writeln!(out, "{line}");
             }
             for (p, a, b) in &t.inputs {
                 let _ = writeln!(out, "input {p}: {a} -> {b}");
