@@ -11,13 +11,15 @@ use crate::printer::ColorChoice;
 #[command(
     name = "kci-build",
     version,
-    about = "Reproducible, content-addressed builds of KernelCI's toolchain images",
+    about = "Reproducible, content-addressed builds of KernelCI's toolchain images and rootfs files",
     long_about = "kci-build builds KernelCI's kernel toolchain images from pinned recipes in images/.\n\
 Every target's cache key hashes all its inputs (recipe, build context, build args, platform,\n\
 SOURCE_DATE_EPOCH, the parent's output digest), so unchanged targets are never rebuilt and\n\
 the same inputs give the same bytes. Results live in a local OCI store; lockfiles/images.lock\n\
-records keys, inputs, installed Debian packages and output digests for review.",
-    after_help = "Examples:\n  kci-build plan                       what would be built, and why not\n  kci-build build --jobs 2             build everything missing, update the lockfile\n  kci-build build gcc-12:arm64 -v      one target (and its parents), streaming logs\n  kci-build why gcc-12:arm64           which inputs changed since the lockfile\n  kci-build build --locked             CI: fail if the lockfile would change\n  kci-build check gcc-12:x86           rebuild from scratch, explain any difference\n  kci-build build --push --registry R  build, then publish to registry R\n\nExit codes: 0 success, 1 bad input or failed build, 2 environment (Docker, mmdebstrap, disk)."
+records keys, inputs, installed Debian packages and output digests for review.\n\n\
+`kci-build rootfs` builds KernelCI's Debian rootfs files (recipes/) the same way, uploads them\n\
+and records them in lockfiles/rootfs.lock; `kci-build deploy` points test-configs.yaml at them.",
+    after_help = "Examples:\n  kci-build plan                       what would be built, and why not\n  kci-build build --jobs 2             build everything missing, update the lockfile\n  kci-build build gcc-12:arm64 -v      one target (and its parents), streaming logs\n  kci-build why gcc-12:arm64           which inputs changed since the lockfile\n  kci-build build --locked             CI: fail if the lockfile would change\n  kci-build check gcc-12:x86           rebuild from scratch, explain any difference\n  kci-build build --push --registry R  build, then publish to registry R\n  kci-build rootfs --storage DIR       build every rootfs config x arch, upload, lock\n  kci-build deploy --test-configs F    point test-configs.yaml at the locked versions\n\nExit codes: 0 success, 1 bad input or failed build, 2 environment (Docker, mmdebstrap, disk)."
 )]
 pub struct Cli {
     /// More output: -v streams build logs and traces, -vv adds debug traces.
