@@ -247,8 +247,7 @@ impl Storage {
 
     /// The bytes of a small file (a manifest) in `dir`, `None` when it is not there.
     pub async fn fetch(&self, dir: &str, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let dir = dir.trim_matches('/');
-        check_relative("directory", dir)?;
+        let dir = checked_dir(dir)?;
         check_relative("file name", name)?;
         match self {
             Storage::Local(l) => {
@@ -286,8 +285,7 @@ impl Storage {
 
     /// The size of a file in `dir` as served (HEAD for the API), `None` when absent.
     pub async fn size(&self, dir: &str, name: &str) -> Result<Option<u64>, StorageError> {
-        let dir = dir.trim_matches('/');
-        check_relative("directory", dir)?;
+        let dir = checked_dir(dir)?;
         check_relative("file name", name)?;
         match self {
             Storage::Local(l) => Ok(std::fs::metadata(l.root.join(dir).join(name))
@@ -318,8 +316,7 @@ impl Storage {
     /// stored file is read back from where it is served and compared, size and sha256. Files in
     /// `dir` that are not listed are left alone: neither backend deletes.
     pub async fn sync(&self, dir: &str, files: &[UploadFile]) -> Result<SyncReport, StorageError> {
-        let dir = dir.trim_matches('/');
-        check_relative("directory", dir)?;
+        let dir = checked_dir(dir)?;
         let mut seen = HashSet::new();
         for f in files {
             check_relative("file name", &f.name)?;
@@ -361,6 +358,13 @@ pub fn digest_file(path: &Path) -> io::Result<(u64, Digest)> {
 
 /// Accepts `a/b/c` made of `[A-Za-z0-9._+~-]` components, none empty nor starting with `.`:
 /// safe as a path below a root and as a URL path without escaping.
+/// `dir` without surrounding slashes, once it is known to stay below the root.
+fn checked_dir(dir: &str) -> Result<&str, StorageError> {
+    let dir = dir.trim_matches('/');
+    check_relative("directory", dir)?;
+    Ok(dir)
+}
+
 fn check_relative(what: &str, s: &str) -> Result<(), StorageError> {
     let bad = |reason: String| StorageError::BadName {
         name: s.to_owned(),

@@ -224,7 +224,13 @@ pub async fn run(
             bail!("--arch {a}: no selected config builds for {a}");
         }
     }
-    let old_lock = RootfsLockfile::read(&opts.lockfile)?;
+    // Read once: parsed for the merge, compared as text to write only when it changes.
+    let old_text = fsutil::read_optional(&opts.lockfile)
+        .with_context(|| format!("reading {}", opts.lockfile.display()))?;
+    let old_lock = match &old_text {
+        Some(t) => RootfsLockfile::parse(&opts.lockfile, t)?,
+        None => RootfsLockfile::default(),
+    };
 
     // The builder image, built (or found) like any other target.
     let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
@@ -543,7 +549,6 @@ pub async fn run(
         }
     }
     let new_text = new_lock.to_text();
-    let old_text = fsutil::read_optional(&opts.lockfile)?;
     let changed = old_text.as_deref() != Some(new_text.as_str());
     if changed {
         if opts.locked {
