@@ -95,9 +95,18 @@ fn actions_of(report: &serde_json::Value) -> BTreeMap<String, String> {
 
 /// This test's build containers (other rootfs builds may run on the same daemon).
 fn running_rootfs_containers() -> Vec<String> {
-    let out = Command::new("docker")
+    tiny_containers(false)
+}
+
+/// The `tiny` build containers, running ones or (with `all`) any.
+fn tiny_containers(all: bool) -> Vec<String> {
+    let mut ps = Command::new("docker");
+    ps.arg("ps");
+    if all {
+        ps.arg("--all");
+    }
+    let out = ps
         .args([
-            "ps",
             "--filter",
             "label=org.kernelci.kci-build.rootfs",
             "--filter",
@@ -126,6 +135,12 @@ fn sh(cmd: &str) -> String {
 #[test]
 fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     let _g = daemon_lock();
+    // A run of this test that was itself killed (e.g. a CI job cut short) leaves its
+    // containers on the daemon, and kci-build would rightly pick them up: start clean.
+    for name in tiny_containers(true) {
+        sh(&format!("docker rm -f {name}"));
+    }
+    assert!(tiny_containers(true).is_empty());
     let ws = Workspace::new();
     write_tiny_recipe(&ws);
     let storage = ws.path().join("storage");
