@@ -5,6 +5,23 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
+/// A temp file in `dir` that will replace `target`: it gets the mode `target` has now, or
+/// a plain file's `0644` (minus the umask) when it does not exist yet. tempfile's own
+/// default, `0600`, would make a replaced `test-configs.yaml` unreadable to others and a
+/// storage directory unservable by a web server.
+pub fn temp_for(dir: &Path, target: &Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match fs::metadata(target) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => 0o644,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    Ok(tmp)
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
@@ -12,7 +29,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    let mut tmp = temp_for(dir, path)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -55,5 +72,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["x.lock"]);
+    }
+
+    #[test]
+    fn atomic_write_makes_readable_files_and_keeps_an_existing_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let umask = {
+            let probe = dir.path().join("probe");
+            fs::write(&probe, b"").unwrap();
+            !mode(&probe) & 0o666
+        };
+        let new = dir.path().join("new.yaml");
+        atomic_write(&new, b"a").unwrap();
+        assert_eq!(mode(&new), 0o644 & !umask);
+        let kept = dir.path().join("kept.yaml");
+        fs::write(&kept, b"a").unwrap();
+        fs::set_permissions(&kept, fs::Permissions::from_mode(0o640)).unwrap();
+        atomic_write(&kept, b"b").unwrap();
+        assert_eq!(mode(&kept), 0o640);
+        assert_eq!(fs::read(&kept).unwrap(), b"b");
     }
 }

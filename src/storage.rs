@@ -446,10 +446,8 @@ fn local_copy(f: &UploadFile, target: &Path) -> Result<(), StorageError> {
     };
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let mut src = File::open(&f.path).map_err(io_err("reading", &f.path))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temp file in", dir))?;
+    let mut tmp =
+        crate::fsutil::temp_for(dir, target).map_err(io_err("creating a temp file in", dir))?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
