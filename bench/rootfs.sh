@@ -3,7 +3,9 @@
 #  1. one amd64 config built by `kci-build rootfs` (builder image cached, empty rootfs store)
 #     vs bare `mmdebstrap` of the same package set into a tarball on the host — the tool an
 #     operator would otherwise run. Goal: kci-build ≤ 1.5× (it also makes the ext4 image,
-#     the initrd, the stripped ramdisk and the five compressed files).
+#     the initrd, the stripped ramdisk and the five compressed files), and vs the same five
+#     files made with stock tools (bench/rootfs-stock.sh: mmdebstrap, tar, mke2fs, cpio,
+#     gzip, xz), which is what kci-build's own work costs on top.
 #  2. a fully cached rerun of the whole matrix (every config × arch of the recipes dir, all
 #     stored): goal under one second.
 # Usage: bench/rootfs.sh   (needs: docker, mmdebstrap, qemu-user-static, hyperfine, a
@@ -49,7 +51,8 @@ echo "== 1. one amd64 rootfs: kci-build rootfs (empty rootfs store) vs bare mmde
 hyperfine --runs "${RUNS:-2}" --export-markdown "$work/one.md" \
   --prepare "rm -rf $KCI_BUILD_STORE/rootfs" \
   -n "kci-build rootfs tiny --arch amd64" "$kci ${args[*]} -q rootfs tiny --arch amd64" \
-  -n "mmdebstrap (same packages, tarball)" "SOURCE_DATE_EPOCH=1764547200 mmdebstrap --quiet --mode=root --variant=minbase --arch=amd64 --include=$pkgs bookworm $work/bare.tar $mirror"
+  -n "mmdebstrap (same packages, tarball)" "SOURCE_DATE_EPOCH=1764547200 mmdebstrap --quiet --mode=root --variant=minbase --arch=amd64 --include=$pkgs bookworm $work/bare.tar $mirror" \
+  -n "mmdebstrap + stock tools (the same five files)" "$root/bench/rootfs-stock.sh $mirror $pkgs ${XZ_PRESET:-6}"
 cat "$work/one.md"
 
 echo "== 2. fully cached rerun of the matrix (tiny × amd64, arm64)"

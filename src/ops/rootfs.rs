@@ -751,10 +751,10 @@ async fn run_job(
     })
     .await
     .map_err(|e| fail(e.to_string()))?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
     if code != 0 {
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         let _ = builder::remove(engine, &name).await;
         return Err(JobFailure {
             error: format!(
@@ -778,14 +778,18 @@ async fn run_job(
     for d in [&raw, &out] {
         std::fs::create_dir(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
     }
-    builder::collect(engine, &name, &raw)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let (job2, raw2, out2) = (job.clone(), raw.clone(), out.clone());
-    let manifest = tokio::task::spawn_blocking(move || make_files(&job2, &raw2, &out2))
-        .await
-        .map_err(|e| fail(format!("making the files: {e}")))?
-        .map_err(|e| fail(format!("making the files: {e:#}")))?;
+    match &bar {
+        Some(b) => b.set_message("packing: canonical cpio, tar and ext4, gzip and xz"),
+        None => printer.status(
+            "Packing",
+            format!("{label}: the five files and the manifest"),
+        ),
+    }
+    let made = make_files(engine, &name, job, &raw, &out).await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let manifest = made.map_err(|e| fail(format!("making the files: {e:#}")))?;
     let final_dir = store_root.join(job.key.hex());
     match std::fs::rename(&out, &final_dir) {
         Ok(()) => {}
@@ -801,64 +805,109 @@ async fn run_job(
     Ok((manifest, resumed))
 }
 
-/// Raw builder outputs → the five canonical files and the manifest, in `out`.
-fn make_files(job: &RootfsJob, raw: &Path, out: &Path) -> anyhow::Result<RootfsManifest> {
+/// Runs one step of [`make_files`], tracing how long it took (`-v`).
+fn timed<T, E>(label: &str, step: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let t = Instant::now();
+    let r = f();
+    tracing::info!("{label}: {step} in {:.1}s", t.elapsed().as_secs_f64());
+    r
+}
+
+/// The builder's `/out` → the five canonical files and the manifest, in `out`. The four
+/// raw files are downloaded at once and each is processed as it arrives: `rootfs.ext4`
+/// goes straight into xz, the tars and the initrd land in `raw` (canonicalising needs to
+/// seek) and are compressed from there, so collection overlaps compression.
+async fn make_files(
+    engine: &DockerEngine,
+    container: &str,
+    job: &RootfsJob,
+    raw: &Path,
+    out: &Path,
+) -> anyhow::Result<RootfsManifest> {
     let sde = job.source_date_epoch;
-    for f in ["full.tar", "small.tar", "initrd.img", "rootfs.ext4"] {
-        if !raw.join(f).is_file() {
-            bail!("the builder did not produce /out/{f}");
-        }
-    }
-    let canon = |name: &str, dest: &Path| -> anyhow::Result<layer::Canonical> {
-        let src = Section::whole(std::fs::File::open(raw.join(name))?)?;
-        let w = std::io::BufWriter::new(std::fs::File::create(dest)?);
-        Ok(layer::canonicalize(src, sde, w)?)
-    };
-    let full = raw.join("full.canonical.tar");
-    let small = raw.join("small.canonical.tar");
-    let full_c = canon("full.tar", &full)?;
-    std::fs::remove_file(raw.join("full.tar"))?;
-    canon("small.tar", &small)?;
-    std::fs::remove_file(raw.join("small.tar"))?;
-    let packages = full_c
-        .dpkg_status
-        .as_deref()
-        .map(crate::dpkg::installed)
-        .unwrap_or_default();
-    let ((a, b), (c, (d, e))) = rayon::join(
-        || {
-            rayon::join(
-                || artifact::tar_xz(&full, &out.join("full.rootfs.tar.xz"), job.xz_preset),
-                || artifact::cpio_gz_from_tar(&full, &out.join("full.rootfs.cpio.gz"), sde),
-            )
-        },
-        || {
-            rayon::join(
-                || artifact::cpio_gz_from_tar(&small, &out.join("rootfs.cpio.gz"), sde),
-                || {
-                    rayon::join(
-                        || {
-                            artifact::initrd(
-                                &raw.join("initrd.img"),
-                                &out.join("initrd.cpio.gz"),
-                                sde,
-                            )
-                        },
-                        || {
-                            artifact::xz_file(
-                                &raw.join("rootfs.ext4"),
-                                &out.join("rootfs.ext4.xz"),
-                                job.xz_preset,
-                            )
-                        },
-                    )
+    let preset = job.xz_preset;
+    let label = job.label();
+    // Saves a downloaded file into `raw`, then runs `then` on its path.
+    let saved = |file: &'static str, then: fn(&Ctx, &Path) -> anyhow::Result<Made>| {
+        let ctx = Ctx {
+            label: label.clone(),
+            raw: raw.to_owned(),
+            out: out.to_owned(),
+            sde,
+            preset,
+        };
+        builder::read_file(engine, container, format!("/out/{file}"), move |r| {
+            let path = ctx.raw.join(file);
+            timed(
+                &ctx.label,
+                &format!("collected {file}"),
+                || -> anyhow::Result<()> {
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    std::io::copy(r, &mut f)?;
+                    std::io::Write::flush(&mut f)?;
+                    Ok(())
                 },
-            )
-        },
-    );
+            )?;
+            then(&ctx, &path)
+        })
+    };
+    let ext4 = {
+        let (label, dest) = (label.clone(), out.join("rootfs.ext4.xz"));
+        builder::read_file(engine, container, "/out/rootfs.ext4".into(), move |r| {
+            timed(&label, "rootfs.ext4.xz", || {
+                Ok(Made::file(artifact::xz_stream(r, &dest, preset)?))
+            })
+        })
+    };
+    let initrd = saved("initrd.img", |c, p| {
+        timed(&c.label, "initrd.cpio.gz", || {
+            Ok(Made::file(artifact::initrd(
+                p,
+                &c.out.join("initrd.cpio.gz"),
+                c.sde,
+            )?))
+        })
+    });
+    let small = saved("small.tar", |c, p| {
+        let tar = c.canonical(p)?.0;
+        timed(&c.label, "rootfs.cpio.gz", || {
+            Ok(Made::file(artifact::cpio_gz_from_tar(
+                &tar,
+                &c.out.join("rootfs.cpio.gz"),
+                c.sde,
+            )?))
+        })
+    });
+    let full = saved("full.tar", |c, p| {
+        let (tar, canonical) = c.canonical(p)?;
+        let (xz, gz) = rayon::join(
+            || {
+                timed(&c.label, "full.rootfs.tar.xz", || {
+                    artifact::tar_xz(&tar, &c.out.join("full.rootfs.tar.xz"), c.preset)
+                })
+            },
+            || {
+                timed(&c.label, "full.rootfs.cpio.gz", || {
+                    artifact::cpio_gz_from_tar(&tar, &c.out.join("full.rootfs.cpio.gz"), c.sde)
+                })
+            },
+        );
+        Ok(Made {
+            artifacts: vec![xz?, gz?],
+            packages: canonical
+                .dpkg_status
+                .as_deref()
+                .map(crate::dpkg::installed)
+                .unwrap_or_default(),
+        })
+    });
+    let (ext4, initrd, small, mut full) = tokio::try_join!(ext4, initrd, small, full)?;
+    let packages = std::mem::take(&mut full.packages);
     let mut artifacts = BTreeMap::new();
-    for r in [a, b, c, d, e] {
-        let a = r?;
+    for a in [ext4, initrd, small, full]
+        .into_iter()
+        .flat_map(|m| m.artifacts)
+    {
         artifacts.insert(
             a.name.clone(),
             ArtifactInfo {
@@ -881,6 +930,50 @@ fn make_files(job: &RootfsJob, raw: &Path, out: &Path) -> anyhow::Result<RootfsM
         &crate::core::key::canonical_json(&manifest),
     )?;
     Ok(manifest)
+}
+
+/// What one download of [`make_files`] made.
+struct Made {
+    artifacts: Vec<artifact::Artifact>,
+    packages: BTreeMap<String, String>,
+}
+
+impl Made {
+    fn file(a: artifact::Artifact) -> Made {
+        Made {
+            artifacts: vec![a],
+            packages: BTreeMap::new(),
+        }
+    }
+}
+
+/// What each step of [`make_files`] needs, owned so it can move into a blocking task.
+struct Ctx {
+    label: String,
+    raw: PathBuf,
+    out: PathBuf,
+    sde: u64,
+    preset: u32,
+}
+
+impl Ctx {
+    /// The canonical tar of a raw builder tar (the raw one is removed).
+    fn canonical(&self, raw_tar: &Path) -> anyhow::Result<(PathBuf, layer::Canonical)> {
+        let name = raw_tar.file_name().unwrap_or_default().to_string_lossy();
+        let dest = raw_tar.with_extension("canonical.tar");
+        let c = timed(
+            &self.label,
+            &format!("canonical {name}"),
+            || -> anyhow::Result<_> {
+                let src = Section::whole(std::fs::File::open(raw_tar)?)?;
+                let w = std::io::BufWriter::new(std::fs::File::create(&dest)?);
+                let c = layer::canonicalize(src, self.sde, w)?;
+                std::fs::remove_file(raw_tar)?;
+                Ok(c)
+            },
+        )?;
+        Ok((dest, c))
+    }
 }
 
 /// The final table, for stderr.

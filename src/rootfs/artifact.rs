@@ -72,12 +72,17 @@ pub fn tar_xz(canonical_tar: &Path, out: &Path, preset: u32) -> io::Result<Artif
 /// `rootfs.ext4.xz` (or any file): `input` xz-compressed with the multi-threaded encoder,
 /// `preset` (0–9), blocks of [`XZ_BLOCK_SIZE`], CRC64.
 pub fn xz_file(input: &Path, out: &Path, preset: u32) -> io::Result<Artifact> {
+    xz_stream(&mut File::open(input)?, out, preset)
+}
+
+/// [`xz_file`] of what `src` yields (`rootfs.ext4.xz` is compressed as it streams out of
+/// the builder, the 1 GiB image never touches the disk).
+pub fn xz_stream(src: &mut dyn Read, out: &Path, preset: u32) -> io::Result<Artifact> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
         .clamp(1, XZ_MAX_THREADS);
-    let mut src = File::open(input)?;
-    write_output(out, |w| xz_copy(&mut src, w, threads, preset))
+    write_output(out, |w| xz_copy(src, w, threads, preset))
 }
 
 /// Compresses everything `src` yields into `w` with `threads` encoder threads.
