@@ -56,6 +56,57 @@ pub fn read_optional(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// An exclusive advisory lock (`flock`) that a command holds while it reads, changes and
+/// writes a lockfile, so two runs on one checkout cannot both read the old text and the
+/// last writer drop the other's entries. It lives in `locks_dir` (the store), named by a
+/// hash of the lockfile's absolute path, so nothing appears beside the lockfile. Released
+/// when dropped, or by the kernel when the process dies.
+#[derive(Debug)]
+pub struct LockfileLock {
+    _file: File,
+}
+
+impl LockfileLock {
+    /// Takes the lock on `lockfile`; when another process holds it, calls `on_wait` once
+    /// and waits.
+    pub fn acquire(
+        locks_dir: &Path,
+        lockfile: &Path,
+        on_wait: impl FnOnce(),
+    ) -> io::Result<LockfileLock> {
+        use sha2::Digest as _;
+        // The same file reached through a symlink or `..` must get the same lock.
+        let abs = match (lockfile.parent(), lockfile.file_name()) {
+            (Some(dir), Some(name)) => match fs::canonicalize(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
+                Ok(dir) => dir.join(name),
+                Err(_) => std::path::absolute(lockfile)?,
+            },
+            _ => std::path::absolute(lockfile)?,
+        };
+        let name = hex::encode(&sha2::Sha256::digest(abs.as_os_str().as_encoded_bytes())[..12]);
+        fs::create_dir_all(locks_dir)?;
+        let path = locks_dir.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock()?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        Ok(LockfileLock { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +144,31 @@ mod tests {
         atomic_write(&kept, b"b").unwrap();
         assert_eq!(mode(&kept), 0o640);
         assert_eq!(fs::read(&kept).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_second_lockfile_lock_waits_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        let lockfile = dir.path().join("lockfiles/rootfs.lock");
+        let first = LockfileLock::acquire(&locks, &lockfile, || panic!("free")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (locks2, lockfile2) = (locks.clone(), lockfile.clone());
+        let waiter = std::thread::spawn(move || {
+            let waited = std::cell::Cell::new(false);
+            let l = LockfileLock::acquire(&locks2, &lockfile2, || waited.set(true)).unwrap();
+            tx.send(waited.get()).unwrap();
+            drop(l);
+        });
+        // Held: the second one is still waiting.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(first);
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+        waiter.join().unwrap();
+        // Another lockfile has its own lock.
+        let _a = LockfileLock::acquire(&locks, &lockfile, || panic!("free")).unwrap();
+        LockfileLock::acquire(&locks, &dir.path().join("images.lock"), || panic!("free")).unwrap();
     }
 }

@@ -111,6 +111,13 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
         lockfile: cli.lockfile.clone(),
         store: cli.store.clone().unwrap_or_else(Store::default_root),
     };
+    // Commands that may rewrite the images lockfile hold its lock from before they read it.
+    let _images_lock = match &cli.command {
+        Command::Build { .. } | Command::Rootfs { .. } => {
+            Some(ops::lock_lockfile(&paths.store, &paths.lockfile, printer)?)
+        }
+        _ => None,
+    };
     let ws = Workspace::load(&paths)?;
     match &cli.command {
         Command::Plan { targets, json } => print!("{}", ops::plan::run(&ws, targets, *json)?),

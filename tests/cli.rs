@@ -122,3 +122,44 @@ fn usage_errors_exit_1_and_help_teaches() {
         r.stderr
     );
 }
+
+#[test]
+fn a_second_run_waits_for_the_lockfile_and_says_so() {
+    use std::io::BufRead as _;
+    let ws = Workspace::new();
+    ws.write("images/a/image.toml", "[[target]]\nname = \"a\"\n");
+    ws.write("images/a/Dockerfile", "FROM scratch\n");
+    std::fs::create_dir_all(ws.path().join("lockfiles")).unwrap();
+    // This test plays the first kci-build: it holds the images lockfile's lock.
+    let held =
+        kci_build::fsutil::LockfileLock::acquire(&ws.store().join("locks"), &ws.lockfile(), || {
+            panic!("nobody else holds it")
+        })
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .current_dir(ws.path())
+        .env("KCI_BUILD_STORE", ws.store())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["build"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(
+        first.contains("Blocking") && first.contains("lockfiles/images.lock"),
+        "{first}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it went on while the lock was held"
+    );
+    drop(held);
+    // Released: it goes on, and fails on the unreachable daemon as usual.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(2), "{rest}");
+    assert!(rest.contains("cannot reach the Docker daemon"), "{rest}");
+}

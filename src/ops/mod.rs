@@ -25,6 +25,7 @@ use crate::core::names::TargetName;
 use crate::core::plan::{self as core_plan, ContextFingerprint, PlannedTarget};
 use crate::core::recipe::{self, Settings, TargetRecipe};
 use crate::fsutil;
+use crate::printer::Printer;
 use crate::store::Store;
 
 /// Where things are: the recipe tree, the lockfile and the store.
@@ -33,6 +34,25 @@ pub struct Paths {
     pub images: PathBuf,
     pub lockfile: PathBuf,
     pub store: PathBuf,
+}
+
+/// Takes the [`fsutil::LockfileLock`] of `lockfile` (kept under `store`), saying on stderr
+/// when another kci-build holds it and this one waits.
+pub fn lock_lockfile(
+    store: &Path,
+    lockfile: &Path,
+    printer: &Printer,
+) -> anyhow::Result<fsutil::LockfileLock> {
+    fsutil::LockfileLock::acquire(&store.join("locks"), lockfile, || {
+        printer.status(
+            "Blocking",
+            format!(
+                "waiting for {}: another kci-build is updating it",
+                lockfile.display()
+            ),
+        )
+    })
+    .with_context(|| format!("locking {}", lockfile.display()))
 }
 
 /// Recipes, lockfile, contexts and store, loaded once per command.

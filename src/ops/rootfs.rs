@@ -224,6 +224,8 @@ pub async fn run(
             bail!("--arch {a}: no selected config builds for {a}");
         }
     }
+    // Held until the new lockfile is written: a concurrent run waits instead of racing.
+    let _lockfile_lock = super::lock_lockfile(&ws.paths.store, &opts.lockfile, printer)?;
     // Read once: parsed for the merge, compared as text to write only when it changes.
     let old_text = fsutil::read_optional(&opts.lockfile)
         .with_context(|| format!("reading {}", opts.lockfile.display()))?;
