@@ -766,8 +766,9 @@ async fn run_job(
             log_tail: tail(&log_path, 20),
         });
     }
+    remove_stale_temp_dirs(store_root, &job.key);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!("tmp-{}-", job.key.hex()))
+        .prefix(&temp_prefix(&job.key))
         .tempdir_in(store_root)
         .map_err(|e| {
             fail(format!(
@@ -813,6 +814,27 @@ fn timed<T, E>(label: &str, step: &str, f: impl FnOnce() -> Result<T, E>) -> Res
     let r = f();
     tracing::info!("{label}: {step} in {:.1}s", t.elapsed().as_secs_f64());
     r
+}
+
+fn temp_prefix(key: &Digest) -> String {
+    format!("tmp-{}-", key.hex())
+}
+
+/// Removes what a killed run left while packing `key` (its temp dir under the store): this
+/// run is about to pack the same key, and runs on one lockfile do not overlap.
+fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
+    let prefix = temp_prefix(key);
+    let Ok(entries) = std::fs::read_dir(store_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::debug!("removing {} left by an interrupted run", e.path().display());
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// The builder's `/out` → the five canonical files and the manifest, in `out`. The four
@@ -1057,6 +1079,33 @@ impl RootfsReport {
                 failed,
                 total: self.builds.len(),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temp_dirs_of_the_key_go_and_others_stay() {
+        let store = tempfile::tempdir().unwrap();
+        let key = Digest::of(b"a");
+        let other = Digest::of(b"b");
+        let stale = store.path().join(format!("{}x1", temp_prefix(&key)));
+        std::fs::create_dir_all(stale.join("raw")).unwrap();
+        std::fs::write(stale.join("raw/full.tar"), b"half").unwrap();
+        let kept = [
+            store.path().join(format!("{}x2", temp_prefix(&other))),
+            store.path().join(key.hex()),
+        ];
+        for k in &kept {
+            std::fs::create_dir_all(k).unwrap();
+        }
+        remove_stale_temp_dirs(store.path(), &key);
+        assert!(!stale.exists());
+        for k in &kept {
+            assert!(k.is_dir(), "{}", k.display());
         }
     }
 }
