@@ -11,14 +11,19 @@ use std::path::Path;
 /// storage directory unservable by a web server.
 pub fn temp_for(dir: &Path, target: &Path) -> io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = match fs::metadata(target) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(_) => 0o644,
-    };
+    let existing = fs::metadata(target)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777);
+    // The open mode goes through the umask, right for a new file; an existing file's mode
+    // is then set as it was (fchmod is not masked).
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
+        .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)?;
+    if let Some(mode) = existing {
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+    }
     Ok(tmp)
 }
 
@@ -140,9 +145,10 @@ mod tests {
         assert_eq!(mode(&new), 0o644 & !umask);
         let kept = dir.path().join("kept.yaml");
         fs::write(&kept, b"a").unwrap();
-        fs::set_permissions(&kept, fs::Permissions::from_mode(0o640)).unwrap();
+        // Group-writable: a mode the umask would have cut.
+        fs::set_permissions(&kept, fs::Permissions::from_mode(0o664)).unwrap();
         atomic_write(&kept, b"b").unwrap();
-        assert_eq!(mode(&kept), 0o640);
+        assert_eq!(mode(&kept), 0o664);
         assert_eq!(fs::read(&kept).unwrap(), b"b");
     }
 

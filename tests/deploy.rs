@@ -219,8 +219,14 @@ fn deploy_rewrites_only_the_path_scalars_of_test_configs() {
     );
 
     // The deploy: bullseye-igt lacks its arm64 file and keeps its version; the rest is
-    // written; exit 1 names it.
+    // written (keeping the file's mode); exit 1 names it.
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    };
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
     let r = deploy(&["--json"]);
+    assert_eq!(mode(&file), 0o664, "the rewrite changed the file's mode");
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr
