@@ -925,7 +925,10 @@ async fn make_files(
                 .unwrap_or_default(),
         })
     });
-    let (ext4, initrd, small, mut full) = tokio::try_join!(ext4, initrd, small, full)?;
+    // All four run to their end even when one fails, so none is still writing into the
+    // temp dir when the caller removes it.
+    let (ext4, initrd, small, full) = tokio::join!(ext4, initrd, small, full);
+    let (ext4, initrd, small, mut full) = (ext4?, initrd?, small?, full?);
     let packages = std::mem::take(&mut full.packages);
     let mut artifacts = BTreeMap::new();
     for a in [ext4, initrd, small, full]
