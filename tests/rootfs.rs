@@ -138,9 +138,10 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     // A run of this test that was itself killed (e.g. a CI job cut short) leaves its
     // containers on the daemon, and kci-build would rightly pick them up: start clean.
     for name in tiny_containers(true) {
-        sh(&format!("docker rm -f {name}"));
+        sh(&format!("docker rm -f -v {name}"));
     }
     assert!(tiny_containers(true).is_empty());
+    let volumes_before = sh("docker volume ls -q --filter dangling=true");
     let ws = Workspace::new();
     write_tiny_recipe(&ws);
     let storage = ws.path().join("storage");
@@ -308,6 +309,12 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     );
     assert!(resumed.stderr.contains("Attaching"), "{}", resumed.stderr);
     assert!(running_rootfs_containers().is_empty());
+    assert!(
+        std::fs::read_dir(ws.store().join("rootfs"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("tmp-")),
+        "temp dirs left in the rootfs store"
+    );
 
     // 5. Same bytes, file by file, for both arches.
     assert_eq!(sums(&resumed_report), first_sums);
@@ -337,4 +344,12 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     );
     assert!(diff.contains("    output rootfs.cpio.gz: "), "{diff}");
     assert!(diff.contains("removed  tiny/arm64"), "{diff}");
+
+    // Every build container took its /out volume with it.
+    assert!(tiny_containers(true).is_empty());
+    assert_eq!(
+        sh("docker volume ls -q --filter dangling=true"),
+        volumes_before,
+        "rootfs builds left volumes behind"
+    );
 }
