@@ -18,24 +18,11 @@ work=$(mktemp -d /var/tmp/kci-bench-rootfs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export KCI_BUILD_STORE=${KCI_BENCH_STORE:-/var/tmp/kci-bench-rootfs-store}
 cd "$work"
-mkdir -p recipes/scripts recipes/overlays/tiny/etc lockfiles
+mkdir -p recipes lockfiles
+# The `tiny` config of the test suite, at the benchmark's xz level.
+cp -r "$root/tests/data/rootfs-tiny/." recipes/
 cp -r "$root/recipes/overlays/." recipes/overlays/
-cat > recipes/tiny.toml <<T
-name = "tiny"
-debian-release = "bookworm"
-arch-list = ["amd64", "arm64"]
-extra-packages = ["netbase"]
-extra-packages-remove = ["usbutils"]
-extra-files-remove = ["nosuspend.conf"]
-script = "scripts/tiny.sh"
-test-overlay = "overlays/tiny"
-crush-image-options = []
-source-date-epoch = 1764547200
-mirror = "auto"
-xz-preset = ${XZ_PRESET:-6}
-T
-printf '#!/bin/sh\necho "built for $(dpkg --print-architecture)" > /etc/kci-script-ran\n' > recipes/scripts/tiny.sh
-echo "tiny overlay" > recipes/overlays/tiny/etc/kci-test-overlay
+sed -i "s/^xz-preset = .*/xz-preset = ${XZ_PRESET:-6}/" recipes/tiny.toml
 args=(--images "$root/images" --lockfile lockfiles/images.lock)
 
 # The mirror kci-build uses: $KCI_DEBIAN_MIRROR, else the first Debian URI of the apt sources.

@@ -15,35 +15,12 @@ use common::*;
 
 const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
 const OVERLAYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/overlays");
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rootfs-tiny");
 
-/// A small real config: the debos base set, a script, a test overlay, a purged package and
-/// a removed file for the small ramdisk; xz level 1 to keep the suite fast (the default, 6,
-/// takes about 100 s of the 2 cores per arch: BENCHMARKS.md).
+/// The `tiny` config (tests/data/rootfs-tiny, shared with bench/rootfs.sh) and the
+/// standard overlays, as `recipes/`.
 fn write_tiny_recipe(ws: &Workspace) {
-    ws.write(
-        "recipes/tiny.toml",
-        r#"name = "tiny"
-debian-release = "bookworm"
-arch-list = ["amd64", "arm64"]
-extra-packages = ["netbase"]
-extra-packages-remove = ["usbutils"]
-extra-files-remove = ["nosuspend.conf"]
-script = "scripts/tiny.sh"
-test-overlay = "overlays/tiny"
-crush-image-options = []
-source-date-epoch = 1764547200
-mirror = "auto"
-xz-preset = 1
-"#,
-    );
-    ws.write(
-        "recipes/scripts/tiny.sh",
-        "#!/bin/sh\nset -e\necho \"built for $(dpkg --print-architecture)\" > /etc/kci-script-ran\n",
-    );
-    ws.write(
-        "recipes/overlays/tiny/etc/kci-test-overlay",
-        "tiny overlay\n",
-    );
+    copy_dir(Path::new(TINY), &ws.path().join("recipes"));
     copy_dir(Path::new(OVERLAYS), &ws.path().join("recipes/overlays"));
 }
 

@@ -1,0 +1,3 @@
+#!/bin/sh
+set -e
+echo "built for $(dpkg --print-architecture)" > /etc/kci-script-ran
