@@ -112,7 +112,7 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
         store: cli.store.clone().unwrap_or_else(Store::default_root),
     };
     // Commands that may rewrite the images lockfile hold its lock from before they read it.
-    let _images_lock = match &cli.command {
+    let mut images_lock = match &cli.command {
         Command::Build { .. } | Command::Rootfs { .. } => {
             Some(ops::lock_lockfile(&paths.store, &paths.lockfile, printer)?)
         }
@@ -233,7 +233,7 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
             let rt = runtime()?;
             let outcome = rt.block_on(async {
                 tokio::select! {
-                    r = ops::rootfs::run(&ws, &opts, printer) => Some(r),
+                    r = ops::rootfs::run(&ws, &opts, images_lock.take(), printer) => Some(r),
                     _ = tokio::signal::ctrl_c() => None,
                 }
             });

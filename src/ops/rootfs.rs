@@ -192,9 +192,12 @@ struct Prepared {
     tar: Arc<Vec<u8>>,
 }
 
+/// `images_lock` is the images lockfile's lock, taken before `ws` was loaded: it is released
+/// once the builder target is built, so a `kci-build build` does not wait for every rootfs.
 pub async fn run(
     ws: &Workspace,
     opts: &RootfsOptions,
+    images_lock: Option<fsutil::LockfileLock>,
     printer: &Printer,
 ) -> anyhow::Result<RootfsReport> {
     let recipes = load_recipes(&opts.recipes)?;
@@ -252,6 +255,7 @@ pub async fn run(
         .await?
         .into_result()
         .context("building the rootfs builder image")?;
+    drop(images_lock);
     let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;
     let builder_plan = planned
         .iter()
