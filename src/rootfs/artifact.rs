@@ -151,7 +151,8 @@ fn out_dir(out: &Path) -> &Path {
 }
 
 /// Runs `fill` on a hashing writer into a temporary file beside `out`, then syncs the file,
-/// makes it 0644 and renames it to `out`. On error the temporary file is removed.
+/// makes it 0644 (minus the umask) and renames it to `out`, the directory synced too. On
+/// error the temporary file is removed.
 fn write_output(
     out: &Path,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
@@ -166,22 +167,13 @@ fn write_output(
         })?
         .to_string_lossy()
         .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(out_dir(out))?;
+    let tmp = crate::fsutil::temp_for(out_dir(out), out)?;
     let mut hw = HashWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
     fill(&mut hw)?;
     hw.flush()?;
     let (sha256, size) = hw.digest();
     drop(hw);
-    tmp.as_file().sync_all()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(out).map_err(|e| e.error)?;
+    crate::fsutil::persist(tmp, out)?;
     Ok(Artifact { name, size, sha256 })
 }
 
