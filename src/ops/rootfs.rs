@@ -694,7 +694,7 @@ async fn run_job(
         error,
         log_tail: Vec::new(),
     };
-    let name = builder::container_name(job);
+    let name = builder::container_name(job, &builder::store_tag(store_root));
     std::fs::create_dir_all(logs).map_err(|e| fail(format!("creating {}: {e}", logs.display())))?;
     let log_path = logs.join(format!(
         "rootfs-{}-{}-{}.log",
@@ -733,7 +733,7 @@ async fn run_job(
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
-            builder::start(engine, job, image_id, env, tar.to_vec())
+            builder::start(engine, &name, job, image_id, env, tar.to_vec())
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             printer.status(

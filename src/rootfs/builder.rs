@@ -1,7 +1,7 @@
 //! Rootfs builds as labelled, detached containers of the rootfs-builder image, driven
 //! through the Docker API. A container outlives kci-build: Ctrl-C or a kill leaves it
-//! running, and the next run finds it by its name (derived from the key), re-attaches to its
-//! log, and collects `/out` once it has exited 0.
+//! running, and the next run finds it by its name (derived from the key and the store),
+//! re-attaches to its log, and collects `/out` once it has exited 0.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -21,14 +21,23 @@ use crate::docker::{DaemonError, DockerEngine};
 pub const LABEL: &str = "org.kernelci.kci-build.rootfs";
 pub const LABEL_KEY: &str = "org.kernelci.kci-build.rootfs.key";
 
-/// The container name of a job: stable across runs, unique per key.
-pub fn container_name(job: &RootfsJob) -> String {
+/// The container name of a job: stable across runs of one store, unique per key and store.
+/// `store` (see [`store_tag`]) keeps two stores on one daemon (a CI checkout beside an
+/// operator's) from attaching to, collecting and removing each other's containers.
+pub fn container_name(job: &RootfsJob, store: &str) -> String {
     format!(
-        "kci-rootfs-{}-{}-{}",
+        "kci-rootfs-{}-{}-{}-{store}",
         job.config,
         job.arch,
         &job.key.hex()[..16]
     )
+}
+
+/// Eight hex digits naming the rootfs store at `root` (its canonical path, hashed).
+pub fn store_tag(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    crate::core::names::Digest::of(path.as_os_str().as_bytes()).hex()[..8].to_owned()
 }
 
 /// Where a job's container is.
@@ -75,12 +84,12 @@ pub async fn state(engine: &DockerEngine, name: &str) -> Result<ContainerState, 
 /// reached the way the host reaches it.
 pub async fn start(
     engine: &DockerEngine,
+    name: &str,
     job: &RootfsJob,
     image_id: &str,
     env: Vec<String>,
     inputs_tar: Vec<u8>,
 ) -> Result<(), DaemonError> {
-    let name = container_name(job);
     let labels = HashMap::from([
         (LABEL.to_owned(), job.label()),
         (LABEL_KEY.to_owned(), job.key.as_str().to_owned()),
@@ -112,10 +121,10 @@ pub async fn start(
         ..Default::default()
     };
     let docker = engine.api();
-    if state(engine, &name).await? == ContainerState::Missing {
+    if state(engine, name).await? == ContainerState::Missing {
         docker
             .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
                 body,
             )
             .await
@@ -123,14 +132,14 @@ pub async fn start(
     }
     docker
         .upload_to_container(
-            &name,
+            name,
             Some(UploadToContainerOptionsBuilder::new().path("/").build()),
             bollard::body_full(inputs_tar.into()),
         )
         .await
         .map_err(api(format!("uploading /kci to {name}")))?;
     docker
-        .start_container(&name, None)
+        .start_container(name, None)
         .await
         .map_err(api(format!("starting {name}")))?;
     Ok(())
@@ -281,4 +290,32 @@ pub async fn list(engine: &DockerEngine) -> Result<Vec<(String, String)>, Daemon
             Some((name, label))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_stable_per_store_and_differ_between_stores() {
+        let job = RootfsJob {
+            config: "tiny".into(),
+            arch: "arm64".into(),
+            key: crate::core::names::Digest::of(b"inputs"),
+            facts: Default::default(),
+            source_date_epoch: 0,
+            xz_preset: 1,
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let name_a = container_name(&job, &store_tag(a.path()));
+        assert!(name_a.starts_with("kci-rootfs-tiny-arm64-"), "{name_a}");
+        // The same store through another spelling of its path: the same container.
+        let dotted = a.path().join(".");
+        assert_eq!(container_name(&job, &store_tag(&dotted)), name_a);
+        assert_ne!(container_name(&job, &store_tag(b.path())), name_a);
+        // Docker's rule for names: [a-zA-Z0-9][a-zA-Z0-9_.-]+
+        assert!(name_a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+    }
 }
