@@ -64,8 +64,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Explain whether a target is cached and which inputs changed since the lockfile.
-    Why { target: TargetName },
+    /// Explain whether a target, or a rootfs CONFIG/ARCH, is cached and which inputs changed
+    /// since the lockfile. Builds nothing.
+    #[command(
+        after_help = "Examples:\n  kci-build why gcc-10:x86-kselftest\n  kci-build why bookworm-rt/amd64     # a rootfs: recipes/bookworm-rt.toml, arch amd64"
+    )]
+    Why {
+        /// An image target (`gcc-10:x86`) or a rootfs `CONFIG/ARCH` (`bookworm/arm64`).
+        target: String,
+        /// The rootfs recipes directory (for CONFIG/ARCH).
+        #[arg(long, default_value = "recipes")]
+        recipes: PathBuf,
+        /// The rootfs lockfile (for CONFIG/ARCH).
+        #[arg(long, default_value = "lockfiles/rootfs.lock")]
+        rootfs_lockfile: PathBuf,
+    },
     /// Build missing targets in dependency order and update the lockfile.
     Build {
         /// Targets to build (with their parents); all when none are given.

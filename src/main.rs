@@ -121,7 +121,18 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
     let ws = Workspace::load(&paths)?;
     match &cli.command {
         Command::Plan { targets, json } => print!("{}", ops::plan::run(&ws, targets, *json)?),
-        Command::Why { target } => print!("{}", ops::why::run(&ws, target)?),
+        Command::Why {
+            target,
+            recipes,
+            rootfs_lockfile,
+        } => print!(
+            "{}",
+            match target.split_once('/') {
+                Some((config, arch)) =>
+                    ops::why::rootfs(&ws, recipes, rootfs_lockfile, config, arch)?,
+                None => ops::why::run(&ws, &target.parse()?)?,
+            }
+        ),
         Command::Build {
             targets,
             jobs,

@@ -163,3 +163,74 @@ fn a_second_run_waits_for_the_lockfile_and_says_so() {
     assert_eq!(child.wait().unwrap().code(), Some(2), "{rest}");
     assert!(rest.contains("cannot reach the Docker daemon"), "{rest}");
 }
+
+/// The repository's images (with the rootfs-builder target) and the test suite's `tiny`
+/// rootfs config, its `script` line replaced by `script`.
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
+
+fn tiny_rootfs_workspace(script: &str) -> Workspace {
+    let ws = Workspace::new();
+    let tiny = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rootfs-tiny/tiny.toml"
+    ))
+    .unwrap();
+    ws.write(
+        "recipes/tiny.toml",
+        &tiny.replace("scripts/tiny.sh", script),
+    );
+    ws.write("recipes/scripts/tiny.sh", "#!/bin/sh\n");
+    ws.write("recipes/overlays/tiny/etc/motd", "hello\n");
+    ws
+}
+
+/// No daemon (reaching it at all would exit 2) and a mirror that is never contacted.
+const NO_DAEMON: [(&str, &str); 2] = [
+    ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+    ("KCI_DEBIAN_MIRROR", "http://mirror.invalid/debian"),
+];
+
+#[test]
+fn a_bad_rootfs_recipe_fails_before_the_builder_image_is_built() {
+    let ws = tiny_rootfs_workspace("scripts/missing.sh");
+    let r = ws.kci_env(&["--images", IMAGES, "rootfs", "tiny"], &NO_DAEMON);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("recipes/tiny.toml: script: recipes/scripts/missing.sh does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(!ws.lockfile().exists(), "the images lockfile was written");
+}
+
+#[test]
+fn why_explains_a_rootfs_config_arch_without_building() {
+    // An empty store: the builder image is not built, so the key is not known yet, and the
+    // lockfile has no entry.
+    let ws = tiny_rootfs_workspace("scripts/tiny.sh");
+    let r = ws.kci_env(&["--images", IMAGES, "why", "tiny/arm64"], &NO_DAEMON);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "tiny/arm64: key unknown until the rootfs-builder image is built\n  \
+         to build: the rootfs-builder image must be built first (its digest enters this key)\n  \
+         lockfiles/rootfs.lock has no entry for it: it is new\n"
+    );
+    let r = ws.kci_env(&["--images", IMAGES, "why", "tiny/riscv64"], &NO_DAEMON);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("recipes/tiny.toml: arch-list has no `riscv64` (it has: amd64, arm64)"),
+        "{}",
+        r.stderr
+    );
+    let r = ws.kci_env(&["--images", IMAGES, "why", "nope/amd64"], &NO_DAEMON);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("no rootfs recipe `nope` in recipes (known: tiny)"),
+        "{}",
+        r.stderr
+    );
+}

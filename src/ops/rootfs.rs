@@ -168,6 +168,111 @@ pub fn load_recipes(dir: &Path) -> anyhow::Result<Vec<RootfsRecipe>> {
     Ok(out)
 }
 
+/// A recipe's Debian mirror (`auto`: the machine's) and its scanned input files: what its
+/// keys need besides the builder image.
+fn mirror_and_inputs(
+    ws: &Workspace,
+    recipes_dir: &Path,
+    r: &RootfsRecipe,
+) -> anyhow::Result<(String, inputs::RecipeInputs)> {
+    let mirror = if r.mirror == "auto" {
+        ws.mirror.clone().with_context(|| {
+            format!(
+                "{}: mirror = \"auto\" but no Debian mirror is configured: set KCI_DEBIAN_MIRROR",
+                recipes_dir.join(format!("{}.toml", r.name)).display()
+            )
+        })?
+    } else {
+        r.mirror.clone()
+    };
+    Ok((mirror, inputs::scan(recipes_dir, r)?))
+}
+
+/// What `kci-build why CONFIG/ARCH` reports: the key of one (config, arch) as it would be
+/// built now, whether the store has it, and the key facts that differ from the lockfile.
+pub struct RootfsWhy {
+    pub label: String,
+    /// `None` while the builder image is not built: its digest enters the key.
+    pub key: Option<Digest>,
+    pub stored: Option<PathBuf>,
+    /// `None`: the lockfile has no entry for it.
+    pub changes: Option<Vec<crate::core::key::FactChange>>,
+}
+
+/// The placeholder for the builder image's digest before it is built.
+pub const BUILDER_NOT_BUILT: &str = "(rootfs-builder not built yet)";
+
+/// Computes [`RootfsWhy`] for `config/arch`; builds and downloads nothing.
+pub fn why(
+    ws: &Workspace,
+    recipes_dir: &Path,
+    lockfile: &Path,
+    config: &str,
+    arch: &str,
+) -> anyhow::Result<RootfsWhy> {
+    let recipes = load_recipes(recipes_dir)?;
+    let Some(r) = recipes.iter().find(|r| r.name == config) else {
+        bail!(
+            "no rootfs recipe `{config}` in {} (known: {})",
+            recipes_dir.display(),
+            recipes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    if !r.arch_list.iter().any(|a| a == arch) {
+        bail!(
+            "{}: arch-list has no `{arch}` (it has: {})",
+            recipes_dir.join(format!("{config}.toml")).display(),
+            r.arch_list.join(", ")
+        );
+    }
+    let (mirror, inputs) = mirror_and_inputs(ws, recipes_dir, r)?;
+    let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
+    let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;
+    let builder = planned
+        .iter()
+        .find(|p| p.recipe.name == builder_name)
+        .and_then(|p| p.stored.clone());
+    // Facts with a placeholder while the builder is not built, so the others still compare.
+    let placeholder = Digest::of(BUILDER_NOT_BUILT.as_bytes());
+    let mut facts = plan::facts(
+        r,
+        arch,
+        builder.as_ref().unwrap_or(&placeholder),
+        &mirror,
+        &inputs.key_files(),
+        artifact::ROOTFS_OUTPUT_FORMAT,
+    );
+    let key = builder.as_ref().map(|_| plan::key(&facts));
+    if builder.is_none() {
+        facts.insert("builder.manifest".into(), BUILDER_NOT_BUILT.into());
+    }
+    let stored = key
+        .as_ref()
+        .map(|k| key_dir(ws, k))
+        .filter(|d| read_manifest(&d.join(MANIFEST)).is_some());
+    let lock = match fsutil::read_optional(lockfile)
+        .with_context(|| format!("reading {}", lockfile.display()))?
+    {
+        Some(t) => RootfsLockfile::parse(lockfile, &t)?,
+        None => RootfsLockfile::default(),
+    };
+    let changes = lock
+        .configs
+        .get(config)
+        .and_then(|c| c.arch.get(arch))
+        .map(|l| crate::core::key::diff_facts(&l.input, &facts));
+    Ok(RootfsWhy {
+        label: format!("{config}/{arch}"),
+        key,
+        stored,
+        changes,
+    })
+}
+
 fn store_dir(ws: &Workspace) -> PathBuf {
     ws.store.root().join("rootfs")
 }
@@ -237,6 +342,14 @@ pub async fn run(
         None => RootfsLockfile::default(),
     };
 
+    // Every selected recipe's mirror and input files, checked before anything is built: a
+    // bad recipe fails at once, not after the builder image.
+    let mut scanned = Vec::new();
+    for r in selected {
+        let (mirror, inputs) = mirror_and_inputs(ws, &opts.recipes, &r)?;
+        scanned.push((r, mirror, inputs));
+    }
+
     // The builder image, built (or found) like any other target.
     let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
     let build_opts = BuildOptions {
@@ -264,18 +377,7 @@ pub async fn run(
     let builder_image = ws.stored(builder_plan)?;
 
     let mut prepared = Vec::new();
-    for r in selected {
-        let mirror = if r.mirror == "auto" {
-            ws.mirror.clone().with_context(|| {
-                format!(
-                    "{}: mirror = \"auto\" but no Debian mirror is configured: set KCI_DEBIAN_MIRROR",
-                    opts.recipes.join(format!("{}.toml", r.name)).display()
-                )
-            })?
-        } else {
-            r.mirror.clone()
-        };
-        let inputs = inputs::scan(&opts.recipes, &r)?;
+    for (r, mirror, inputs) in scanned {
         let files = inputs.key_files();
         let mut jobs = Vec::new();
         let mut env = BTreeMap::new();
