@@ -77,6 +77,11 @@ fn running_rootfs_containers() -> Vec<String> {
 
 /// The `tiny` build containers, running ones or (with `all`) any.
 fn tiny_containers(all: bool) -> Vec<String> {
+    containers_of("tiny", all)
+}
+
+/// The build containers of `config`, running ones or (with `all`) any.
+fn containers_of(config: &str, all: bool) -> Vec<String> {
     let mut ps = Command::new("docker");
     ps.arg("ps");
     if all {
@@ -87,7 +92,7 @@ fn tiny_containers(all: bool) -> Vec<String> {
             "--filter",
             "label=org.kernelci.kci-build.rootfs",
             "--filter",
-            "name=kci-rootfs-tiny-",
+            &format!("name=kci-rootfs-{config}-"),
             "--format",
             "{{.Names}}",
         ])
@@ -113,8 +118,9 @@ fn sh(cmd: &str) -> String {
 fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     let _g = daemon_lock();
     // A run of this test that was itself killed (e.g. a CI job cut short) leaves its
-    // containers on the daemon, and kci-build would rightly pick them up: start clean.
-    for name in tiny_containers(true) {
+    // containers on the daemon. Their names carry that run's store, so this run would not
+    // pick them up, but the checks below count containers: start clean.
+    for name in [tiny_containers(true), containers_of("broken", true)].concat() {
         sh(&format!("docker rm -f -v {name}"));
     }
     assert!(tiny_containers(true).is_empty());
@@ -308,7 +314,93 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         text.replace("[\"netbase\"]", "[\"bc\", \"netbase\"]"),
     )
     .unwrap();
-    rootfs(&ws, &["--arch", "amd64"]).ok();
+    // `why` says what changed before anything is built, and that it is cached after.
+    let why = ws
+        .kci(&["--images", IMAGES, "why", "tiny/amd64"])
+        .ok()
+        .stdout;
+    assert!(
+        why.contains("  to build: the store has no files for this key"),
+        "{why}"
+    );
+    assert!(
+        why.contains("  inputs changed since lockfiles/rootfs.lock:\n")
+            && why.contains("    recipe.extra-packages: netbase -> bc netbase\n"),
+        "{why}"
+    );
+    // Alongside it, a config whose script fails: tiny is still built, uploaded and locked;
+    // the failure is listed with the tail of its log, nothing of it is stored or locked.
+    std::fs::write(
+        ws.path().join("recipes/scripts/broken.sh"),
+        "#!/bin/sh\necho 'broken: the test suite does not compile'\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path().join("recipes/broken.toml"),
+        text.replace("name = \"tiny\"", "name = \"broken\"")
+            .replace("[\"amd64\", \"arm64\"]", "[\"amd64\"]")
+            .replace("scripts/tiny.sh", "scripts/broken.sh"),
+    )
+    .unwrap();
+    let with_broken = ws.kci(&[
+        "--images", IMAGES, "rootfs", "tiny", "broken", "--arch", "amd64", "--json",
+    ]);
+    assert_eq!(with_broken.code, 1, "{}", with_broken.stderr);
+    let report = with_broken.json();
+    let builds = report["builds"].as_array().unwrap();
+    let by_config = |c: &str| builds.iter().find(|b| b["config"] == c).unwrap().clone();
+    let (tiny, broken) = (by_config("tiny"), by_config("broken"));
+    assert_eq!(tiny["action"], "built", "{report}");
+    assert_eq!(broken["action"], "failed", "{report}");
+    // (mmdebstrap reports the script's exit 3 as its own failure.)
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the builder exited with "),
+        "{report}"
+    );
+    let tail: Vec<&str> = broken["log_tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let message = "broken: the test suite does not compile";
+    assert!(tail.iter().any(|l| l.contains(message)), "{tail:?}");
+    let table = with_broken.stderr.split("broken/amd64 failed: ").nth(1);
+    assert!(
+        table.is_some_and(|t| t
+            .lines()
+            .any(|l| l.starts_with("  | ") && l.contains(message))),
+        "{}",
+        with_broken.stderr
+    );
+    assert!(
+        with_broken
+            .stderr
+            .contains("1 of 2 rootfs builds failed: broken/amd64"),
+        "{}",
+        with_broken.stderr
+    );
+    let broken_key = broken["key"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert!(!ws.store().join("rootfs").join(broken_key).exists());
+    assert!(containers_of("broken", true).is_empty());
+    let lock_text = std::fs::read_to_string(&lock_path).unwrap();
+    assert!(!lock_text.contains("broken"), "{lock_text}");
+    let why = ws
+        .kci(&["--images", IMAGES, "why", "tiny/amd64"])
+        .ok()
+        .stdout;
+    let tiny_key = tiny["key"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!("tiny/amd64: key {tiny_key}\n  cached: "))
+            && why.ends_with("  no input changed since lockfiles/rootfs.lock\n"),
+        "{why}"
+    );
     let diff = ws
         .kci(&["diff", "old-rootfs.lock", "lockfiles/rootfs.lock"])
         .ok()

@@ -655,6 +655,11 @@ pub async fn run(
                 },
             );
         }
+        // A config none of whose arches has been built (all failed) records nothing: no
+        // version that no file exists for.
+        if entry.arch.is_empty() {
+            new_lock.configs.remove(&p.recipe.name);
+        }
     }
     let new_text = new_lock.to_text();
     let changed = old_text.as_deref() != Some(new_text.as_str());
