@@ -168,6 +168,37 @@ pub fn load_recipes(dir: &Path) -> anyhow::Result<Vec<RootfsRecipe>> {
     Ok(out)
 }
 
+/// The recipe named `config`, or an error listing the known ones.
+fn find_recipe<'r>(
+    recipes: &'r [RootfsRecipe],
+    recipes_dir: &Path,
+    config: &str,
+) -> anyhow::Result<&'r RootfsRecipe> {
+    recipes.iter().find(|r| r.name == config).with_context(|| {
+        format!(
+            "no rootfs recipe `{config}` in {} (known: {})",
+            recipes_dir.display(),
+            recipes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// The rootfs lockfile's text (to write only when it changes) and its parsed model; an
+/// empty one when the file does not exist.
+fn read_lockfile(path: &Path) -> anyhow::Result<(Option<String>, RootfsLockfile)> {
+    let text =
+        fsutil::read_optional(path).with_context(|| format!("reading {}", path.display()))?;
+    let lock = match &text {
+        Some(t) => RootfsLockfile::parse(path, t)?,
+        None => RootfsLockfile::default(),
+    };
+    Ok((text, lock))
+}
+
 /// A recipe's Debian mirror (`auto`: the machine's) and its scanned input files: what its
 /// keys need besides the builder image.
 fn mirror_and_inputs(
@@ -200,7 +231,7 @@ pub struct RootfsWhy {
 }
 
 /// The placeholder for the builder image's digest before it is built.
-pub const BUILDER_NOT_BUILT: &str = "(rootfs-builder not built yet)";
+const BUILDER_NOT_BUILT: &str = "(rootfs-builder not built yet)";
 
 /// Computes [`RootfsWhy`] for `config/arch`; builds and downloads nothing.
 pub fn why(
@@ -211,17 +242,7 @@ pub fn why(
     arch: &str,
 ) -> anyhow::Result<RootfsWhy> {
     let recipes = load_recipes(recipes_dir)?;
-    let Some(r) = recipes.iter().find(|r| r.name == config) else {
-        bail!(
-            "no rootfs recipe `{config}` in {} (known: {})",
-            recipes_dir.display(),
-            recipes
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let r = find_recipe(&recipes, recipes_dir, config)?;
     if !r.arch_list.iter().any(|a| a == arch) {
         bail!(
             "{}: arch-list has no `{arch}` (it has: {})",
@@ -248,18 +269,13 @@ pub fn why(
     );
     let key = builder.as_ref().map(|_| plan::key(&facts));
     if builder.is_none() {
-        facts.insert("builder.manifest".into(), BUILDER_NOT_BUILT.into());
+        facts.insert(plan::BUILDER_FACT.into(), BUILDER_NOT_BUILT.into());
     }
     let stored = key
         .as_ref()
         .map(|k| key_dir(ws, k))
         .filter(|d| read_manifest(&d.join(MANIFEST)).is_some());
-    let lock = match fsutil::read_optional(lockfile)
-        .with_context(|| format!("reading {}", lockfile.display()))?
-    {
-        Some(t) => RootfsLockfile::parse(lockfile, &t)?,
-        None => RootfsLockfile::default(),
-    };
+    let (_, lock) = read_lockfile(lockfile)?;
     let changes = lock
         .configs
         .get(config)
@@ -311,18 +327,7 @@ pub async fn run(
     } else {
         let mut v = Vec::new();
         for c in &opts.configs {
-            match recipes.iter().find(|r| &r.name == c) {
-                Some(r) => v.push(r.clone()),
-                None => bail!(
-                    "no rootfs recipe `{c}` in {} (known: {})",
-                    opts.recipes.display(),
-                    recipes
-                        .iter()
-                        .map(|r| r.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
+            v.push(find_recipe(&recipes, &opts.recipes, c)?.clone());
         }
         v
     };
@@ -335,12 +340,7 @@ pub async fn run(
     // Held until the new lockfile is written: a concurrent run waits instead of racing.
     let _lockfile_lock = super::lock_lockfile(&ws.paths.store, &opts.lockfile, printer)?;
     // Read once: parsed for the merge, compared as text to write only when it changes.
-    let old_text = fsutil::read_optional(&opts.lockfile)
-        .with_context(|| format!("reading {}", opts.lockfile.display()))?;
-    let old_lock = match &old_text {
-        Some(t) => RootfsLockfile::parse(&opts.lockfile, t)?,
-        None => RootfsLockfile::default(),
-    };
+    let (old_text, old_lock) = read_lockfile(&opts.lockfile)?;
 
     // Every selected recipe's mirror and input files, checked before anything is built: a
     // bad recipe fails at once, not after the builder image.

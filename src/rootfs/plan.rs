@@ -66,6 +66,9 @@ impl RootfsJob {
     }
 }
 
+/// The key fact holding the builder image's manifest digest.
+pub const BUILDER_FACT: &str = "builder.manifest";
+
 /// The facts a build depends on, as `name → value`.
 pub fn facts(
     recipe: &RootfsRecipe,
@@ -81,7 +84,7 @@ pub fn facts(
     };
     put("key-format", ROOTFS_KEY_FORMAT.to_owned());
     put("output-format", format!("{output_format} ext4={EXT4_SIZE}"));
-    put("builder.manifest", builder_manifest.as_str().to_owned());
+    put(BUILDER_FACT, builder_manifest.as_str().to_owned());
     put(
         "build-script",
         Digest::of(BUILD_SCRIPT.as_bytes()).as_str().to_owned(),
