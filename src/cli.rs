@@ -161,6 +161,27 @@ pub enum Command {
         /// The storage API's path prefix [default: images/rootfs/debian].
         #[arg(long)]
         storage_prefix: Option<String>,
+        /// Memory, in MiB, the xz encoders of a run may take at once: each encoder gets
+        /// as many threads as fit (165 MiB each at preset 6, 80 at preset 1, by liblzma's
+        /// account) and free cores allow, and waits while none fits. The default keeps a
+        /// run under 300 MB; 340 lets two preset-6 threads run (faster on an idle machine,
+        /// up to ~400 MB). The bytes do not depend on it.
+        #[arg(
+            long,
+            env = "KCI_BUILD_XZ_MEMORY",
+            default_value_t = kci_build_default_xz_mib(),
+            value_name = "MIB"
+        )]
+        xz_memory: u64,
+        /// A download from a build container that yields no byte for this many seconds is
+        /// abandoned and tried again (a slow one that keeps moving is never cut).
+        #[arg(
+            long,
+            env = "KCI_BUILD_STALL_TIMEOUT",
+            default_value_t = 120,
+            value_name = "SECS"
+        )]
+        stall_timeout: u64,
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,
@@ -264,4 +285,9 @@ pub enum ImportWhat {
         #[arg(long)]
         source_date_epoch: Option<u64>,
     },
+}
+
+/// `--xz-memory`'s default, in MiB.
+const fn kci_build_default_xz_mib() -> u64 {
+    crate::rootfs::pack::DEFAULT_XZ_MEMORY >> 20
 }

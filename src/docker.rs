@@ -93,10 +93,23 @@ impl DockerEngine {
         }
         };
         let docker = Docker::connect_with_defaults().map_err(unreachable)?;
-        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        let mut docker = docker.negotiate_version().await.map_err(unreachable)?;
+        // How long a request may wait for the daemon's answer (not for a stream's end).
+        if let Some(secs) = std::env::var("KCI_BUILD_DOCKER_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            docker.set_timeout(std::time::Duration::from_secs(secs.max(1)));
+        }
         docker.ping().await.map_err(unreachable)?;
         tracing::debug!(version = %docker.client_version(), "connected to the Docker daemon");
         Ok(DockerEngine { docker })
+    }
+
+    /// The same connection, waiting at most `timeout` for the daemon to answer a request.
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> DockerEngine {
+        self.docker.set_timeout(timeout);
+        self
     }
 
     /// The raw API, for the rootfs builder's container calls.

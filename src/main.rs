@@ -225,6 +225,8 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
             storage,
             public_url,
             storage_prefix,
+            xz_memory,
+            stall_timeout,
             json,
         } => {
             let opts = ops::rootfs::RootfsOptions {
@@ -240,6 +242,13 @@ fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> anyhow::Result<()>
                     prefix: storage_prefix.clone(),
                 }),
                 verbose: cli.verbose > 0,
+                packing: kci_build::rootfs::pack::PackSettings {
+                    xz_memory: xz_memory << 20,
+                    transfer: kci_build::rootfs::collect::Transfer {
+                        stall: std::time::Duration::from_secs((*stall_timeout).max(1)),
+                        ..Default::default()
+                    },
+                },
             };
             let rt = runtime()?;
             let outcome = rt.block_on(async {

@@ -10,13 +10,33 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::lockfile::{quote, LockfileError};
 use super::names::Digest;
 
 pub const ROOTFS_LOCKFILE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    pub sha256: Digest,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+}
+
+/// The per-arch manifest stored and uploaded beside the files (no wall-clock time).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RootfsManifest {
+    pub config: String,
+    pub arch: String,
+    pub key: Digest,
+    pub source_date_epoch: u64,
+    pub packages: BTreeMap<String, String>,
+    pub artifacts: BTreeMap<String, ArtifactInfo>,
+}
 
 const HEADER: &str = "\
 # This file is written by `kci-build rootfs`; do not edit it by hand.

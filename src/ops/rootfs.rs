@@ -24,8 +24,8 @@ use crate::core::rootfs_lock::{
 };
 use crate::docker::DockerEngine;
 use crate::fsutil;
-use crate::layer::{self, Section};
 use crate::printer::Printer;
+use crate::rootfs::pack::{self, Packing};
 use crate::rootfs::plan::{self, RootfsJob};
 use crate::rootfs::{artifact, binfmt, builder, inputs, RootfsRecipe};
 use crate::storage::{Storage, UploadFile};
@@ -41,7 +41,8 @@ pub const ARTIFACTS: &[&str] = &[
     "initrd.cpio.gz",
     "rootfs.ext4.xz",
 ];
-pub const MANIFEST: &str = "manifest.json";
+pub use crate::core::rootfs_lock::{ArtifactInfo, RootfsManifest};
+pub use crate::rootfs::pack::MANIFEST;
 
 #[derive(Debug, Clone)]
 pub struct StorageArgs {
@@ -61,6 +62,8 @@ pub struct RootfsOptions {
     pub locked: bool,
     pub storage: Option<StorageArgs>,
     pub verbose: bool,
+    /// Download rules and the xz memory budget of the packing step.
+    pub packing: pack::PackSettings,
 }
 
 /// What a (config, arch) ended as.
@@ -80,14 +83,6 @@ pub struct RootfsOutcome {
     pub log_tail: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ArtifactInfo {
-    pub sha256: Digest,
-    pub size: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub url: Option<String>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct RootfsReport {
     pub builds: Vec<RootfsOutcome>,
@@ -104,18 +99,6 @@ pub struct RootfsReport {
 pub struct RootfsFailed {
     pub failed: Vec<String>,
     pub total: usize,
-}
-
-/// The per-arch manifest stored and uploaded beside the files (no wall-clock time).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct RootfsManifest {
-    pub config: String,
-    pub arch: String,
-    pub key: Digest,
-    pub source_date_epoch: u64,
-    pub packages: BTreeMap<String, String>,
-    pub artifacts: BTreeMap<String, ArtifactInfo>,
 }
 
 /// Reads every `recipes/*.toml`; the file stem must be the recipe's name.
@@ -467,28 +450,23 @@ pub async fn run(
     if !todo.is_empty() {
         let engine = DockerEngine::connect().await?;
         build::ensure_loaded(&engine, &ws.store, &builder_image).await?;
-        let image_id = builder_image.config.as_str().to_owned();
+        let ctx = Arc::new(JobCtx {
+            engine,
+            image_id: builder_image.config.as_str().to_owned(),
+            store_root: store_dir(ws),
+            logs: ws.store.root().join("logs"),
+            printer: printer.clone(),
+            packing: Arc::new(opts.packing.resolve()),
+        });
         let sem = Arc::new(Semaphore::new(opts.jobs.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for (job, env, tar) in todo {
-            let (engine, sem, image_id) = (engine.clone(), sem.clone(), image_id.clone());
-            let (store_root, logs) = (store_dir(ws), ws.store.root().join("logs"));
-            let printer = printer.clone();
+            let (ctx, sem) = (ctx.clone(), sem.clone());
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
                 let started = Instant::now();
                 let label = job.label();
-                let r = run_job(
-                    &engine,
-                    &job,
-                    &image_id,
-                    env,
-                    &tar,
-                    &store_root,
-                    &logs,
-                    &printer,
-                )
-                .await;
+                let r = run_job(&ctx, &job, env, &tar).await;
                 (job, label, started.elapsed().as_secs_f64(), r)
             });
         }
@@ -783,24 +761,37 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// What every job of one run shares.
+struct JobCtx {
+    engine: DockerEngine,
+    image_id: String,
+    store_root: PathBuf,
+    logs: PathBuf,
+    printer: Printer,
+    packing: Arc<Packing>,
+}
+
 /// One (config, arch): attach to or start its container, wait, collect, make the files,
 /// commit them to the store. Returns the manifest and whether an earlier run's container
 /// was picked up.
-#[allow(clippy::too_many_arguments)]
 async fn run_job(
-    engine: &DockerEngine,
+    ctx: &JobCtx,
     job: &RootfsJob,
-    image_id: &str,
     env: Vec<String>,
     tar: &[u8],
-    store_root: &Path,
-    logs: &Path,
-    printer: &Printer,
 ) -> Result<(RootfsManifest, bool), JobFailure> {
     let fail = |error: String| JobFailure {
         error,
         log_tail: Vec::new(),
     };
+    let JobCtx {
+        engine,
+        image_id,
+        store_root,
+        logs,
+        printer,
+        packing,
+    } = ctx;
     let name = builder::container_name(job, &builder::store_tag(store_root));
     std::fs::create_dir_all(logs).map_err(|e| fail(format!("creating {}: {e}", logs.display())))?;
     let log_path = logs.join(format!(
@@ -899,7 +890,7 @@ async fn run_job(
             format!("{label}: the five files and the manifest"),
         ),
     }
-    let made = make_files(engine, &name, job, &raw, &out).await;
+    let made = pack::pack(engine, &name, job, &raw, &out, packing).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -917,14 +908,6 @@ async fn run_job(
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok((manifest, resumed))
-}
-
-/// Runs one step of [`make_files`], tracing how long it took (`-v`).
-fn timed<T, E>(label: &str, step: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-    let t = Instant::now();
-    let r = f();
-    tracing::info!("{label}: {step} in {:.1}s", t.elapsed().as_secs_f64());
-    r
 }
 
 fn temp_prefix(key: &Digest) -> String {
@@ -948,172 +931,6 @@ fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
     }
 }
 
-/// The builder's `/out` → the five canonical files and the manifest, in `out`. The four
-/// raw files are downloaded at once and each is processed as it arrives: `rootfs.ext4`
-/// goes straight into xz, the tars and the initrd land in `raw` (canonicalising needs to
-/// seek) and are compressed from there, so collection overlaps compression.
-async fn make_files(
-    engine: &DockerEngine,
-    container: &str,
-    job: &RootfsJob,
-    raw: &Path,
-    out: &Path,
-) -> anyhow::Result<RootfsManifest> {
-    let sde = job.source_date_epoch;
-    let preset = job.xz_preset;
-    let label = job.label();
-    // Saves a downloaded file into `raw`, then runs `then` on its path.
-    let saved = |file: &'static str, then: fn(&Ctx, &Path) -> anyhow::Result<Made>| {
-        let ctx = Ctx {
-            label: label.clone(),
-            raw: raw.to_owned(),
-            out: out.to_owned(),
-            sde,
-            preset,
-        };
-        builder::read_file(engine, container, format!("/out/{file}"), move |r| {
-            let path = ctx.raw.join(file);
-            timed(
-                &ctx.label,
-                &format!("collected {file}"),
-                || -> anyhow::Result<()> {
-                    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-                    std::io::copy(r, &mut f)?;
-                    std::io::Write::flush(&mut f)?;
-                    Ok(())
-                },
-            )?;
-            then(&ctx, &path)
-        })
-    };
-    let ext4 = {
-        let (label, dest) = (label.clone(), out.join("rootfs.ext4.xz"));
-        builder::read_file(engine, container, "/out/rootfs.ext4".into(), move |r| {
-            timed(&label, "rootfs.ext4.xz", || {
-                Ok(Made::file(artifact::xz_stream(r, &dest, preset)?))
-            })
-        })
-    };
-    let initrd = saved("initrd.img", |c, p| {
-        timed(&c.label, "initrd.cpio.gz", || {
-            Ok(Made::file(artifact::initrd(
-                p,
-                &c.out.join("initrd.cpio.gz"),
-                c.sde,
-            )?))
-        })
-    });
-    let small = saved("small.tar", |c, p| {
-        let tar = c.canonical(p)?.0;
-        timed(&c.label, "rootfs.cpio.gz", || {
-            Ok(Made::file(artifact::cpio_gz_from_tar(
-                &tar,
-                &c.out.join("rootfs.cpio.gz"),
-                c.sde,
-            )?))
-        })
-    });
-    let full = saved("full.tar", |c, p| {
-        let (tar, canonical) = c.canonical(p)?;
-        let (xz, gz) = rayon::join(
-            || {
-                timed(&c.label, "full.rootfs.tar.xz", || {
-                    artifact::tar_xz(&tar, &c.out.join("full.rootfs.tar.xz"), c.preset)
-                })
-            },
-            || {
-                timed(&c.label, "full.rootfs.cpio.gz", || {
-                    artifact::cpio_gz_from_tar(&tar, &c.out.join("full.rootfs.cpio.gz"), c.sde)
-                })
-            },
-        );
-        Ok(Made {
-            artifacts: vec![xz?, gz?],
-            packages: canonical
-                .dpkg_status
-                .as_deref()
-                .map(crate::dpkg::installed)
-                .unwrap_or_default(),
-        })
-    });
-    // All four run to their end even when one fails, so none is still writing into the
-    // temp dir when the caller removes it.
-    let (ext4, initrd, small, full) = tokio::join!(ext4, initrd, small, full);
-    let (ext4, initrd, small, mut full) = (ext4?, initrd?, small?, full?);
-    let packages = std::mem::take(&mut full.packages);
-    let mut artifacts = BTreeMap::new();
-    for a in [ext4, initrd, small, full]
-        .into_iter()
-        .flat_map(|m| m.artifacts)
-    {
-        artifacts.insert(
-            a.name.clone(),
-            ArtifactInfo {
-                sha256: a.sha256,
-                size: a.size,
-                url: None,
-            },
-        );
-    }
-    let manifest = RootfsManifest {
-        config: job.config.clone(),
-        arch: job.arch.clone(),
-        key: job.key.clone(),
-        source_date_epoch: sde,
-        packages,
-        artifacts,
-    };
-    fsutil::atomic_write(
-        &out.join(MANIFEST),
-        &crate::core::key::canonical_json(&manifest),
-    )?;
-    Ok(manifest)
-}
-
-/// What one download of [`make_files`] made.
-struct Made {
-    artifacts: Vec<artifact::Artifact>,
-    packages: BTreeMap<String, String>,
-}
-
-impl Made {
-    fn file(a: artifact::Artifact) -> Made {
-        Made {
-            artifacts: vec![a],
-            packages: BTreeMap::new(),
-        }
-    }
-}
-
-/// What each step of [`make_files`] needs, owned so it can move into a blocking task.
-struct Ctx {
-    label: String,
-    raw: PathBuf,
-    out: PathBuf,
-    sde: u64,
-    preset: u32,
-}
-
-impl Ctx {
-    /// The canonical tar of a raw builder tar (the raw one is removed).
-    fn canonical(&self, raw_tar: &Path) -> anyhow::Result<(PathBuf, layer::Canonical)> {
-        let name = raw_tar.file_name().unwrap_or_default().to_string_lossy();
-        let dest = raw_tar.with_extension("canonical.tar");
-        let c = timed(
-            &self.label,
-            &format!("canonical {name}"),
-            || -> anyhow::Result<_> {
-                let src = Section::whole(std::fs::File::open(raw_tar)?)?;
-                let w = std::io::BufWriter::new(std::fs::File::create(&dest)?);
-                let c = layer::canonicalize(src, self.sde, w)?;
-                std::fs::remove_file(raw_tar)?;
-                Ok(c)
-            },
-        )?;
-        Ok((dest, c))
-    }
-}
-
 /// The final table, for stderr.
 pub fn table(report: &RootfsReport) -> String {
     let mut rows = vec![[
@@ -1128,7 +945,7 @@ pub fn table(report: &RootfsReport) -> String {
         let size = |n: &str| {
             b.artifacts
                 .get(n)
-                .map(|a| human(a.size))
+                .map(|a| crate::printer::human_bytes(a.size))
                 .unwrap_or_else(|| "-".into())
         };
         rows.push([
@@ -1168,14 +985,6 @@ pub fn table(report: &RootfsReport) -> String {
         }
     }
     out
-}
-
-fn human(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
 }
 
 impl RootfsReport {

@@ -44,9 +44,6 @@ pub const XZ_PRESET: u32 = 6;
 /// Uncompressed size of each xz block: fixed, so the multi-threaded encoder's output does
 /// not depend on the number of threads.
 pub const XZ_BLOCK_SIZE: u64 = 24 << 20;
-/// At most this many xz encoder threads (each needs about 3 × block size + ~100 MiB).
-const XZ_MAX_THREADS: u32 = 16;
-
 /// The format fingerprint that enters the cache key: the cpio rules version, the gzip
 /// backend, version and level, and the xz library (the Rust binding, and liblzma-sys whose
 /// version pins the bundled C liblzma, 5.8.4 for 0.4.9, built statically), preset, block
@@ -65,24 +62,29 @@ pub struct Artifact {
 }
 
 /// `full.rootfs.tar.xz`: the canonical tar (already the bytes of the tree), xz-compressed.
-pub fn tar_xz(canonical_tar: &Path, out: &Path, preset: u32) -> io::Result<Artifact> {
-    xz_file(canonical_tar, out, preset)
+pub fn tar_xz(canonical_tar: &Path, out: &Path, preset: u32, threads: u32) -> io::Result<Artifact> {
+    xz_file(canonical_tar, out, preset, threads)
 }
 
 /// `rootfs.ext4.xz` (or any file): `input` xz-compressed with the multi-threaded encoder,
-/// `preset` (0–9), blocks of [`XZ_BLOCK_SIZE`], CRC64.
-pub fn xz_file(input: &Path, out: &Path, preset: u32) -> io::Result<Artifact> {
-    xz_stream(&mut File::open(input)?, out, preset)
+/// `preset` (0–9), blocks of [`XZ_BLOCK_SIZE`], CRC64, `threads` encoder threads (the
+/// bytes are the same for any number; the memory is not, see [`xz_thread_memory`]).
+pub fn xz_file(input: &Path, out: &Path, preset: u32, threads: u32) -> io::Result<Artifact> {
+    let mut src = File::open(input)?;
+    write_output(out, |w| xz_copy(&mut src, w, threads.max(1), preset))
 }
 
-/// [`xz_file`] of what `src` yields (`rootfs.ext4.xz` is compressed as it streams out of
-/// the builder, the 1 GiB image never touches the disk).
-pub fn xz_stream(src: &mut dyn Read, out: &Path, preset: u32) -> io::Result<Artifact> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-        .clamp(1, XZ_MAX_THREADS);
-    write_output(out, |w| xz_copy(src, w, threads, preset))
+/// What one more encoder thread of [`xz_file`] costs in memory, by liblzma's own account:
+/// its match finder and dictionary, its block's input buffer and its output buffer.
+pub fn xz_thread_memory(preset: u32) -> u64 {
+    let usage = |threads| {
+        liblzma::stream::MtStreamBuilder::new()
+            .threads(threads)
+            .block_size(XZ_BLOCK_SIZE)
+            .preset(preset)
+            .memusage()
+    };
+    usage(2).saturating_sub(usage(1))
 }
 
 /// Compresses everything `src` yields into `w` with `threads` encoder threads.

@@ -204,46 +204,26 @@ pub async fn follow(
     }
 }
 
-/// Streams the file at `path` in the (stopped) container to `consume`, which runs in a
-/// blocking task and reads the bytes as the daemon sends them: several files can be
-/// collected and processed at once, and nothing has to be spooled first.
-pub async fn read_file<T: Send + 'static>(
+/// The archive endpoint's stream of the file at `path` in the (stopped) container: a tar
+/// of one entry, read by [`super::collect::fetch`]. Nothing is requested until it is polled.
+/// The daemon answers one archive request of a container at a time (it holds the
+/// container's lock until the stream is closed): request the next only when one is drained.
+pub fn archive_stream(
     engine: &DockerEngine,
     name: &str,
-    path: String,
-    consume: impl FnOnce(&mut dyn std::io::Read) -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    let stream = engine
+    path: &str,
+) -> super::collect::ArchiveStream {
+    engine
         .api()
         .download_from_container(
             name,
             Some(
                 DownloadFromContainerOptionsBuilder::new()
-                    .path(&path)
+                    .path(path)
                     .build(),
             ),
         )
-        .map(|chunk| chunk.map_err(std::io::Error::other));
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let what = format!("{path} of {name}");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<T> {
-        use anyhow::Context as _;
-        // The archive API wraps the file in a tar of one entry.
-        let mut archive = tar::Archive::new(reader);
-        let mut entries = archive
-            .entries()
-            .with_context(|| format!("downloading {what}"))?;
-        let mut entry = entries
-            .next()
-            .with_context(|| format!("{what}: the daemon sent an empty archive"))?
-            .with_context(|| format!("downloading {what}"))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            anyhow::bail!("{what} is not a regular file");
-        }
-        consume(&mut entry)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("collecting {path} of {name}: {e}"))?
+        .boxed()
 }
 
 pub async fn remove(engine: &DockerEngine, name: &str) -> Result<(), DaemonError> {

@@ -4,12 +4,15 @@
 //! recipes and, for anything it cannot carry over, a message naming the config and field.
 //!
 //! `kci-build rootfs` builds them: [`plan`] (keys, pure), [`inputs`] (files sent to the
-//! builder), [`builder`] (containers), [`binfmt`] (foreign arches), and the canonical
-//! files in `artifact`/`cpio`.
+//! builder), [`builder`] (containers), [`binfmt`] (foreign arches), [`collect`] (the raw
+//! files out of a container), [`pack`] (the five files, in bounded memory), and the
+//! canonical files in `artifact`/`cpio`.
 
 pub mod binfmt;
 pub mod builder;
+pub mod collect;
 pub mod inputs;
+pub mod pack;
 pub mod plan;
 
 pub mod artifact;

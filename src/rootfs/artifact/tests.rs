@@ -603,7 +603,7 @@ fn xz_file_round_trips_through_xz() {
         f.write_all(&vec![0u8; 5 << 20]).unwrap();
     }
     let out = dir.path().join("rootfs.ext4.xz");
-    let art = xz_file(&input, &out, XZ_PRESET).unwrap();
+    let art = xz_file(&input, &out, XZ_PRESET, 1).unwrap();
     assert_eq!(art.name, "rootfs.ext4.xz");
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(
@@ -613,8 +613,17 @@ fn xz_file_round_trips_through_xz() {
     run(Command::new(&xz).arg("-t").arg(&out), b"");
     let back = run(Command::new(&xz).arg("-dc").arg(&out), b"");
     assert!(back == std::fs::read(&input).unwrap());
-    let again = tar_xz(&input, &dir.path().join("again.xz"), XZ_PRESET).unwrap();
+    let again = tar_xz(&input, &dir.path().join("again.xz"), XZ_PRESET, 2).unwrap();
     assert_eq!(again.sha256, art.sha256);
+}
+
+#[test]
+fn an_xz_thread_costs_its_encoder_and_two_blocks_of_buffers() {
+    // liblzma's account of one more thread at preset 6: ~94 MiB of match finder and
+    // dictionary, the 24 MiB input block and its worst-case output buffer.
+    let mib = xz_thread_memory(XZ_PRESET) >> 20;
+    assert!((130..200).contains(&mib), "{mib} MiB");
+    assert!(xz_thread_memory(1) < xz_thread_memory(XZ_PRESET));
 }
 
 #[test]
