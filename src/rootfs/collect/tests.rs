@@ -102,8 +102,8 @@ async fn a_slow_stream_that_keeps_moving_never_times_out() {
     let dest = tmp.path().join("full.tar");
     let started = Instant::now();
     fetch(
-        || {
-            futures_util::stream::iter(chunks(&archive("full.tar", &data()), size))
+        move || {
+            futures_util::stream::iter(chunks(&bytes, size))
                 .then(|c| async move {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     c
@@ -118,7 +118,6 @@ async fn a_slow_stream_that_keeps_moving_never_times_out() {
     .unwrap();
     assert!(started.elapsed() > Duration::from_millis(1000));
     assert_eq!(std::fs::read(&dest).unwrap(), payload);
-    drop(bytes);
 }
 
 #[tokio::test]
