@@ -5,24 +5,17 @@
 //! request timeout is cut to one second and every consumer takes three: the files must
 //! still arrive whole, byte for byte what the container wrote.
 
+mod common;
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kci_build::docker::DockerEngine;
 use kci_build::rootfs::collect::{fetch_each, Transfer};
 use sha2::{Digest as _, Sha256};
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::sh;
 
 /// A container that wrote four 6 MB files into its `/out` volume and exited, and the
 /// sha256 of each as the container computed it.

@@ -15,6 +15,17 @@ pub fn daemon_lock() -> std::sync::MutexGuard<'static, ()> {
     DAEMON.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `cmd` with `sh -c`; panics with its stderr when it fails; returns its stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub struct Workspace {
     pub dir: tempfile::TempDir,
 }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use super::*;
 
 /// What the archive endpoint sends for a file `name` holding `data`.
@@ -36,6 +38,25 @@ fn stalls_after(bytes: &[u8], n: usize) -> ArchiveStream {
         .boxed()
 }
 
+/// [`fetch`] with `open(n)` for the n-th attempt (from 0); also returns how many were made.
+async fn fetch_counted(
+    open: impl Fn(u32) -> ArchiveStream,
+    what: &str,
+    dest: &Path,
+    transfer: &Transfer,
+) -> (anyhow::Result<u64>, u32) {
+    let opened = Arc::new(AtomicU32::new(0));
+    let o = opened.clone();
+    let r = fetch(
+        move || open(o.fetch_add(1, Ordering::SeqCst)),
+        what,
+        dest,
+        transfer,
+    )
+    .await;
+    (r, opened.load(Ordering::SeqCst))
+}
+
 fn quick(attempts: u32) -> Transfer {
     Transfer {
         stall: Duration::from_millis(200),
@@ -47,49 +68,28 @@ fn quick(attempts: u32) -> Transfer {
 #[tokio::test]
 async fn a_stalled_stream_is_abandoned_and_the_file_downloaded_again() {
     let (payload, tmp) = (data(), tempfile::tempdir().unwrap());
-    let bytes = archive("rootfs.ext4", &payload);
-    let opened = Arc::new(AtomicU32::new(0));
+    let b = archive("rootfs.ext4", &payload);
     let dest = tmp.path().join("rootfs.ext4");
-    let (b, o) = (bytes.clone(), opened.clone());
-    let n = fetch(
-        move || match o.fetch_add(1, Ordering::SeqCst) {
-            0 => stalls_after(&b, b.len() / 2),
-            _ => futures_util::stream::iter(chunks(&b, 65536)).boxed(),
-        },
-        "/out/rootfs.ext4",
-        &dest,
-        &quick(3),
-    )
-    .await
-    .unwrap();
-    assert_eq!(opened.load(Ordering::SeqCst), 2);
-    assert_eq!(n, payload.len() as u64);
+    let open = |n| match n {
+        0 => stalls_after(&b, b.len() / 2),
+        _ => futures_util::stream::iter(chunks(&b, 65536)).boxed(),
+    };
+    let (n, opened) = fetch_counted(open, "/out/rootfs.ext4", &dest, &quick(3)).await;
+    assert_eq!((n.unwrap(), opened), (payload.len() as u64, 2));
     assert_eq!(std::fs::read(&dest).unwrap(), payload);
 }
 
 #[tokio::test]
 async fn a_stream_cut_short_is_downloaded_again() {
     let (payload, tmp) = (data(), tempfile::tempdir().unwrap());
-    let bytes = archive("small.tar", &payload);
-    let opened = Arc::new(AtomicU32::new(0));
+    let b = archive("small.tar", &payload);
     let dest = tmp.path().join("small.tar");
-    let (b, o) = (bytes.clone(), opened.clone());
-    fetch(
-        move || {
-            let upto = if o.fetch_add(1, Ordering::SeqCst) == 0 {
-                b.len() / 3
-            } else {
-                b.len()
-            };
-            futures_util::stream::iter(chunks(&b[..upto], 8192)).boxed()
-        },
-        "/out/small.tar",
-        &dest,
-        &quick(2),
-    )
-    .await
-    .unwrap();
-    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    let open = |n| {
+        let upto = if n == 0 { b.len() / 3 } else { b.len() };
+        futures_util::stream::iter(chunks(&b[..upto], 8192)).boxed()
+    };
+    let (n, opened) = fetch_counted(open, "/out/small.tar", &dest, &quick(2)).await;
+    assert_eq!((n.unwrap(), opened), (payload.len() as u64, 2));
     assert_eq!(std::fs::read(&dest).unwrap(), payload);
 }
 
@@ -124,21 +124,15 @@ async fn a_slow_stream_that_keeps_moving_never_times_out() {
 async fn a_stream_that_always_stalls_fails_after_its_attempts_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let bytes = archive("initrd.img", &data());
-    let opened = Arc::new(AtomicU32::new(0));
-    let o = opened.clone();
-    let err = fetch(
-        move || {
-            o.fetch_add(1, Ordering::SeqCst);
-            stalls_after(&bytes, 1000)
-        },
+    let (r, opened) = fetch_counted(
+        |_| stalls_after(&bytes, 1000),
         "/out/initrd.img of kci-rootfs-x",
         &tmp.path().join("initrd.img"),
         &quick(3),
     )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert_eq!(opened.load(Ordering::SeqCst), 3);
+    .await;
+    let err = r.unwrap_err().to_string();
+    assert_eq!(opened, 3);
     assert!(err.contains("/out/initrd.img of kci-rootfs-x"), "{err}");
     assert!(err.contains("no data for 0.2s"), "{err}");
     assert!(err.contains("attempt 3 of 3"), "{err}");
@@ -147,55 +141,37 @@ async fn a_stream_that_always_stalls_fails_after_its_attempts_naming_the_file() 
 #[tokio::test]
 async fn a_missing_file_fails_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let opened = Arc::new(AtomicU32::new(0));
-    let o = opened.clone();
-    let err = fetch(
-        move || {
-            o.fetch_add(1, Ordering::SeqCst);
-            futures_util::stream::iter([Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404,
-                message: "Could not find the file /out/nope in container x".into(),
-            })])
-            .boxed()
-        },
+    let (r, opened) = fetch_counted(
+        |_| daemon_error(404, "Could not find the file /out/nope in container x"),
         "/out/nope",
         &tmp.path().join("nope"),
         &quick(4),
     )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert_eq!(opened.load(Ordering::SeqCst), 1, "{err}");
+    .await;
+    let err = r.unwrap_err().to_string();
+    assert_eq!(opened, 1, "{err}");
     assert!(err.contains("Could not find the file /out/nope"), "{err}");
 }
 
 #[tokio::test]
 async fn a_daemon_error_5xx_is_retried() {
     let (payload, tmp) = (data(), tempfile::tempdir().unwrap());
-    let bytes = archive("f", &payload);
-    let opened = Arc::new(AtomicU32::new(0));
-    let (b, o) = (bytes.clone(), opened.clone());
+    let b = archive("f", &payload);
     let dest = tmp.path().join("f");
-    fetch(
-        move || {
-            if o.fetch_add(1, Ordering::SeqCst) == 0 {
-                futures_util::stream::iter([Err(
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 500,
-                        message: "mount failed".into(),
-                    },
-                )])
-                .boxed()
-            } else {
-                futures_util::stream::iter(chunks(&b, 65536)).boxed()
-            }
-        },
-        "/out/f",
-        &dest,
-        &quick(2),
-    )
-    .await
-    .unwrap();
-    assert_eq!(opened.load(Ordering::SeqCst), 2);
+    let open = |n| match n {
+        0 => daemon_error(500, "mount failed"),
+        _ => futures_util::stream::iter(chunks(&b, 65536)).boxed(),
+    };
+    let (n, opened) = fetch_counted(open, "/out/f", &dest, &quick(2)).await;
+    assert_eq!((n.unwrap(), opened), (payload.len() as u64, 2));
     assert_eq!(std::fs::read(&dest).unwrap(), payload);
+}
+
+/// The daemon's answer `status` with `message`, as bollard reports it.
+fn daemon_error(status: u16, message: &str) -> ArchiveStream {
+    futures_util::stream::iter([Err(bollard::errors::Error::DockerResponseServerError {
+        status_code: status,
+        message: message.into(),
+    })])
+    .boxed()
 }
