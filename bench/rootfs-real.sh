@@ -31,7 +31,7 @@ for config in "${configs[@]}"; do
     locked=()
     grep -q "^\[rootfs.\"$config\".arch.\"$arch\"\]" lockfiles/rootfs.lock && locked=(--locked)
     # An empty rootfs store for this pair: its key's directory goes.
-    key=$("$kci" why "$config/$arch" 2>/dev/null | sed -n "s/^[^ ]*: key sha256:\([0-9a-f]*\)$/\1/p" | head -1)
+    key=$("$kci" why "$config/$arch" 2>/dev/null | sed -n "s/^[^ ]*: key sha256:\([0-9a-f]*\)$/\1/p" | head -1 || true)
     [ -n "$key" ] && rm -rf "$store/rootfs/$key"
     log="$logs/$config-$arch.log"
     set +e
