@@ -786,11 +786,11 @@ async fn run_job(
     };
     let JobCtx {
         engine,
-        image_id,
         store_root,
         logs,
         printer,
         packing,
+        ..
     } = ctx;
     let name = builder::container_name(job, &builder::store_tag(store_root));
     std::fs::create_dir_all(logs).map_err(|e| fail(format!("creating {}: {e}", logs.display())))?;
@@ -800,46 +800,7 @@ async fn run_job(
         job.arch,
         job.key.short()
     ));
-    let state = builder::state(engine, &name)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let resumed = matches!(
-        state,
-        builder::ContainerState::Running | builder::ContainerState::Exited(0)
-    );
-    match state {
-        builder::ContainerState::Running => {
-            printer.status(
-                "Attaching",
-                format!("{} (container {name} is still running)", job.label()),
-            );
-        }
-        builder::ContainerState::Exited(0) => {
-            printer.status(
-                "Collecting",
-                format!("{} (container {name} finished)", job.label()),
-            );
-        }
-        other => {
-            if let builder::ContainerState::Exited(code) = other {
-                printer.warn(format!(
-                    "{}: an earlier build exited with {code}; starting it again",
-                    job.label()
-                ));
-            }
-            builder::remove(engine, &name)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
-            builder::start(engine, &name, job, image_id, env, tar.to_vec())
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            printer.status(
-                "Building",
-                format!("{} ({}) in {name}", job.label(), job.key.short()),
-            );
-        }
-    }
+    let resumed = attach_or_start(ctx, job, &name, env, tar).await?;
     let started = Instant::now();
     let bar = printer.spinner(&job.label());
     let label = job.label();
@@ -908,6 +869,68 @@ async fn run_job(
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok((manifest, resumed))
+}
+
+/// Picks up the job's container where an earlier run left it (running: attach; exited 0:
+/// collect) or starts it afresh. Returns whether an earlier run's container was picked up.
+async fn attach_or_start(
+    ctx: &JobCtx,
+    job: &RootfsJob,
+    name: &str,
+    env: Vec<String>,
+    tar: &[u8],
+) -> Result<bool, JobFailure> {
+    let fail = |error: String| JobFailure {
+        error,
+        log_tail: Vec::new(),
+    };
+    let JobCtx {
+        engine,
+        image_id,
+        printer,
+        ..
+    } = ctx;
+    let state = builder::state(engine, name)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let resumed = matches!(
+        state,
+        builder::ContainerState::Running | builder::ContainerState::Exited(0)
+    );
+    match state {
+        builder::ContainerState::Running => {
+            printer.status(
+                "Attaching",
+                format!("{} (container {name} is still running)", job.label()),
+            );
+        }
+        builder::ContainerState::Exited(0) => {
+            printer.status(
+                "Collecting",
+                format!("{} (container {name} finished)", job.label()),
+            );
+        }
+        other => {
+            if let builder::ContainerState::Exited(code) = other {
+                printer.warn(format!(
+                    "{}: an earlier build exited with {code}; starting it again",
+                    job.label()
+                ));
+            }
+            builder::remove(engine, name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
+            builder::start(engine, name, job, image_id, env, tar.to_vec())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            printer.status(
+                "Building",
+                format!("{} ({}) in {name}", job.label(), job.key.short()),
+            );
+        }
+    }
+    Ok(resumed)
 }
 
 fn temp_prefix(key: &Digest) -> String {
