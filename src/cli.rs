@@ -103,7 +103,9 @@ pub enum Command {
     /// What changed between two lockfiles (files or git revisions): targets, digests, inputs
     /// and Debian packages (added, removed, upgraded, downgraded).
     ///
-    /// `kci-build diff HEAD~1 HEAD` compares the lockfile at two commits. For `git diff` to
+    /// `kci-build diff HEAD~1 HEAD` compares every lockfile of the tree (the images and the
+    /// rootfs one) at two commits, each under its name; `REV:PATH` or a file path compares
+    /// just that lockfile. For `git diff` to
     /// show this summary, add `lockfiles/*.lock diff=kci` to .gitattributes and run
     /// `git config diff.kci.command "kci-build diff"` (or, for a line-oriented view,
     /// `git config diff.kci.textconv "kci-build diff"`).

@@ -179,3 +179,79 @@ fn git_diff_uses_kci_build_as_driver_and_textconv() {
         "{textconv}"
     );
 }
+
+/// The reviewer's case: between two revisions only `lockfiles/rootfs.lock` changed (a rootfs
+/// gained an arch). `diff REV REV` covers every lockfile of the tree and names each one.
+#[test]
+fn diff_between_revisions_covers_every_lockfile() {
+    let dir = repo();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let full = std::fs::read_to_string(format!("{root}/lockfiles/rootfs.lock")).unwrap();
+    let mut lock =
+        kci_build::core::rootfs_lock::RootfsLockfile::parse(Path::new("rootfs.lock"), &full)
+            .unwrap();
+    let kselftest = lock.configs.get_mut("bookworm-kselftest").unwrap();
+    assert!(kselftest.arch.remove("arm64").is_some());
+    std::fs::write(dir.path().join("lockfiles/rootfs.lock"), lock.to_text()).unwrap();
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "week 2: rootfs"]);
+    std::fs::write(dir.path().join("lockfiles/rootfs.lock"), &full).unwrap();
+    git(
+        dir.path(),
+        &["commit", "-qam", "week 2: kselftest on arm64"],
+    );
+
+    let diff = |args: &[&str]| {
+        let out = Command::new(KCI)
+            .current_dir(dir.path())
+            .arg("diff")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = diff(&["HEAD~1", "HEAD"]);
+    assert!(
+        text.contains("# lockfiles/images.lock: 0 added, 0 removed, 0 changed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# lockfiles/rootfs.lock: 1 added, 0 removed, 0 changed\n"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("added    bookworm-kselftest/arm64 (")),
+        "{text}"
+    );
+    // A lockfile that did not exist at the older revision: all its entries are added.
+    let builds = full.lines().filter(|l| l.contains("\".arch.\"")).count();
+    assert!(builds >= 2, "{full}");
+    let text = diff(&["HEAD~3", "HEAD"]);
+    assert!(
+        text.contains(&format!(
+            "# lockfiles/rootfs.lock: {builds} added, 0 removed, 0 changed\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("removed  gcc-12:riscv64"), "{text}");
+
+    let md = diff(&["HEAD~1", "HEAD", "--format", "markdown"]);
+    assert!(md.starts_with("### kci-build lockfile changes\n"), "{md}");
+    assert!(
+        md.contains("#### `lockfiles/images.lock`\n\nNo target changed.\n"),
+        "{md}"
+    );
+    let version = &lock.configs["bookworm-kselftest"].version;
+    assert!(
+        md.contains(&format!(
+            "#### `lockfiles/rootfs.lock`\n\n| target | change | version |\n|---|---|---|\n| `bookworm-kselftest/arm64` | added | `{version}` |"
+        )),
+        "{md}"
+    );
+}

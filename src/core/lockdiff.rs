@@ -96,8 +96,38 @@ pub struct TargetDiff {
     pub packages: BTreeMap<String, PackageChange>,
 }
 
+/// Which lockfile a diff is of: it names the output a one-line summary shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LockKind {
+    /// `lockfiles/images.lock`: an entry per image target, summarised by its manifest.
+    #[default]
+    Images,
+    /// `lockfiles/rootfs.lock`: an entry per (config, arch), summarised by its version.
+    Rootfs,
+}
+
+impl LockKind {
+    /// Told apart by their tables: `[rootfs.…]` or `[target.…]`.
+    pub fn of_text(text: &str) -> LockKind {
+        if text.lines().any(|l| l.starts_with("[rootfs.")) {
+            LockKind::Rootfs
+        } else {
+            LockKind::Images
+        }
+    }
+
+    /// The name of the output each entry is summarised by.
+    pub fn primary_output(self) -> &'static str {
+        match self {
+            LockKind::Images => "manifest",
+            LockKind::Rootfs => "version",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockDiff {
+    pub kind: LockKind,
     pub added: Vec<(String, String)>,
     pub removed: Vec<String>,
     pub changed: Vec<TargetDiff>,
@@ -106,6 +136,21 @@ pub struct LockDiff {
 
 pub fn diff(old: &Lockfile, new: &Lockfile) -> LockDiff {
     diff_entries(&image_entries(old), &image_entries(new))
+}
+
+/// The heading of a Markdown diff.
+pub const MARKDOWN_TITLE: &str = "### kci-build lockfile changes";
+
+/// The diff of two sets of entries of the same kind of lockfile.
+pub fn diff_kind(
+    kind: LockKind,
+    old: &BTreeMap<String, Entry>,
+    new: &BTreeMap<String, Entry>,
+) -> LockDiff {
+    LockDiff {
+        kind,
+        ..diff_entries(old, new)
+    }
 }
 
 pub fn diff_entries(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>) -> LockDiff {
@@ -277,13 +322,23 @@ impl LockDiff {
         out
     }
 
+    /// The diff as a PR comment, headed.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::from("### kci-build lockfile changes\n\n");
+        format!("{MARKDOWN_TITLE}\n\n{}", self.markdown_body())
+    }
+
+    /// The table and details of [`Self::to_markdown`], without its heading.
+    pub fn markdown_body(&self) -> String {
+        let mut out = String::new();
         if self.is_empty() {
             out.push_str("No target changed.\n");
             return out;
         }
-        out.push_str("| target | change | manifest |\n|---|---|---|\n");
+        let _ = writeln!(
+            out,
+            "| target | change | {} |\n|---|---|---|",
+            self.kind.primary_output()
+        );
         for (n, m) in &self.added {
             let _ = writeln!(out, "| `{n}` | added | `{}` |", short(m));
         }
@@ -487,7 +542,17 @@ mod tests {
         };
         let old = lock("20251201.aaaaaaaaaaaa", 1, "2.36-9+deb12u7");
         let new = lock("20251201.bbbbbbbbbbbb", 2, "2.36-9+deb12u10");
-        let d = diff_entries(&rootfs_entries(&old), &rootfs_entries(&new));
+        let d = diff_kind(
+            LockKind::Rootfs,
+            &rootfs_entries(&old),
+            &rootfs_entries(&new),
+        );
+        let md = d.to_markdown();
+        assert!(md.contains("| target | change | version |"), "{md}");
+        assert!(
+            md.contains("| `bookworm/arm64` | 0 inputs, packages: 0 added, 0 removed, 1 upgraded, 0 downgraded | `20251201.aaaaaaaaaaaa` → `20251201.bbbbbbbbbbbb` |"),
+            "{md}"
+        );
         let text = d.to_text();
         assert!(
             text.contains("changed  bookworm/arm64 (new output: 20251201.aaaaaaaaaaaa -> 20251201.bbbbbbbbbbbb)"),
