@@ -84,6 +84,16 @@ pub enum BootstrapError {
     Failed { status: String, tail: String },
 }
 
+impl BootstrapError {
+    /// mmdebstrap missing is the machine's; mmdebstrap failing is the recipe's build step.
+    pub fn fault(&self) -> crate::error::Fault {
+        match self {
+            BootstrapError::Environment(_) => crate::error::Fault::Environment,
+            BootstrapError::Failed { .. } => crate::error::Fault::BadInput,
+        }
+    }
+}
+
 /// Runs mmdebstrap into `out` (a tarball), streaming its output lines to `log`.
 pub async fn mmdebstrap(
     b: &Bootstrap,

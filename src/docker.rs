@@ -16,7 +16,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::error::EnvironmentError;
+use crate::error::{EnvironmentError, Fault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -35,6 +35,18 @@ pub enum DaemonError {
         context: String,
         source: std::io::Error,
     },
+}
+
+impl DaemonError {
+    /// A failed build step is the recipe's; everything else is the daemon's or the disk's.
+    pub fn fault(&self) -> Fault {
+        match self {
+            DaemonError::BuildFailed(_) => Fault::BadInput,
+            DaemonError::Unreachable(_) | DaemonError::Api { .. } | DaemonError::Io { .. } => {
+                Fault::Environment
+            }
+        }
+    }
 }
 
 /// What a build asks of the daemon.

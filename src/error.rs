@@ -1,7 +1,11 @@
 //! Errors that decide the exit code, and the one place that renders errors for people.
 //!
 //! Exit codes: 0 success, 1 bad input (recipe, lockfile, a failed build step, `--locked`
-//! refusing a change), 2 environment (Docker unreachable, mmdebstrap missing, store I/O).
+//! refusing a change, credentials the far end refuses), 2 environment (Docker, a registry or
+//! the storage API unreachable or failing, mmdebstrap missing, store I/O).
+//!
+//! Every typed error knows its own [`Fault`] where it is defined; this module imports
+//! nothing of the crate, and the top floor (`ops::exit_code`) lists the types it looks for.
 
 use std::fmt;
 
@@ -13,6 +17,25 @@ pub struct EnvironmentError {
     pub hint: String,
 }
 
+/// Whose problem an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The recipes, the lockfile, an argument, or what a build step does with them.
+    BadInput,
+    /// The machine or a service: a daemon, a registry, the storage, the disk.
+    Environment,
+}
+
+impl Fault {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Fault::BadInput => ExitCode::BadInput,
+            Fault::Environment => ExitCode::Environment,
+        }
+    }
+}
+
 /// Exit codes scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
@@ -21,22 +44,21 @@ pub enum ExitCode {
     Environment = 2,
 }
 
-/// The exit code an error maps to: environment problems anywhere in the chain win.
-pub fn classify(err: &anyhow::Error) -> ExitCode {
-    for cause in err.chain() {
-        if cause.downcast_ref::<EnvironmentError>().is_some()
-            || cause.downcast_ref::<crate::store::StoreError>().is_some()
-        {
-            return ExitCode::Environment;
-        }
-        if let Some(
-            crate::docker::DaemonError::Api { .. } | crate::docker::DaemonError::Unreachable(_),
-        ) = cause.downcast_ref::<crate::docker::DaemonError>()
-        {
-            return ExitCode::Environment;
-        }
+/// The exit code of `err`: an environment fault anywhere in the chain wins. `fault_of` tells
+/// the fault of one cause when its type is known ([`EnvironmentError`] is known here).
+pub fn classify(
+    err: &anyhow::Error,
+    fault_of: impl Fn(&(dyn std::error::Error + 'static)) -> Option<Fault>,
+) -> ExitCode {
+    let environment = err.chain().any(|cause| {
+        cause.downcast_ref::<EnvironmentError>().is_some()
+            || fault_of(cause) == Some(Fault::Environment)
+    });
+    if environment {
+        ExitCode::Environment
+    } else {
+        ExitCode::BadInput
     }
-    ExitCode::BadInput
 }
 
 /// `error: <top>` then `  caused by: …` lines, then a `help:` line when one is known.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use kci_build::cli::{Cli, Command, ImportWhat};
-use kci_build::error::{classify, ExitCode as Code, Rendered};
+use kci_build::error::{ExitCode as Code, Rendered};
 use kci_build::ops::{self, Paths, Workspace};
 use kci_build::printer::Printer;
 use kci_build::store::Store;
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             printer.error(Rendered(&e));
-            ExitCode::from(classify(&e) as u8)
+            ExitCode::from(ops::exit_code(&e) as u8)
         }
     }
 }

@@ -124,6 +124,31 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// A storage that cannot be reached, fails, or loses bytes is the environment's; a
+    /// missing or refused token and a bad destination or name are the input's.
+    pub fn fault(&self) -> crate::error::Fault {
+        use crate::error::Fault;
+        match self {
+            StorageError::MissingToken { .. }
+            | StorageError::BadToken
+            | StorageError::BadDestination { .. }
+            | StorageError::BadName { .. }
+            | StorageError::Refused { .. } => Fault::BadInput,
+            StorageError::Status { status, .. }
+                if (400..500).contains(status) && *status != 429 =>
+            {
+                Fault::BadInput
+            }
+            StorageError::Io { .. }
+            | StorageError::Changed { .. }
+            | StorageError::Http { .. }
+            | StorageError::Status { .. }
+            | StorageError::Mismatch { .. } => Fault::Environment,
+        }
+    }
+}
+
 /// A destination for rootfs artifacts.
 #[derive(Debug)]
 pub enum Storage {

@@ -42,6 +42,13 @@ pub struct StoredImage {
     pub members: Vec<Digest>,
 }
 
+impl StoreError {
+    /// The store is the machine's disk: always an environment fault.
+    pub fn fault(&self) -> crate::error::Fault {
+        crate::error::Fault::Environment
+    }
+}
+
 impl StoredImage {
     pub fn is_index(&self) -> bool {
         !self.members.is_empty()

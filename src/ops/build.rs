@@ -296,7 +296,7 @@ pub async fn run_in(
             }
             Err(e) => {
                 // The environment failing is not one target's problem: stop here.
-                if crate::error::classify(&e) == crate::error::ExitCode::Environment {
+                if super::exit_code(&e) == crate::error::ExitCode::Environment {
                     running.abort_all();
                     return Err(e.context(format!("building {name}")));
                 }

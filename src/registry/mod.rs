@@ -52,6 +52,26 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// An unreachable or failing registry is the environment's; a request it refuses (4xx)
+    /// or missing credentials are the input's.
+    pub fn fault(&self) -> crate::error::Fault {
+        use crate::error::Fault;
+        match self {
+            RegistryError::Status { status, .. }
+                if status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Fault::BadInput
+            }
+            RegistryError::NeedsCredentials(_) => Fault::BadInput,
+            RegistryError::Status { .. }
+            | RegistryError::Transport { .. }
+            | RegistryError::Protocol(_)
+            | RegistryError::Io { .. } => Fault::Environment,
+        }
+    }
+}
+
 /// Counters for reports and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
