@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod image;
 pub mod layer;
 pub mod layerdiff;
+pub mod lockedit;
 pub mod ops;
 pub mod printer;
 pub mod registry;

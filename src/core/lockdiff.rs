@@ -322,6 +322,23 @@ impl LockDiff {
         out
     }
 
+    /// [`Self::to_text`] without the entries that stayed the same, as lines: what a
+    /// `--locked` refusal lists. Never empty: a change no entry shows (URLs, formatting) is
+    /// named as such.
+    pub fn change_lines(&self) -> Vec<String> {
+        let lines: Vec<String> = self
+            .to_text()
+            .lines()
+            .filter(|l| !l.starts_with("same "))
+            .map(str::to_owned)
+            .collect();
+        if lines.is_empty() {
+            vec!["no entry changed: URLs or formatting did".to_owned()]
+        } else {
+            lines
+        }
+    }
+
     /// The diff as a PR comment, headed.
     pub fn to_markdown(&self) -> String {
         format!("{MARKDOWN_TITLE}\n\n{}", self.markdown_body())

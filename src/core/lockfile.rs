@@ -122,64 +122,6 @@ impl Lockfile {
         }
         out
     }
-
-    /// Human lines describing what changes from `self` to `new`, for `--locked` errors.
-    pub fn describe_changes(&self, new: &Lockfile) -> Vec<String> {
-        let mut lines = Vec::new();
-        for name in self
-            .targets
-            .keys()
-            .filter(|n| !new.targets.contains_key(*n))
-        {
-            lines.push(format!("{name}: removed"));
-        }
-        for (name, t) in &new.targets {
-            let Some(old) = self.targets.get(name) else {
-                lines.push(format!("{name}: added (key {})", t.key.short()));
-                continue;
-            };
-            if old == t {
-                continue;
-            }
-            let (a, b) = (old.facts(), t.facts());
-            for c in super::key::diff_facts(&a, &b) {
-                lines.push(format!(
-                    "{name}: {}: {} -> {}",
-                    c.path,
-                    c.old.as_deref().unwrap_or("(none)"),
-                    c.new.as_deref().unwrap_or("(none)")
-                ));
-            }
-        }
-        lines
-    }
-}
-
-impl LockedTarget {
-    fn facts(&self) -> BTreeMap<String, String> {
-        let mut f = BTreeMap::new();
-        f.insert("key".into(), self.key.to_string());
-        f.insert("output.manifest".into(), self.output.manifest.to_string());
-        if let Some(c) = &self.output.config {
-            f.insert("output.config".into(), c.to_string());
-        }
-        let join = |l: &[Digest]| l.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" ");
-        f.insert("output.layers".into(), join(&self.output.layers));
-        if !self.output.members.is_empty() {
-            f.insert("output.members".into(), join(&self.output.members));
-        }
-        f.extend(
-            self.input
-                .iter()
-                .map(|(k, v)| (format!("input.{k}"), v.clone())),
-        );
-        f.extend(
-            self.package
-                .iter()
-                .map(|(k, v)| (format!("package.{k}"), v.clone())),
-        );
-        f
-    }
 }
 
 /// A TOML basic string.
@@ -297,14 +239,18 @@ mod tests {
             .unwrap();
         t.package.insert("bc:amd64".into(), "1.08".into());
         new.targets.remove(&"base".parse::<TargetName>().unwrap());
-        let lines = old.describe_changes(&new);
-        assert_eq!(
-            lines,
-            [
-                "base: removed",
-                "gcc-12:x86: package.bc:amd64: 1.07.1-3+b1 -> 1.08"
-            ]
+        // The `--locked` refusal's lines come from the one lockfile diff.
+        let lines = crate::core::lockdiff::diff(&old, &new).change_lines();
+        assert_eq!(lines[0], "removed  base");
+        assert!(
+            lines[1].starts_with("changed  gcc-12:x86 (same output: "),
+            "{lines:?}"
         );
-        assert!(old.describe_changes(&old).is_empty());
+        assert_eq!(lines[2], "    ↑ bc:amd64 1.07.1-3+b1 -> 1.08");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(
+            crate::core::lockdiff::diff(&old, &old).change_lines(),
+            ["no entry changed: URLs or formatting did"]
+        );
     }
 }

@@ -11,3 +11,4 @@ pub mod names;
 pub mod plan;
 pub mod recipe;
 pub mod rootfs_lock;
+pub mod rootfs_merge;

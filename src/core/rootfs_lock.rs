@@ -127,18 +127,6 @@ impl RootfsLockfile {
         })
     }
 
-    /// Reads a lockfile; a missing file is an empty lockfile.
-    pub fn read(file: &Path) -> Result<RootfsLockfile, LockfileError> {
-        match crate::fsutil::read_optional(file) {
-            Ok(Some(text)) => RootfsLockfile::parse(file, &text),
-            Ok(None) => Ok(RootfsLockfile::default()),
-            Err(e) => Err(LockfileError {
-                file: file.to_owned(),
-                message: e.to_string(),
-            }),
-        }
-    }
-
     /// The canonical text. Equal models give equal bytes.
     pub fn to_text(&self) -> String {
         let mut out = String::from(HEADER);

@@ -27,9 +27,9 @@ use crate::core::plan::{key_inputs, LockState};
 use crate::core::recipe::{TargetKind, TargetRecipe};
 use crate::docker::{BuildRequest, DockerEngine, Engine};
 use crate::dpkg;
-use crate::fsutil;
 use crate::image::{self, HistoryLine};
 use crate::layer::Section;
+use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
 use crate::registry::Registry;
 use crate::store::{Store, StoredImage};
@@ -321,26 +321,22 @@ pub async fn run_in(
             .insert(name.clone(), lock_entry(inputs, img));
     }
     let text = new_lock.to_text();
-    let changed = ws.lock_text.as_deref() != Some(text.as_str());
-    if changed && opts.lock != LockMode::Leave {
-        if opts.lock == LockMode::Locked {
-            let lines = ws.lock.describe_changes(&new_lock);
-            bail!(
-                "--locked: {} would change (the build did not reproduce it):\n  {}",
-                ws.paths.lockfile.display(),
-                lines.join("\n  ")
+    let edit = LockfileEdit::from_text(&ws.paths.lockfile, ws.lock_text.clone());
+    let changed = edit.would_change(&text);
+    if opts.lock != LockMode::Leave {
+        let locked = opts.lock == LockMode::Locked;
+        let why = " (the build did not reproduce it)";
+        let changes = || crate::core::lockdiff::diff(&ws.lock, &new_lock).change_lines();
+        if edit.write(&text, locked, why, changes)? == Written::Written {
+            printer.status(
+                "Locking",
+                format!(
+                    "{} ({} targets)",
+                    ws.paths.lockfile.display(),
+                    new_lock.targets.len()
+                ),
             );
         }
-        fsutil::atomic_write(&ws.paths.lockfile, text.as_bytes())
-            .with_context(|| format!("writing {}", ws.paths.lockfile.display()))?;
-        printer.status(
-            "Locking",
-            format!(
-                "{} ({} targets)",
-                ws.paths.lockfile.display(),
-                new_lock.targets.len()
-            ),
-        );
     }
     let pushed = match (&registry, opts.push && failed.is_empty()) {
         (Some(reg), true) => {

@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::core::deploy::{self, EntryReport, Format, Probe, ProbeError, Status};
-use crate::core::rootfs_lock::RootfsLockfile;
 use crate::error::EnvironmentError;
 use crate::fsutil;
 use crate::printer::{Printer, Tone};
@@ -167,7 +166,7 @@ pub async fn run<P: Probe>(
             args.lockfile.display()
         );
     }
-    let lock = RootfsLockfile::read(&args.lockfile)?;
+    let lock = crate::lockedit::LockfileEdit::read(&args.lockfile)?.rootfs()?;
     let at = |e: deploy::DeployError| anyhow::anyhow!("{}: {e}", path.display());
     let plan = deploy::plan(&text, args.format, &lock, args.storage_url.as_deref()).map_err(at)?;
     let urls = plan.urls();

@@ -1,0 +1,118 @@
+//! Stage "classify": for every selected (config, arch), is it made already — in the store
+//! (`cached`) or on the storage (`on-storage`) — or left to build?
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::prepare::Prepared;
+use super::report::{RootfsAction, RootfsOutcome};
+use super::{ARTIFACTS, MANIFEST};
+use crate::core::rootfs_lock::RootfsManifest;
+use crate::printer::Printer;
+use crate::rootfs::plan::RootfsJob;
+use crate::storage::Storage;
+
+/// A (config, arch) to build: its job, the builder's environment and the input files' tar.
+pub(super) struct Todo {
+    pub job: RootfsJob,
+    pub env: Vec<String>,
+    pub tar: Arc<Vec<u8>>,
+}
+
+/// A (config, arch) whose files exist, and where.
+pub(super) struct Made {
+    pub manifest: RootfsManifest,
+    /// The files are on the storage (and maybe nowhere else): nothing to upload.
+    pub on_storage: bool,
+}
+
+/// The selected (config, arch)s, split into made and to build.
+pub(super) struct Classified {
+    pub todo: Vec<Todo>,
+    pub outcomes: Vec<RootfsOutcome>,
+    pub made: BTreeMap<(String, String), Made>,
+}
+
+/// `store_dir` is the store's rootfs directory (`<store>/rootfs`, a directory per key).
+pub(super) async fn classify(
+    store_dir: &Path,
+    prepared: &[Prepared],
+    storage: Option<&Storage>,
+    printer: &Printer,
+) -> anyhow::Result<Classified> {
+    let mut c = Classified {
+        todo: Vec::new(),
+        outcomes: Vec::new(),
+        made: BTreeMap::new(),
+    };
+    for p in prepared {
+        for job in p.selected_jobs() {
+            let found = match read_manifest(&store_dir.join(job.key.hex()).join(MANIFEST)) {
+                Some(m) => Some((m, RootfsAction::Cached)),
+                None => match storage {
+                    Some(s) => stored_remotely(s, &p.dir(), job)
+                        .await?
+                        .map(|m| (m, RootfsAction::OnStorage)),
+                    None => None,
+                },
+            };
+            let Some((manifest, action)) = found else {
+                c.todo.push(Todo {
+                    job: job.clone(),
+                    env: p.env[&job.arch].clone(),
+                    tar: p.tar.clone(),
+                });
+                continue;
+            };
+            let on_storage = action == RootfsAction::OnStorage;
+            let where_ = if on_storage { " on the storage" } else { "" };
+            printer.status(
+                "Fresh",
+                format!("{} ({}){where_}", job.label(), job.key.short()),
+            );
+            c.outcomes
+                .push(RootfsOutcome::made(job, action, 0.0, &manifest));
+            c.made.insert(
+                (job.config.clone(), job.arch.clone()),
+                Made {
+                    manifest,
+                    on_storage,
+                },
+            );
+        }
+    }
+    Ok(c)
+}
+
+pub(super) fn read_manifest(path: &Path) -> Option<RootfsManifest> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The manifest of `job` on the storage, if it is there for the same key and every file it
+/// lists is served with the size it records.
+async fn stored_remotely(
+    storage: &Storage,
+    dir: &str,
+    job: &RootfsJob,
+) -> anyhow::Result<Option<RootfsManifest>> {
+    let Some(bytes) = storage
+        .fetch(dir, &format!("{}/{MANIFEST}", job.arch))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(m) = serde_json::from_slice::<RootfsManifest>(&bytes) else {
+        return Ok(None);
+    };
+    if m.key != job.key || m.artifacts.len() != ARTIFACTS.len() {
+        return Ok(None);
+    }
+    for (name, a) in &m.artifacts {
+        if storage.size(dir, &format!("{}/{name}", job.arch)).await? != Some(a.size) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(m))
+}

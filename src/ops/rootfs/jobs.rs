@@ -1,0 +1,316 @@
+//! Stage "build": every (config, arch) left to make runs in its own detached builder
+//! container, at most `--jobs` at a time — attach to or start it, follow it, collect and
+//! pack its files, commit them to the store under the key. One job failing is reported and
+//! the others go on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+
+use super::classify::{Made, Todo};
+use super::report::{RootfsAction, RootfsOutcome};
+use super::MANIFEST;
+use crate::core::names::Digest;
+use crate::docker::DockerEngine;
+use crate::fsutil;
+use crate::printer::Printer;
+use crate::rootfs::pack::{self, Packing};
+use crate::rootfs::plan::RootfsJob;
+use crate::rootfs::{binfmt, builder};
+
+/// What every job of one run shares.
+pub(super) struct JobCtx {
+    pub engine: DockerEngine,
+    pub image_id: String,
+    pub store_root: PathBuf,
+    pub logs: PathBuf,
+    pub printer: Printer,
+    pub packing: Arc<Packing>,
+}
+
+/// A job that did not make its files: why, and the end of its build log.
+pub(super) struct JobFailure {
+    error: String,
+    log_tail: Vec<String>,
+}
+
+fn fail(error: String) -> JobFailure {
+    JobFailure {
+        error,
+        log_tail: Vec::new(),
+    }
+}
+
+/// Runs `todo`, `jobs` at a time; each job's outcome is pushed to `outcomes`, and the
+/// manifest of each one that made its files goes into `made` under its (config, arch).
+pub(super) async fn run_all(
+    ctx: JobCtx,
+    todo: Vec<Todo>,
+    jobs: usize,
+    outcomes: &mut Vec<RootfsOutcome>,
+    made: &mut BTreeMap<(String, String), Made>,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(ctx);
+    let sem = Arc::new(Semaphore::new(jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for Todo { job, env, tar } in todo {
+        let (ctx, sem) = (ctx.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let started = Instant::now();
+            let r = run_job(&ctx, &job, env, &tar).await;
+            (job, started.elapsed().as_secs_f64(), r)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (job, secs, r) = joined.context("a rootfs task panicked")?;
+        let label = job.label();
+        match r {
+            Ok((manifest, resumed)) => {
+                let action = if resumed {
+                    RootfsAction::Resumed
+                } else {
+                    RootfsAction::Built
+                };
+                ctx.printer.status(
+                    if resumed { "Resumed" } else { "Built" },
+                    format!("{label} ({}) in {secs:.1}s", job.key.short()),
+                );
+                outcomes.push(RootfsOutcome::made(&job, action, secs, &manifest));
+                made.insert(
+                    (job.config, job.arch),
+                    Made {
+                        manifest,
+                        on_storage: false,
+                    },
+                );
+            }
+            Err(failure) => {
+                ctx.printer.error(format!("{label}: {}", failure.error));
+                outcomes.push(RootfsOutcome::failed(
+                    &job,
+                    secs,
+                    failure.error,
+                    failure.log_tail,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// One (config, arch): attach to or start its container, wait, collect, make the files,
+/// commit them to the store. Returns the manifest and whether an earlier run's container
+/// was picked up.
+async fn run_job(
+    ctx: &JobCtx,
+    job: &RootfsJob,
+    env: Vec<String>,
+    tar: &[u8],
+) -> Result<(crate::core::rootfs_lock::RootfsManifest, bool), JobFailure> {
+    let JobCtx {
+        engine,
+        store_root,
+        logs,
+        printer,
+        packing,
+        ..
+    } = ctx;
+    let name = builder::container_name(job, &builder::store_tag(store_root));
+    std::fs::create_dir_all(logs).map_err(|e| fail(format!("creating {}: {e}", logs.display())))?;
+    let log_path = logs.join(format!(
+        "rootfs-{}-{}-{}.log",
+        job.config,
+        job.arch,
+        job.key.short()
+    ));
+    let resumed = attach_or_start(ctx, job, &name, env, tar).await?;
+    let started = Instant::now();
+    let bar = printer.spinner(&job.label());
+    let label = job.label();
+    let code = builder::follow(engine, &name, &log_path, |phase| {
+        let msg = format!("{phase} [{}s]", started.elapsed().as_secs());
+        match &bar {
+            Some(b) => b.set_message(phase.to_owned()),
+            None => tracing::info!("{label}: {msg}"),
+        }
+        if bar.is_none() {
+            printer.status("Running", format!("{label}: {phase}"));
+        }
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    if code != 0 {
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        let _ = builder::remove(engine, &name).await;
+        return Err(JobFailure {
+            error: format!(
+                "the builder exited with {code} (log: {})",
+                log_path.display()
+            ),
+            log_tail: tail(&log_path, 20),
+        });
+    }
+    remove_stale_temp_dirs(store_root, &job.key);
+    let tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(&job.key))
+        .tempdir_in(store_root)
+        .map_err(|e| {
+            fail(format!(
+                "creating a temp dir in {}: {e}",
+                store_root.display()
+            ))
+        })?;
+    let raw = tmp.path().join("raw");
+    let out = tmp.path().join("out");
+    for d in [&raw, &out] {
+        std::fs::create_dir(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+    }
+    match &bar {
+        Some(b) => b.set_message("packing: canonical cpio, tar and ext4, gzip and xz"),
+        None => printer.status(
+            "Packing",
+            format!("{label}: the five files and the manifest"),
+        ),
+    }
+    let made = pack::pack(engine, &name, job, &raw, &out, packing).await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let manifest = made.map_err(|e| fail(format!("making the files: {e:#}")))?;
+    let final_dir = store_root.join(job.key.hex());
+    match std::fs::rename(&out, &final_dir) {
+        Ok(()) => {}
+        // Another run committed the same key first: same inputs, same bytes.
+        Err(_) if final_dir.join(MANIFEST).is_file() => {}
+        Err(e) => return Err(fail(format!("storing {}: {e}", final_dir.display()))),
+    }
+    fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
+    drop(tmp);
+    builder::remove(engine, &name)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((manifest, resumed))
+}
+
+/// Picks up the job's container where an earlier run left it (running: attach; exited 0:
+/// collect) or starts it afresh. Returns whether an earlier run's container was picked up.
+async fn attach_or_start(
+    ctx: &JobCtx,
+    job: &RootfsJob,
+    name: &str,
+    env: Vec<String>,
+    tar: &[u8],
+) -> Result<bool, JobFailure> {
+    let JobCtx {
+        engine,
+        image_id,
+        printer,
+        ..
+    } = ctx;
+    let state = builder::state(engine, name)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let resumed = matches!(
+        state,
+        builder::ContainerState::Running | builder::ContainerState::Exited(0)
+    );
+    match state {
+        builder::ContainerState::Running => {
+            printer.status(
+                "Attaching",
+                format!("{} (container {name} is still running)", job.label()),
+            );
+        }
+        builder::ContainerState::Exited(0) => {
+            printer.status(
+                "Collecting",
+                format!("{} (container {name} finished)", job.label()),
+            );
+        }
+        other => {
+            if let builder::ContainerState::Exited(code) = other {
+                printer.warn(format!(
+                    "{}: an earlier build exited with {code}; starting it again",
+                    job.label()
+                ));
+            }
+            builder::remove(engine, name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
+            builder::start(engine, name, job, image_id, env, tar.to_vec())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            printer.status(
+                "Building",
+                format!("{} ({}) in {name}", job.label(), job.key.short()),
+            );
+        }
+    }
+    Ok(resumed)
+}
+
+fn temp_prefix(key: &Digest) -> String {
+    format!("tmp-{}-", key.hex())
+}
+
+/// Removes what a killed run left while packing `key` (its temp dir under the store): this
+/// run is about to pack the same key, and runs on one lockfile do not overlap.
+fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
+    let prefix = temp_prefix(key);
+    let Ok(entries) = std::fs::read_dir(store_root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::debug!("removing {} left by an interrupted run", e.path().display());
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temp_dirs_of_the_key_go_and_others_stay() {
+        let store = tempfile::tempdir().unwrap();
+        let key = Digest::of(b"a");
+        let other = Digest::of(b"b");
+        let stale = store.path().join(format!("{}x1", temp_prefix(&key)));
+        std::fs::create_dir_all(stale.join("raw")).unwrap();
+        std::fs::write(stale.join("raw/full.tar"), b"half").unwrap();
+        let kept = [
+            store.path().join(format!("{}x2", temp_prefix(&other))),
+            store.path().join(key.hex()),
+        ];
+        for k in &kept {
+            std::fs::create_dir_all(k).unwrap();
+        }
+        remove_stale_temp_dirs(store.path(), &key);
+        assert!(!stale.exists());
+        for k in &kept {
+            assert!(k.is_dir(), "{}", k.display());
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Stages "plan" and the builder: each selected recipe's mirror and input files are checked
+//! before anything is built (a bad recipe fails at once); the builder image is built like
+//! any image target; then every arch of every selected config gets its key, its builder
+//! environment, and the config its version directory.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::BUILDER_TARGET;
+use crate::core::names::{Digest, TargetName};
+use crate::core::rootfs_lock::config_version;
+use crate::ops::Workspace;
+use crate::rootfs::plan::{self, RootfsJob};
+use crate::rootfs::{artifact, inputs, RootfsRecipe};
+use crate::store::StoredImage;
+
+/// A selected recipe with what its keys need besides the builder image.
+pub(super) struct Scanned {
+    recipe: RootfsRecipe,
+    mirror: String,
+    inputs: inputs::RecipeInputs,
+}
+
+/// A selected config, planned.
+pub(super) struct Prepared {
+    pub recipe: RootfsRecipe,
+    /// The version directory's name (the config's directory holds it).
+    pub version: String,
+    /// Every arch of the recipe (the version depends on all of them).
+    pub jobs: Vec<RootfsJob>,
+    /// The arches this run builds (`--arch`, or all).
+    pub selected: Vec<String>,
+    /// Arch → the builder container's environment.
+    pub env: BTreeMap<String, Vec<String>>,
+    /// The recipe's input files, as sent to the builder.
+    pub tar: Arc<Vec<u8>>,
+}
+
+impl Prepared {
+    /// `<config>/<version>`: where the files are uploaded.
+    pub fn dir(&self) -> String {
+        format!("{}/{}", self.recipe.name, self.version)
+    }
+
+    pub fn selected_jobs(&self) -> impl Iterator<Item = &RootfsJob> {
+        self.jobs.iter().filter(|j| self.selected.contains(&j.arch))
+    }
+}
+
+/// A recipe's Debian mirror (`auto`: the machine's) and its scanned input files.
+pub(super) fn mirror_and_inputs(
+    ws: &Workspace,
+    recipes_dir: &Path,
+    r: &RootfsRecipe,
+) -> anyhow::Result<(String, inputs::RecipeInputs)> {
+    let mirror = if r.mirror == "auto" {
+        ws.mirror.clone().with_context(|| {
+            format!(
+                "{}: mirror = \"auto\" but no Debian mirror is configured: set KCI_DEBIAN_MIRROR",
+                recipes_dir.join(format!("{}.toml", r.name)).display()
+            )
+        })?
+    } else {
+        r.mirror.clone()
+    };
+    Ok((mirror, inputs::scan(recipes_dir, r)?))
+}
+
+/// Every selected recipe's mirror and inputs, checked before the builder image is built.
+pub(super) fn scan(
+    ws: &Workspace,
+    recipes_dir: &Path,
+    selected: Vec<RootfsRecipe>,
+) -> anyhow::Result<Vec<Scanned>> {
+    selected
+        .into_iter()
+        .map(|recipe| {
+            let (mirror, inputs) = mirror_and_inputs(ws, recipes_dir, &recipe)?;
+            Ok(Scanned {
+                recipe,
+                mirror,
+                inputs,
+            })
+        })
+        .collect()
+}
+
+/// The builder target's name.
+pub(super) fn builder_name() -> TargetName {
+    BUILDER_TARGET.parse().expect("valid target name")
+}
+
+/// The stored builder image, once built (see `ops::build`).
+pub(super) fn stored_builder(ws: &Workspace) -> anyhow::Result<StoredImage> {
+    let name = builder_name();
+    let planned = ws.plan_for(std::slice::from_ref(&name))?;
+    let builder = planned
+        .iter()
+        .find(|p| p.recipe.name == name)
+        .expect("the builder is in its own plan");
+    ws.stored(builder)
+}
+
+/// Keys, environments, input tars and version directories of every scanned recipe.
+pub(super) fn plan(
+    scanned: Vec<Scanned>,
+    builder_manifest: &Digest,
+    arches: &[String],
+) -> anyhow::Result<Vec<Prepared>> {
+    scanned
+        .into_iter()
+        .map(|s| plan_one(s, builder_manifest, arches))
+        .collect()
+}
+
+fn plan_one(s: Scanned, builder: &Digest, arches: &[String]) -> anyhow::Result<Prepared> {
+    let Scanned {
+        recipe: r,
+        mirror,
+        inputs,
+    } = s;
+    let files = inputs.key_files();
+    let mut jobs = Vec::new();
+    let mut env = BTreeMap::new();
+    for arch in &r.arch_list {
+        let facts = plan::facts(
+            &r,
+            arch,
+            builder,
+            &mirror,
+            &files,
+            artifact::ROOTFS_OUTPUT_FORMAT,
+        );
+        let key = plan::key(&facts);
+        env.insert(arch.clone(), plan::environment(&r, arch, &mirror, &key));
+        jobs.push(RootfsJob {
+            config: r.name.clone(),
+            arch: arch.clone(),
+            key,
+            facts,
+            source_date_epoch: r.source_date_epoch,
+            xz_preset: r.xz_preset(),
+        });
+    }
+    let selected = r
+        .arch_list
+        .iter()
+        .filter(|a| arches.is_empty() || arches.contains(a))
+        .cloned()
+        .collect();
+    let tar = Arc::new(inputs::pack(&inputs, r.source_date_epoch)?);
+    let keys: BTreeMap<String, Digest> = jobs
+        .iter()
+        .map(|j| (j.arch.clone(), j.key.clone()))
+        .collect();
+    Ok(Prepared {
+        version: config_version(r.source_date_epoch, &keys),
+        recipe: r,
+        jobs,
+        selected,
+        env,
+        tar,
+    })
+}
