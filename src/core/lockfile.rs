@@ -246,8 +246,9 @@ mod tests {
             lines[1].starts_with("changed  gcc-12:x86 (same output: "),
             "{lines:?}"
         );
-        assert_eq!(lines[2], "    ↑ bc:amd64 1.07.1-3+b1 -> 1.08");
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[2], "    output config: same e52d9c508c50");
+        assert_eq!(lines[3], "    ↑ bc:amd64 1.07.1-3+b1 -> 1.08");
+        assert_eq!(lines.len(), 4, "{lines:?}");
         assert_eq!(
             crate::core::lockdiff::diff(&old, &old).change_lines(),
             ["no entry changed: URLs or formatting did"]
