@@ -1,6 +1,6 @@
 //! Errors that decide the exit code, and the one place that renders errors for people.
 //!
-//! Exit codes: 0 success, 1 bad input (recipe, lockfile, a failed build step, `--locked`
+//! Exit codes: 0 success, 130 interrupted, 1 bad input (recipe, lockfile, a failed build step, `--locked`
 //! refusing a change, credentials the far end refuses), 2 environment (Docker, a registry or
 //! the storage API unreachable or failing, mmdebstrap missing, store I/O).
 //!
@@ -36,12 +36,21 @@ impl Fault {
     }
 }
 
+/// Ctrl-C stopped the command; `what_now` says how to pick up where it stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("interrupted: {what_now}")]
+pub struct Interrupted {
+    pub what_now: &'static str,
+}
+
 /// Exit codes scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
     Ok = 0,
     BadInput = 1,
     Environment = 2,
+    /// As a shell reports a process stopped by SIGINT.
+    Interrupted = 130,
 }
 
 /// The exit code of `err`: an environment fault anywhere in the chain wins. `fault_of` tells
@@ -50,6 +59,12 @@ pub fn classify(
     err: &anyhow::Error,
     fault_of: impl Fn(&(dyn std::error::Error + 'static)) -> Option<Fault>,
 ) -> ExitCode {
+    if err
+        .chain()
+        .any(|c| c.downcast_ref::<Interrupted>().is_some())
+    {
+        return ExitCode::Interrupted;
+    }
     let environment = err.chain().any(|cause| {
         cause.downcast_ref::<EnvironmentError>().is_some()
             || fault_of(cause) == Some(Fault::Environment)

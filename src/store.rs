@@ -133,6 +133,27 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// Build logs of images and rootfs jobs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// Lockfile locks: one file per lockfile path (see [`fsutil::LockfileLock`]).
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// Rootfs files: a directory per key holding the five files and `manifest.json`, entered
+    /// whole by renaming a finished temp directory beside it.
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+
+    /// The directory of one rootfs key (it may not exist).
+    pub fn rootfs_key_dir(&self, key: &Digest) -> PathBuf {
+        self.rootfs_dir().join(key.hex())
+    }
+
     pub fn log_path(&self, target: &TargetName, key: &Digest) -> PathBuf {
         self.root
             .join("logs")

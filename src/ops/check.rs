@@ -5,19 +5,65 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use super::build::{self, BuildOptions, LockMode};
-use super::push::{fetch_blob, repository};
-use super::Workspace;
+use super::{Context, Report, Workspace};
 use crate::core::names::{Digest, TargetName};
+use crate::imagebuild::{self as build, BuildOptions, LockMode};
 use crate::layerdiff;
 use crate::printer::Printer;
+use crate::publish::{fetch_blob, repository};
 use crate::registry::Registry;
 use crate::store::Store;
 
-/// The text report and whether every target reproduced its locked digests.
-/// `registry`, when given, is where locked layers missing from the local store are fetched
-/// from (what `push` published), so a clean CI machine can still explain a difference.
-pub async fn run(
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Targets to rebuild (with their parents); all when empty.
+    pub targets: Vec<TargetName>,
+    pub jobs: usize,
+    /// Where locked layers missing from the local store are fetched from (what `push`
+    /// published), so a clean CI machine can still explain a difference.
+    pub registry: Option<String>,
+}
+
+/// The explanation, and whether every target reproduced its locked digests.
+#[derive(Debug, serde::Serialize)]
+pub struct CheckReport {
+    pub text: String,
+    pub reproduced: bool,
+    pub lockfile: std::path::PathBuf,
+}
+
+impl Report for CheckReport {
+    fn show(&self, _: &Printer) {
+        print!("{}", self.text);
+    }
+
+    fn verdict(&self) -> anyhow::Result<()> {
+        if !self.reproduced {
+            anyhow::bail!("the rebuild does not reproduce {}", self.lockfile.display());
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(ctx: &Context, opts: &CheckOptions) -> anyhow::Result<CheckReport> {
+    let ws = ctx.workspace()?;
+    let (text, reproduced) = rebuild_and_compare(
+        &ws,
+        &opts.targets,
+        opts.jobs,
+        ctx.verbose,
+        opts.registry.as_deref(),
+        &ctx.printer,
+    )
+    .await?;
+    Ok(CheckReport {
+        text,
+        reproduced,
+        lockfile: ws.paths.lockfile.clone(),
+    })
+}
+
+async fn rebuild_and_compare(
     ws: &Workspace,
     targets: &[TargetName],
     jobs: usize,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::{Context, Report};
 use crate::core::deploy::{self, EntryReport, Format, Probe, ProbeError, Status};
 use crate::error::EnvironmentError;
 use crate::fsutil;
@@ -18,6 +19,7 @@ use crate::printer::{Printer, Tone};
 /// HEAD requests in flight at once.
 pub const PROBE_JOBS: usize = 8;
 
+#[derive(Debug, Clone)]
 pub struct DeployArgs {
     pub test_configs: PathBuf,
     pub lockfile: PathBuf,
@@ -89,7 +91,7 @@ impl DeployReport {
     }
 
     /// An error when an entry is missing files, or when `--check` finds anything to change.
-    pub fn into_result(self) -> Result<(), DeployFailed> {
+    pub fn into_result(&self) -> Result<(), DeployFailed> {
         let missing = self.names(Status::Missing);
         if self.check {
             let updated = self.names(Status::Updated);
@@ -152,7 +154,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-pub async fn run<P: Probe>(
+pub async fn run(ctx: &Context, args: &DeployArgs) -> anyhow::Result<DeployReport> {
+    run_with(args, &HttpProbe::new()?, &ctx.printer).await
+}
+
+impl Report for DeployReport {
+    /// The status lines said it all.
+    fn show(&self, _: &Printer) {}
+
+    fn verdict(&self) -> anyhow::Result<()> {
+        Ok(self.into_result()?)
+    }
+}
+
+/// [`run`] with the storage asked through `probe`.
+pub async fn run_with<P: Probe>(
     args: &DeployArgs,
     probe: &P,
     printer: &Printer,

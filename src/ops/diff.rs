@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use super::{Context, TextReport};
 use crate::core::lockdiff::{self, Entry, LockDiff, LockKind};
 use crate::core::lockfile::Lockfile;
 use crate::core::rootfs_lock::RootfsLockfile;
@@ -27,7 +28,23 @@ struct Side {
     entries: BTreeMap<String, Entry>,
 }
 
-pub fn run(args: &[String], default_lockfile: &Path, format: Format) -> anyhow::Result<String> {
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// OLD NEW, one FILE, or git's seven external-diff arguments.
+    pub args: Vec<String>,
+    /// The lockfile a bare revision means (its directory, for two bare revisions).
+    pub lockfile: PathBuf,
+    pub format: Format,
+}
+
+/// Reads lockfiles only: works outside a recipe tree (git calls it).
+pub fn run(_: &Context, opts: &DiffOptions) -> anyhow::Result<TextReport> {
+    Ok(TextReport {
+        text: diff(&opts.args, &opts.lockfile, opts.format)?,
+    })
+}
+
+fn diff(args: &[String], default_lockfile: &Path, format: Format) -> anyhow::Result<String> {
     match args {
         [one] => Ok(lockdiff::summary_of(&load(one, default_lockfile)?.entries)),
         [old, new] if is_bare_revision(old) && is_bare_revision(new) => {

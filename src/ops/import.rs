@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use super::{Context, Done};
 use crate::core::recipe::Settings;
 use crate::fsutil;
-use crate::printer::Printer;
 use crate::rootfs::{self, ImportOptions};
 
 pub struct ImportArgs {
@@ -21,7 +21,8 @@ pub struct ImportArgs {
 }
 
 /// Converts and writes the recipes, then says how many and what was not carried over.
-pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<()> {
+pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
+    let printer = &ctx.printer;
     let source_date_epoch = match args.source_date_epoch {
         Some(s) => s,
         None => {
@@ -82,7 +83,7 @@ pub fn run(args: &ImportArgs, printer: &Printer) -> anyhow::Result<()> {
             imported.problems.len()
         ),
     );
-    Ok(())
+    Ok(Done {})
 }
 
 /// Package names of `release` as this machine's apt knows them, when the machine runs that

@@ -3,14 +3,15 @@
 
 use anyhow::bail;
 
-use super::build::ensure_loaded;
-use super::push::repository;
-use super::Workspace;
+use super::{Context, Done};
 use crate::core::names::TargetName;
 use crate::docker::{DockerEngine, Engine};
-use crate::printer::Printer;
+use crate::imagebuild::ensure_loaded;
+use crate::publish::repository;
 
-pub async fn run(ws: &Workspace, targets: &[TargetName], printer: &Printer) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, targets: &[TargetName]) -> anyhow::Result<Done> {
+    let ws = &ctx.workspace()?;
+    let printer = &ctx.printer;
     let planned = ws.plan_for(targets)?;
     let engine = DockerEngine::connect().await?;
     for p in &planned {
@@ -37,5 +38,5 @@ pub async fn run(ws: &Workspace, targets: &[TargetName], printer: &Printer) -> a
             format!("{repo}:{} ({})", img.target.tag(), img.config.short()),
         );
     }
-    Ok(())
+    Ok(Done {})
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::Workspace;
+use super::{Context, TextReport, Workspace};
 use crate::core::names::TargetName;
 use crate::core::plan::{LockState, PlannedTarget};
 
@@ -38,8 +38,21 @@ pub fn lock_word(l: LockState) -> &'static str {
     }
 }
 
-/// Runs the plan and renders it: JSON, or an indented tree.
-pub fn run(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<String> {
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Targets to plan (with their parents); all when empty.
+    pub targets: Vec<TargetName>,
+    pub json: bool,
+}
+
+/// Runs the plan and renders it for stdout: JSON, or an indented tree.
+pub fn run(ctx: &Context, opts: &PlanOptions) -> anyhow::Result<TextReport> {
+    Ok(TextReport {
+        text: render(&ctx.workspace()?, &opts.targets, opts.json)?,
+    })
+}
+
+fn render(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<String> {
     let planned = ws.plan_for(targets)?;
     let entries = entries(&planned);
     if json {

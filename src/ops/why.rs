@@ -2,14 +2,37 @@
 //! inputs changed since the lockfile.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::Workspace;
+use anyhow::bail;
+
+use super::{Context, TextReport, Workspace};
 use crate::core::key::{diff_facts, FactChange};
-use crate::core::names::TargetName;
+use crate::core::names::{Digest, TargetName};
 use crate::core::plan::{Status, UNKNOWN_PARENT};
+use crate::lockedit::LockfileEdit;
+use crate::rootfs::recipes::{find_recipe, load_recipes, mirror_of, read_manifest};
+use crate::rootfs::{artifact, plan, BUILDER_TARGET};
 
-pub fn run(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
+#[derive(Debug, Clone)]
+pub struct WhyOptions {
+    /// An image target (`gcc-10:x86`) or a rootfs `CONFIG/ARCH`.
+    pub target: String,
+    /// The rootfs recipes directory and lockfile (for `CONFIG/ARCH`).
+    pub recipes: PathBuf,
+    pub rootfs_lockfile: PathBuf,
+}
+
+pub fn run(ctx: &Context, opts: &WhyOptions) -> anyhow::Result<TextReport> {
+    let ws = ctx.workspace()?;
+    let text = match opts.target.split_once('/') {
+        Some((config, arch)) => rootfs(&ws, &opts.recipes, &opts.rootfs_lockfile, config, arch)?,
+        None => image(&ws, &opts.target.parse()?)?,
+    };
+    Ok(TextReport { text })
+}
+
+fn image(ws: &Workspace, target: &TargetName) -> anyhow::Result<String> {
     let planned = ws.plan_for(std::slice::from_ref(target))?;
     let p = planned
         .last()
@@ -74,14 +97,14 @@ fn write_changes(out: &mut String, changes: &[FactChange]) {
 
 /// `kci-build why CONFIG/ARCH`: the rootfs key as it would be built now, whether the store
 /// has its files, and which key facts changed since the rootfs lockfile.
-pub fn rootfs(
+fn rootfs(
     ws: &Workspace,
     recipes: &Path,
     lockfile: &Path,
     config: &str,
     arch: &str,
 ) -> anyhow::Result<String> {
-    let w = super::rootfs::why(ws, recipes, lockfile, config, arch)?;
+    let w = rootfs_why(ws, recipes, lockfile, config, arch)?;
     let mut out = String::new();
     let key = match &w.key {
         Some(k) => k.to_string(),
@@ -110,4 +133,75 @@ pub fn rootfs(
         }
     };
     Ok(out)
+}
+
+/// What `kci-build why CONFIG/ARCH` reports: the key of one (config, arch) as it would be
+/// built now, whether the store has it, and the key facts that differ from the lockfile.
+struct RootfsWhy {
+    pub label: String,
+    /// `None` while the builder image is not built: its digest enters the key.
+    pub key: Option<Digest>,
+    pub stored: Option<PathBuf>,
+    /// `None`: the lockfile has no entry for it.
+    pub changes: Option<Vec<crate::core::key::FactChange>>,
+}
+
+/// The placeholder for the builder image's digest before it is built.
+const BUILDER_NOT_BUILT: &str = "(rootfs-builder not built yet)";
+
+/// Computes [`RootfsWhy`] for `config/arch`; builds and downloads nothing.
+fn rootfs_why(
+    ws: &Workspace,
+    recipes_dir: &Path,
+    lockfile: &Path,
+    config: &str,
+    arch: &str,
+) -> anyhow::Result<RootfsWhy> {
+    let recipes = load_recipes(recipes_dir)?;
+    let r = find_recipe(&recipes, recipes_dir, config)?;
+    if !r.arch_list.iter().any(|a| a == arch) {
+        bail!(
+            "{}: arch-list has no `{arch}` (it has: {})",
+            recipes_dir.join(format!("{config}.toml")).display(),
+            r.arch_list.join(", ")
+        );
+    }
+    let mirror = mirror_of(recipes_dir, r, ws.mirror.as_deref())?;
+    let inputs = crate::rootfs::inputs::scan(recipes_dir, r)?;
+    let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
+    let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;
+    let builder = planned
+        .iter()
+        .find(|p| p.recipe.name == builder_name)
+        .and_then(|p| p.stored.clone());
+    // Facts with a placeholder while the builder is not built, so the others still compare.
+    let placeholder = Digest::of(BUILDER_NOT_BUILT.as_bytes());
+    let mut facts = plan::facts(
+        r,
+        arch,
+        builder.as_ref().unwrap_or(&placeholder),
+        &mirror,
+        &inputs.key_files(),
+        artifact::ROOTFS_OUTPUT_FORMAT,
+    );
+    let key = builder.as_ref().map(|_| plan::key(&facts));
+    if builder.is_none() {
+        facts.insert(plan::BUILDER_FACT.into(), BUILDER_NOT_BUILT.into());
+    }
+    let stored = key
+        .as_ref()
+        .map(|k| ws.store.rootfs_key_dir(k))
+        .filter(|d| read_manifest(d).is_some());
+    let lock = LockfileEdit::read(lockfile)?.rootfs()?;
+    let changes = lock
+        .configs
+        .get(config)
+        .and_then(|c| c.arch.get(arch))
+        .map(|l| crate::core::key::diff_facts(&l.input, &facts));
+    Ok(RootfsWhy {
+        label: format!("{config}/{arch}"),
+        key,
+        stored,
+        changes,
+    })
 }

@@ -14,6 +14,7 @@ pub mod collect;
 pub mod inputs;
 pub mod pack;
 pub mod plan;
+pub mod recipes;
 
 pub mod artifact;
 pub mod cpio;
@@ -21,6 +22,9 @@ pub mod cpio;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+/// The image target every rootfs is built in.
+pub const BUILDER_TARGET: &str = "rootfs-builder";
 
 /// Debian architectures KernelCI builds rootfs images for.
 pub const DEBIAN_ARCHES: &[&str] = &[

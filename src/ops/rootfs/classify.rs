@@ -11,6 +11,7 @@ use super::{ARTIFACTS, MANIFEST};
 use crate::core::rootfs_lock::RootfsManifest;
 use crate::printer::Printer;
 use crate::rootfs::plan::RootfsJob;
+use crate::rootfs::recipes::read_manifest;
 use crate::storage::Storage;
 
 /// A (config, arch) to build: its job, the builder's environment and the input files' tar.
@@ -48,7 +49,7 @@ pub(super) async fn classify(
     };
     for p in prepared {
         for job in p.selected_jobs() {
-            let found = match read_manifest(&store_dir.join(job.key.hex()).join(MANIFEST)) {
+            let found = match read_manifest(&store_dir.join(job.key.hex())) {
                 Some(m) => Some((m, RootfsAction::Cached)),
                 None => match storage {
                     Some(s) => stored_remotely(s, &p.dir(), job)
@@ -83,11 +84,6 @@ pub(super) async fn classify(
         }
     }
     Ok(c)
-}
-
-pub(super) fn read_manifest(path: &Path) -> Option<RootfsManifest> {
-    let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// The manifest of `job` on the storage, if it is there for the same key and every file it

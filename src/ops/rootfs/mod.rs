@@ -20,32 +20,29 @@ pub mod report;
 mod select;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
-use super::build::{self, BuildOptions, LockMode};
-use super::Workspace;
+use super::{Context, Report, Workspace};
 use crate::core::lockdiff::{self, LockKind};
-use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
 use crate::docker::DockerEngine;
-use crate::fsutil;
+use crate::imagebuild::{self as build, BuildOptions, LockMode};
 use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
 use crate::rootfs::pack;
-use crate::rootfs::{artifact, plan, RootfsRecipe};
+use crate::rootfs::RootfsRecipe;
 use crate::storage::Storage;
 
+pub use crate::rootfs::recipes::load_recipes;
 use classify::Made;
 use prepare::Prepared;
 pub use report::{table, RootfsAction, RootfsFailed, RootfsOutcome, RootfsReport};
-pub use select::load_recipes;
 
-/// The image target every rootfs is built in.
-pub const BUILDER_TARGET: &str = "rootfs-builder";
+pub use crate::rootfs::BUILDER_TARGET;
 
 /// The files of one rootfs, in the order KernelCI lists them.
 pub const ARTIFACTS: &[&str] = &[
@@ -74,29 +71,36 @@ pub struct RootfsOptions {
     pub lockfile: PathBuf,
     pub jobs: usize,
     pub locked: bool,
+    /// `--resume`: what a rerun does anyway (pick up an earlier run's containers, start only
+    /// what is missing), said out loud: a warning when there was nothing to pick up.
+    pub resume: bool,
     pub storage: Option<StorageArgs>,
-    pub verbose: bool,
     /// Download rules and the xz memory budget of the packing step.
     pub packing: pack::PackSettings,
 }
 
-/// `images_lock` is the images lockfile's lock, taken before `ws` was loaded: it is released
-/// once the builder target is built, so a `kci-build build` does not wait for every rootfs.
-pub async fn run(
-    ws: &Workspace,
-    opts: &RootfsOptions,
-    images_lock: Option<fsutil::LockfileLock>,
-    printer: &Printer,
-) -> anyhow::Result<RootfsReport> {
+impl Report for RootfsReport {
+    fn show(&self, printer: &Printer) {
+        printer.raw(&table(self));
+    }
+
+    fn verdict(&self) -> anyhow::Result<()> {
+        Ok(self.into_result()?)
+    }
+}
+
+/// The images lockfile's lock, when the runner took it, is released once the builder target
+/// is built, so a `kci-build build` does not wait for every rootfs.
+pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsReport> {
+    let ws = &ctx.workspace()?;
+    let printer = &ctx.printer;
     let recipes = load_recipes(&opts.recipes)?;
     let selected = select::select(&recipes, &opts.recipes, &opts.configs, &opts.arches)?;
-    // Held until the new lockfile is written: a concurrent run waits instead of racing.
-    let _lockfile_lock = super::lock_lockfile(&ws.paths.store, &opts.lockfile, printer)?;
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
     let scanned = prepare::scan(ws, &opts.recipes, selected)?;
-    build_builder(ws, opts, printer).await?;
-    drop(images_lock);
+    build_builder(ctx, ws, opts.locked).await?;
+    ctx.release_images_lock();
     let builder_image = prepare::stored_builder(ws)?;
     let prepared = prepare::plan(scanned, &builder_image.manifest, &opts.arches)?;
 
@@ -111,11 +115,14 @@ pub async fn run(
             engine,
             image_id: builder_image.config.as_str().to_owned(),
             store_root: store_dir(ws),
-            logs: ws.store.root().join("logs"),
+            logs: ws.store.logs_dir(),
             printer: printer.clone(),
             packing: Arc::new(opts.packing.resolve()),
         };
         jobs::run_all(ctx, c.todo, opts.jobs, &mut c.outcomes, &mut c.made).await?;
+    }
+    if opts.resume && !c.outcomes.iter().any(|o| o.action == RootfsAction::Resumed) {
+        printer.warn("--resume: no container of an earlier run was left to pick up");
     }
     c.outcomes
         .sort_by(|a, b| (&a.config, &a.arch).cmp(&(&b.config, &b.arch)));
@@ -146,24 +153,20 @@ pub async fn run(
 }
 
 /// The builder image, built (or found) like any other target.
-async fn build_builder(
-    ws: &Workspace,
-    opts: &RootfsOptions,
-    printer: &Printer,
-) -> anyhow::Result<()> {
+async fn build_builder(ctx: &Context, ws: &Workspace, locked: bool) -> anyhow::Result<()> {
     let build_opts = BuildOptions {
         targets: vec![prepare::builder_name()],
         jobs: 1,
-        lock: if opts.locked {
+        lock: if locked {
             LockMode::Locked
         } else {
             LockMode::Update
         },
-        verbose: opts.verbose,
+        verbose: ctx.verbose,
         registry: None,
         push: false,
     };
-    build::run(ws, &build_opts, printer)
+    build::build(ws, &build_opts, &ctx.printer)
         .await?
         .into_result()
         .context("building the rootfs builder image")?;
@@ -214,76 +217,6 @@ fn lock(
     rootfs_merge::merge(old, &known, &runs)
 }
 
-/// What `kci-build why CONFIG/ARCH` reports: the key of one (config, arch) as it would be
-/// built now, whether the store has it, and the key facts that differ from the lockfile.
-pub struct RootfsWhy {
-    pub label: String,
-    /// `None` while the builder image is not built: its digest enters the key.
-    pub key: Option<Digest>,
-    pub stored: Option<PathBuf>,
-    /// `None`: the lockfile has no entry for it.
-    pub changes: Option<Vec<crate::core::key::FactChange>>,
-}
-
-/// The placeholder for the builder image's digest before it is built.
-const BUILDER_NOT_BUILT: &str = "(rootfs-builder not built yet)";
-
-/// Computes [`RootfsWhy`] for `config/arch`; builds and downloads nothing.
-pub fn why(
-    ws: &Workspace,
-    recipes_dir: &Path,
-    lockfile: &Path,
-    config: &str,
-    arch: &str,
-) -> anyhow::Result<RootfsWhy> {
-    let recipes = load_recipes(recipes_dir)?;
-    let r = select::find_recipe(&recipes, recipes_dir, config)?;
-    if !r.arch_list.iter().any(|a| a == arch) {
-        bail!(
-            "{}: arch-list has no `{arch}` (it has: {})",
-            recipes_dir.join(format!("{config}.toml")).display(),
-            r.arch_list.join(", ")
-        );
-    }
-    let (mirror, inputs) = prepare::mirror_and_inputs(ws, recipes_dir, r)?;
-    let builder_name = prepare::builder_name();
-    let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;
-    let builder = planned
-        .iter()
-        .find(|p| p.recipe.name == builder_name)
-        .and_then(|p| p.stored.clone());
-    // Facts with a placeholder while the builder is not built, so the others still compare.
-    let placeholder = Digest::of(BUILDER_NOT_BUILT.as_bytes());
-    let mut facts = plan::facts(
-        r,
-        arch,
-        builder.as_ref().unwrap_or(&placeholder),
-        &mirror,
-        &inputs.key_files(),
-        artifact::ROOTFS_OUTPUT_FORMAT,
-    );
-    let key = builder.as_ref().map(|_| plan::key(&facts));
-    if builder.is_none() {
-        facts.insert(plan::BUILDER_FACT.into(), BUILDER_NOT_BUILT.into());
-    }
-    let stored = key
-        .as_ref()
-        .map(|k| store_dir(ws).join(k.hex()))
-        .filter(|d| classify::read_manifest(&d.join(MANIFEST)).is_some());
-    let lock = LockfileEdit::read(lockfile)?.rootfs()?;
-    let changes = lock
-        .configs
-        .get(config)
-        .and_then(|c| c.arch.get(arch))
-        .map(|l| crate::core::key::diff_facts(&l.input, &facts));
-    Ok(RootfsWhy {
-        label: format!("{config}/{arch}"),
-        key,
-        stored,
-        changes,
-    })
-}
-
 fn store_dir(ws: &Workspace) -> PathBuf {
-    ws.store.root().join("rootfs")
+    ws.store.rootfs_dir()
 }

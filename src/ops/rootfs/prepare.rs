@@ -7,14 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
-use super::BUILDER_TARGET;
 use crate::core::names::{Digest, TargetName};
 use crate::core::rootfs_lock::config_version;
 use crate::ops::Workspace;
 use crate::rootfs::plan::{self, RootfsJob};
-use crate::rootfs::{artifact, inputs, RootfsRecipe};
+use crate::rootfs::recipes::mirror_of;
+use crate::rootfs::{artifact, inputs, RootfsRecipe, BUILDER_TARGET};
 use crate::store::StoredImage;
 
 /// A selected recipe with what its keys need besides the builder image.
@@ -50,25 +48,6 @@ impl Prepared {
     }
 }
 
-/// A recipe's Debian mirror (`auto`: the machine's) and its scanned input files.
-pub(super) fn mirror_and_inputs(
-    ws: &Workspace,
-    recipes_dir: &Path,
-    r: &RootfsRecipe,
-) -> anyhow::Result<(String, inputs::RecipeInputs)> {
-    let mirror = if r.mirror == "auto" {
-        ws.mirror.clone().with_context(|| {
-            format!(
-                "{}: mirror = \"auto\" but no Debian mirror is configured: set KCI_DEBIAN_MIRROR",
-                recipes_dir.join(format!("{}.toml", r.name)).display()
-            )
-        })?
-    } else {
-        r.mirror.clone()
-    };
-    Ok((mirror, inputs::scan(recipes_dir, r)?))
-}
-
 /// Every selected recipe's mirror and inputs, checked before the builder image is built.
 pub(super) fn scan(
     ws: &Workspace,
@@ -78,7 +57,8 @@ pub(super) fn scan(
     selected
         .into_iter()
         .map(|recipe| {
-            let (mirror, inputs) = mirror_and_inputs(ws, recipes_dir, &recipe)?;
+            let mirror = mirror_of(recipes_dir, &recipe, ws.mirror.as_deref())?;
+            let inputs = inputs::scan(recipes_dir, &recipe)?;
             Ok(Scanned {
                 recipe,
                 mirror,
@@ -89,11 +69,11 @@ pub(super) fn scan(
 }
 
 /// The builder target's name.
-pub(super) fn builder_name() -> TargetName {
+pub fn builder_name() -> TargetName {
     BUILDER_TARGET.parse().expect("valid target name")
 }
 
-/// The stored builder image, once built (see `ops::build`).
+/// The stored builder image, once built.
 pub(super) fn stored_builder(ws: &Workspace) -> anyhow::Result<StoredImage> {
     let name = builder_name();
     let planned = ws.plan_for(std::slice::from_ref(&name))?;

@@ -1,0 +1,724 @@
+//! Image builds, below the commands (`build`, `check`, `rootfs`'s builder image, `load`):
+//! build what the store lacks, in dependency order and in parallel where the graph allows,
+//! then record the result in the lockfile.
+//!
+//! Per target: compute the key from the parent's *actual* output digest; if the store has
+//! it, done. Otherwise the daemon runs the build (parent loaded from the store, passed as
+//! `PARENT=sha256:<config digest>`), kci-build saves the result, rewrites the new layers
+//! canonically into the store, writes its own config and manifest, and records the key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, LineWriter, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio::task::JoinSet;
+
+use crate::bootstrap;
+use crate::context::{self, ContextEntry};
+use crate::core::key::KeyInputs;
+use crate::core::lockfile::{LockedOutput, LockedTarget};
+use crate::core::names::{Digest, Platform, TargetName};
+use crate::core::plan::{key_inputs, LockState};
+use crate::core::recipe::{TargetKind, TargetRecipe};
+use crate::docker::{BuildRequest, DockerEngine, Engine};
+use crate::dpkg;
+use crate::image::{self, HistoryLine};
+use crate::layer::Section;
+use crate::lockedit::{LockfileEdit, Written};
+use crate::printer::Printer;
+use crate::publish as push;
+use crate::registry::Registry;
+use crate::store::{Store, StoredImage};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub targets: Vec<TargetName>,
+    pub jobs: usize,
+    pub lock: LockMode,
+    /// Stream build logs to stderr.
+    pub verbose: bool,
+    /// Look targets up in this registry (by key tag) before building them.
+    pub registry: Option<String>,
+    /// Push every selected target to `registry` after the build.
+    pub push: bool,
+}
+
+/// What a build does with the lockfile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Write it when its content changes.
+    Update,
+    /// `--locked`: any change is an error.
+    Locked,
+    /// Leave it alone (`check` builds into a scratch store).
+    Leave,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub key: String,
+    pub manifest: String,
+    /// `built` or `cached`.
+    pub action: &'static str,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub targets: Vec<Outcome>,
+    pub failed: Vec<Failure>,
+    pub lockfile_changed: bool,
+    /// What `--push` did.
+    pub push: Option<push::PushReport>,
+    /// Targets in the selection.
+    pub total: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub name: String,
+    pub error: String,
+}
+
+/// A build failed; the report says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of {total} targets failed: {}", failed.len(), failed.join(", "))]
+pub struct TargetsFailed {
+    pub failed: Vec<String>,
+    pub total: usize,
+}
+
+/// Builds into the workspace's store.
+pub async fn build(
+    ws: &Workspace,
+    opts: &BuildOptions,
+    printer: &Printer,
+) -> anyhow::Result<BuildReport> {
+    run_in(ws, &Store::open(ws.store.root())?, opts, printer).await
+}
+
+/// Builds into `store`, which need not be the workspace's.
+pub async fn run_in(
+    ws: &Workspace,
+    store: &Store,
+    opts: &BuildOptions,
+    printer: &Printer,
+) -> anyhow::Result<BuildReport> {
+    let started = Instant::now();
+    let sel = ws.selection(&opts.targets)?;
+    let contexts = ws.scan_contexts(&sel)?;
+    let planned = ws.plan(&sel, &contexts)?;
+    if opts.lock == LockMode::Locked {
+        let changes: Vec<String> = planned
+            .iter()
+            .filter(|p| p.lock != LockState::Same)
+            .map(|p| match ws.lock.targets.get(&p.recipe.name) {
+                None => format!("{}: would be added", p.recipe.name),
+                Some(l) => {
+                    let paths: Vec<String> =
+                        crate::core::key::diff_facts(&l.input, &p.inputs.facts())
+                            .into_iter()
+                            .map(|c| c.path)
+                            .collect();
+                    format!("{}: inputs changed ({})", p.recipe.name, paths.join(", "))
+                }
+            })
+            .collect();
+        if !changes.is_empty() {
+            bail!(
+                "--locked: {} would change:\n  {}",
+                ws.paths.lockfile.display(),
+                changes.join("\n  ")
+            );
+        }
+    }
+
+    let engine: Arc<OnceCell<DockerEngine>> = Arc::new(OnceCell::new());
+    let mut done: BTreeMap<TargetName, (KeyInputs, StoredImage)> = BTreeMap::new();
+    let mut failed: BTreeMap<TargetName, String> = BTreeMap::new();
+    let mut outcomes = Vec::new();
+    let registry = opts.registry.as_deref().map(Registry::new).transpose()?;
+    let mut running: JoinSet<TaskResult> = JoinSet::new();
+    let mut started_names = std::collections::BTreeSet::new();
+    let to_build = planned
+        .iter()
+        .filter(|p| p.status != crate::core::plan::Status::Cached)
+        .count();
+    let mut build_no = 0;
+
+    loop {
+        // Start (or resolve from the store) everything whose parent is settled.
+        for t in &sel {
+            if started_names.contains(&t.name) {
+                continue;
+            }
+            let deps = t.kind.deps();
+            if let Some(bad) = deps.iter().find(|d| failed.contains_key(**d)) {
+                started_names.insert(t.name.clone());
+                failed.insert(t.name.clone(), format!("not built: `{bad}` failed"));
+                continue;
+            }
+            if !deps.iter().all(|d| done.contains_key(*d)) {
+                continue;
+            }
+            let dep_manifests: BTreeMap<TargetName, Digest> = deps
+                .iter()
+                .map(|d| ((*d).clone(), done[*d].1.manifest.clone()))
+                .collect();
+            let parent = t.kind.parent().map(|p| done[p].1.clone());
+            let inputs = key_inputs(
+                t,
+                &ws.settings,
+                &context::fingerprint(&contexts[&t.name]),
+                ws.mirror.as_deref(),
+                &dep_manifests,
+            )?;
+            let key = inputs.key();
+            if let Some(img) = store.lookup(&key) {
+                started_names.insert(t.name.clone());
+                tracing::info!(target = %t.name, key = %key.short(), "fresh");
+                if opts.verbose {
+                    printer.status("Fresh", format!("{} ({})", t.name, key.short()));
+                }
+                outcomes.push(Outcome {
+                    name: t.name.to_string(),
+                    key: key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action: "cached",
+                    seconds: 0.0,
+                });
+                done.insert(t.name.clone(), (inputs, img));
+                continue;
+            }
+            if let TargetKind::Index { members } = &t.kind {
+                // An index is a few hundred bytes of JSON over its members: write it here.
+                started_names.insert(t.name.clone());
+                let members: Vec<(Platform, StoredImage)> = members
+                    .iter()
+                    .map(|m| {
+                        (
+                            ws.graph.get(m).expect("validated").platform.clone(),
+                            done[m].1.clone(),
+                        )
+                    })
+                    .collect();
+                let img = image::store_index(store, &t.name, &key, &members)?;
+                printer.status(
+                    "Indexed",
+                    format!(
+                        "{} → {} ({} platforms)",
+                        t.name,
+                        img.manifest.short(),
+                        members.len()
+                    ),
+                );
+                outcomes.push(Outcome {
+                    name: t.name.to_string(),
+                    key: key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action: "built",
+                    seconds: 0.0,
+                });
+                done.insert(t.name.clone(), (inputs, img));
+                continue;
+            }
+            if running.len() >= opts.jobs.max(1) {
+                continue;
+            }
+            started_names.insert(t.name.clone());
+            build_no += 1;
+            printer.status(
+                if matches!(t.kind, TargetKind::Bootstrap(_)) {
+                    "Bootstrapping"
+                } else {
+                    "Building"
+                },
+                format!("{} (key {}) [{build_no}/{to_build}]", t.name, key.short()),
+            );
+            let job = Job {
+                recipe: (*t).clone(),
+                key,
+                entries: contexts[&t.name].clone(),
+                parent,
+                sde: ws.settings.source_date_epoch,
+                mirror: ws.mirror.clone(),
+                store: store.clone(),
+                printer: printer.clone(),
+                verbose: opts.verbose,
+            };
+            let engine = engine.clone();
+            let (registry, prefix) = (registry.clone(), ws.settings.prefix.clone());
+            running.spawn(async move {
+                let t0 = Instant::now();
+                let name = job.recipe.name.clone();
+                let result = async {
+                    if let Some(reg) = &registry {
+                        if let Some(img) =
+                            push::fetch(reg, &job.store, &prefix, &name, &job.key).await?
+                        {
+                            return Ok((img, "pulled"));
+                        }
+                    }
+                    let engine = engine.get_or_try_init(DockerEngine::connect).await?.clone();
+                    job.run(&engine).await.map(|img| (img, "built"))
+                }
+                .await;
+                (name, inputs, result, t0.elapsed().as_secs_f64())
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (name, inputs, result, secs) =
+            joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
+        match result {
+            Ok((img, action)) => {
+                printer.status(
+                    if action == "pulled" {
+                        "Pulled"
+                    } else {
+                        "Built"
+                    },
+                    format!("{name} → {} in {}", img.manifest.short(), human_secs(secs)),
+                );
+                outcomes.push(Outcome {
+                    name: name.to_string(),
+                    key: img.key.to_string(),
+                    manifest: img.manifest.to_string(),
+                    action,
+                    seconds: secs,
+                });
+                done.insert(name, (inputs, img));
+            }
+            Err(e) => {
+                // The environment failing is not one target's problem: stop here.
+                if crate::exit::exit_code(&e) == crate::error::ExitCode::Environment {
+                    running.abort_all();
+                    return Err(e.context(format!("building {name}")));
+                }
+                printer.line(
+                    crate::printer::Tone::Bad,
+                    "Failed",
+                    format!("{name}: {}", crate::error::Rendered(&e)),
+                );
+                failed.insert(name, format!("{e:#}"));
+            }
+        }
+    }
+
+    // Record what is done; targets that failed keep their old entries.
+    let mut new_lock = ws.lock.clone();
+    if opts.targets.is_empty() {
+        new_lock.targets.retain(|n, _| ws.graph.get(n).is_some());
+    }
+    for (name, (inputs, img)) in &done {
+        new_lock
+            .targets
+            .insert(name.clone(), lock_entry(inputs, img));
+    }
+    let text = new_lock.to_text();
+    let edit = LockfileEdit::from_text(&ws.paths.lockfile, ws.lock_text.clone());
+    let changed = edit.would_change(&text);
+    if opts.lock != LockMode::Leave {
+        let locked = opts.lock == LockMode::Locked;
+        let why = " (the build did not reproduce it)";
+        let changes = || crate::core::lockdiff::diff(&ws.lock, &new_lock).change_lines();
+        if edit.write(&text, locked, why, changes)? == Written::Written {
+            printer.status(
+                "Locking",
+                format!(
+                    "{} ({} targets)",
+                    ws.paths.lockfile.display(),
+                    new_lock.targets.len()
+                ),
+            );
+        }
+    }
+    let pushed = match (&registry, opts.push && failed.is_empty()) {
+        (Some(reg), true) => {
+            let images: Vec<StoredImage> = sel
+                .iter()
+                .filter_map(|t| done.get(&t.name).map(|(_, img)| img.clone()))
+                .collect();
+            Some(
+                push::push_images(
+                    reg,
+                    store,
+                    &ws.settings.prefix,
+                    &images,
+                    opts.jobs.max(4),
+                    printer,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let count = |a: &str| outcomes.iter().filter(|o| o.action == a).count();
+    printer.status(
+        "Finished",
+        format!(
+            "{} built, {} pulled, {} cached, {} failed in {}",
+            count("built"),
+            count("pulled"),
+            count("cached"),
+            failed.len(),
+            human_secs(started.elapsed().as_secs_f64())
+        ),
+    );
+    Ok(BuildReport {
+        targets: outcomes,
+        failed: failed
+            .iter()
+            .map(|(n, e)| Failure {
+                name: n.to_string(),
+                error: e.clone(),
+            })
+            .collect(),
+        lockfile_changed: changed,
+        total: sel.len(),
+        push: pushed,
+    })
+}
+
+impl BuildReport {
+    /// An error naming the failed targets, if any.
+    pub fn into_result(&self) -> Result<(), TargetsFailed> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        Err(TargetsFailed {
+            failed: self.failed.iter().map(|f| f.name.clone()).collect(),
+            total: self.total,
+        })
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    let whole = s as u64;
+    match whole {
+        0..10 => format!("{s:.2}s"),
+        10..60 => format!("{whole}s"),
+        _ => format!("{}m {:02}s", whole / 60, whole % 60),
+    }
+}
+
+/// What a build task hands back: the target, its key inputs, the image and whether it was
+/// built or pulled, and the seconds it took.
+type TaskResult = (
+    TargetName,
+    KeyInputs,
+    anyhow::Result<(StoredImage, &'static str)>,
+    f64,
+);
+
+/// One target to build, with everything it needs owned.
+struct Job {
+    recipe: TargetRecipe,
+    key: Digest,
+    entries: Vec<ContextEntry>,
+    parent: Option<StoredImage>,
+    sde: u64,
+    mirror: Option<String>,
+    store: Store,
+    printer: Printer,
+    verbose: bool,
+}
+
+/// Build output: to the target's log file, to stderr with `-v`, to its spinner on a TTY.
+struct LogSink {
+    file: LineWriter<File>,
+    prefix: String,
+    verbose: bool,
+    printer: Printer,
+    spinner: Option<indicatif::ProgressBar>,
+    tail: std::collections::VecDeque<String>,
+}
+
+impl LogSink {
+    fn line(&mut self, line: &str) {
+        let _ = writeln!(self.file, "{line}");
+        if self.verbose {
+            self.printer.raw(&format!("{}: {line}", self.prefix));
+        }
+        if let Some(s) = &self.spinner {
+            s.set_message(line.to_owned());
+        }
+        if self.tail.len() == 15 {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_owned());
+    }
+    fn tail(&self) -> String {
+        self.tail
+            .iter()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for LogSink {
+    fn drop(&mut self) {
+        let _ = self.file.flush();
+        if let Some(s) = self.spinner.take() {
+            s.finish_and_clear();
+        }
+    }
+}
+
+impl Job {
+    async fn run<E: Engine>(self, engine: &E) -> anyhow::Result<StoredImage> {
+        let log_path = self.store.log_path(&self.recipe.name, &self.key);
+        let file =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut log = LogSink {
+            file: LineWriter::new(file),
+            prefix: self.recipe.name.to_string(),
+            verbose: self.verbose,
+            printer: self.printer.clone(),
+            spinner: self.printer.spinner(self.recipe.name.as_str()),
+            tail: Default::default(),
+        };
+        let result = match &self.recipe.kind {
+            TargetKind::Bootstrap(_) => self.bootstrap(&mut log).await,
+            TargetKind::Dockerfile { .. } => self.dockerfile(engine, &mut log).await,
+            TargetKind::Index { .. } => unreachable!("indexes are assembled without a job"),
+        };
+        result.map_err(|e| {
+            let tail = log.tail();
+            e.context(format!("log: {}\n{tail}", log_path.display()))
+        })
+    }
+
+    async fn bootstrap(&self, log: &mut LogSink) -> anyhow::Result<StoredImage> {
+        let TargetKind::Bootstrap(b) = &self.recipe.kind else {
+            unreachable!()
+        };
+        let mirror = b
+            .mirror_url(self.mirror.as_deref())
+            .ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?;
+        let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
+        let tarball = tmp.path().join("rootfs.tar");
+        bootstrap::mmdebstrap(b, &self.recipe.platform, mirror, self.sde, &tarball, |l| {
+            log.line(l)
+        })
+        .await?;
+        let history = vec![HistoryLine {
+            created_by: format!(
+                "kci-build bootstrap: mmdebstrap --variant={} --include={} {}",
+                b.variant,
+                b.packages.join(","),
+                b.suite
+            ),
+            empty_layer: false,
+        }];
+        let runtime: oci_spec::image::Config = serde_json::from_value(serde_json::json!({
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["bash"],
+        }))?;
+        let (store, sde, platform, name, key) = (
+            self.store.clone(),
+            self.sde,
+            self.recipe.platform.clone(),
+            self.recipe.name.clone(),
+            self.key.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<StoredImage> {
+            let (layer, status) =
+                image::store_layer(&store, Section::whole(File::open(&tarball)?)?, sde)?;
+            let layers = vec![layer];
+            let (config, manifest) =
+                image::assemble(&store, &platform, Some(runtime), &layers, &history, sde)?;
+            let img = StoredImage {
+                target: name,
+                key,
+                manifest,
+                config,
+                layers,
+                packages: status.map(|s| dpkg::installed(&s)).unwrap_or_default(),
+                members: Vec::new(),
+            };
+            store.record(&img)?;
+            drop(tmp);
+            Ok(img)
+        })
+        .await?
+    }
+
+    async fn dockerfile<E: Engine>(
+        &self,
+        engine: &E,
+        log: &mut LogSink,
+    ) -> anyhow::Result<StoredImage> {
+        let TargetKind::Dockerfile {
+            dockerfile, args, ..
+        } = &self.recipe.kind
+        else {
+            unreachable!()
+        };
+        let mut build_args: HashMap<String, String> =
+            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        build_args.insert("SOURCE_DATE_EPOCH".into(), self.sde.to_string());
+        if let Some(p) = &self.parent {
+            ensure_loaded(engine, &self.store, p).await?;
+            build_args.insert("PARENT".into(), p.config.to_string());
+        }
+        let tag = format!(
+            "kci-build.local/{}:build-{}",
+            self.recipe.name.image(),
+            self.key.short()
+        );
+        let req = BuildRequest {
+            context_tar: context::tar(&self.entries, self.sde)?,
+            dockerfile: dockerfile.clone(),
+            tag: tag.clone(),
+            build_args,
+        };
+        let id = engine.build(req, |l| log.line(l)).await?;
+        let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
+        let saved = tmp.path().join("saved.tar");
+        engine.save(&id, &saved).await?;
+        engine.remove(&tag).await?;
+        let (store, sde, platform, name, key, parent) = (
+            self.store.clone(),
+            self.sde,
+            self.recipe.platform.clone(),
+            self.recipe.name.clone(),
+            self.key.clone(),
+            self.parent.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<StoredImage> {
+            let img =
+                canonical_from_saved(&store, &saved, parent.as_ref(), sde, &platform, name, key)?;
+            store.record(&img)?;
+            drop(tmp);
+            Ok(img)
+        })
+        .await?
+    }
+}
+
+/// Makes the daemon hold a stored image under its config digest (its image id).
+pub(crate) async fn ensure_loaded<E: Engine>(
+    engine: &E,
+    store: &Store,
+    img: &StoredImage,
+) -> anyhow::Result<()> {
+    if engine.has_image(img.config.as_str()).await? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir_in(store.tmp_dir())?;
+    let archive = tmp.path().join("load.tar");
+    let tag = format!("kci-build.local/{}:{}", img.target.image(), img.key.short());
+    {
+        let (store, img, archive) = (store.clone(), img.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let f = BufWriter::new(File::create(&archive)?);
+            image::write_load_archive(&store, &img.config, &img.layers, &tag, f)?;
+            Ok(())
+        })
+        .await??;
+    }
+    engine.load(&archive).await?;
+    if !engine.has_image(img.config.as_str()).await? {
+        bail!(
+            "the daemon did not keep image {} after loading {}",
+            img.config,
+            img.target
+        );
+    }
+    Ok(())
+}
+
+/// Turns a `docker save` archive into a canonical stored image: the parent's layers are
+/// reused as stored, the new ones rewritten.
+fn canonical_from_saved(
+    store: &Store,
+    saved_path: &std::path::Path,
+    parent: Option<&StoredImage>,
+    sde: u64,
+    platform: &crate::core::names::Platform,
+    target: TargetName,
+    key: Digest,
+) -> anyhow::Result<StoredImage> {
+    let saved = image::read_saved(saved_path)?;
+    let docker_diff_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let (mut layers, parent_history, mut packages) = match parent {
+        Some(p) => {
+            let cfg = image::read_config(store, &p.config)?;
+            let history: Vec<HistoryLine> = cfg
+                .history()
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| HistoryLine {
+                            created_by: h.created_by().clone().unwrap_or_default(),
+                            empty_layer: h.empty_layer().unwrap_or(false),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (p.layers.clone(), history, p.packages.clone())
+        }
+        None => (Vec::new(), Vec::new(), BTreeMap::new()),
+    };
+    let n = layers.len();
+    let inherited: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
+    if docker_diff_ids.len() < n || docker_diff_ids[..n] != inherited[..] {
+        bail!("the daemon's copy of the parent's layers differs from the store's; remove the image and retry");
+    }
+    let file = File::open(saved_path)?;
+    for &(offset, len) in &saved.layers[n..] {
+        let (layer, status) =
+            image::store_layer(store, Section::new(file.try_clone()?, offset, len), sde)?;
+        if let Some(s) = status {
+            packages = dpkg::installed(&s);
+        }
+        layers.push(layer);
+    }
+    let mut history = parent_history.clone();
+    if let Some(h) = saved.config["history"].as_array() {
+        history.extend(h.iter().skip(parent_history.len()).map(|h| HistoryLine {
+            created_by: h["created_by"].as_str().unwrap_or_default().to_owned(),
+            empty_layer: h["empty_layer"].as_bool().unwrap_or(false),
+        }));
+    }
+    let runtime: Option<oci_spec::image::Config> =
+        serde_json::from_value(saved.config["config"].clone()).ok();
+    let (config, manifest) = image::assemble(store, platform, runtime, &layers, &history, sde)?;
+    Ok(StoredImage {
+        target,
+        key,
+        manifest,
+        config,
+        layers,
+        packages,
+        members: Vec::new(),
+    })
+}
+
+/// The lockfile entry for a finished target.
+fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
+    LockedTarget {
+        key: img.key.clone(),
+        input: inputs.facts(),
+        output: LockedOutput {
+            manifest: img.manifest.clone(),
+            config: (!img.is_index()).then(|| img.config.clone()),
+            layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
+            members: img.members.clone(),
+        },
+        package: img.packages.clone(),
+    }
+}

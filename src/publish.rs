@@ -1,0 +1,311 @@
+//! Publishing stored images to an OCI registry, and the other direction — fetching a target
+//! another machine already built and pushed (the registry as a cache). Below the commands:
+//! `push`, `build --push`, `build --registry` and `check --registry` all use it.
+//!
+//! Order matters for anyone pulling meanwhile: blobs first (each HEADed, uploaded only when
+//! missing, several at once), then every manifest by digest, then the tags — the immutable
+//! key tag `kci-<key>` and the human tag from KernelCI's naming rule — last.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context as _};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::core::names::{Digest, TargetName};
+use crate::dpkg;
+use crate::image;
+use crate::printer::Printer;
+use crate::registry::{Registry, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::store::{Store, StoredImage, StoredLayer};
+
+/// The immutable tag a key is published under.
+pub fn key_tag(key: &Digest) -> String {
+    format!("kci-{}", key.hex())
+}
+
+/// The repository a target is pushed to: `{prefix}{image}`.
+pub fn repository(prefix: &str, name: &TargetName) -> String {
+    format!("{prefix}{}", name.image())
+}
+
+#[derive(Debug, Serialize)]
+pub struct PushedTarget {
+    pub name: String,
+    pub repository: String,
+    pub tags: Vec<String>,
+    pub manifest: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PushReport {
+    pub targets: Vec<PushedTarget>,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_present: u64,
+    pub blobs_mounted: u64,
+    /// Images whose tags already named their manifest: nothing was sent for them.
+    pub images_present: usize,
+    pub retries: u64,
+    pub resumed_uploads: u64,
+    pub restarted_uploads: u64,
+}
+
+pub async fn push_images(
+    reg: &Registry,
+    store: &Store,
+    prefix: &str,
+    images: &[StoredImage],
+    jobs: usize,
+    printer: &Printer,
+) -> anyhow::Result<PushReport> {
+    // 0. Images whose tags already name their manifest are done: tags go up last, so
+    //    everything they need is there.
+    let published = futures_util::future::try_join_all(images.iter().map(|img| async move {
+        let repo = repository(prefix, &img.target);
+        let key_tag = key_tag(&img.key);
+        let (by_key, by_name) = tokio::try_join!(
+            reg.manifest_digest(&repo, &key_tag),
+            reg.manifest_digest(&repo, img.target.tag())
+        )?;
+        anyhow::Ok(
+            by_key.as_ref() == Some(&img.manifest) && by_name.as_ref() == Some(&img.manifest),
+        )
+    }))
+    .await?;
+    let todo: Vec<&StoredImage> = images
+        .iter()
+        .zip(&published)
+        .filter(|(_, done)| !**done)
+        .map(|(img, _)| img)
+        .collect();
+
+    // 1. Blobs: each digest goes up once, to the first repository that needs it, in
+    //    parallel; the other repositories get it by cross-repository mount.
+    let mut home: BTreeMap<Digest, String> = BTreeMap::new();
+    let mut uploads = BTreeSet::new();
+    let mut mounts = BTreeSet::new();
+    for img in todo.iter().filter(|img| !img.is_index()) {
+        let repo = repository(prefix, &img.target);
+        for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
+            match home.get(d) {
+                None => {
+                    home.insert(d.clone(), repo.clone());
+                    uploads.insert((repo.clone(), d.clone()));
+                }
+                Some(from) if from != &repo => {
+                    mounts.insert((repo.clone(), d.clone(), from.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !todo.is_empty() {
+        printer.status(
+            "Pushing",
+            format!(
+                "{} images ({} blobs) to {}",
+                todo.len(),
+                uploads.len(),
+                reg.host()
+            ),
+        );
+    }
+    futures_util::stream::iter(uploads.into_iter().map(|(repo, d)| {
+        let path = store.blob_path(&d);
+        async move {
+            reg.push_blob(&repo, &d, &path)
+                .await
+                .with_context(|| format!("pushing blob {d} to {repo}"))
+        }
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<bool>>()
+    .await?;
+    futures_util::stream::iter(mounts.into_iter().map(|(repo, d, from)| {
+        let path = store.blob_path(&d);
+        let short = d.short().to_owned();
+        async move {
+            if !reg.mount_blob(&repo, &d, &from).await? {
+                reg.push_blob(&repo, &d, &path).await?;
+            }
+            anyhow::Ok(())
+        }
+        .map(move |r| r.with_context(|| format!("pushing blob {short} to its other repositories")))
+    }))
+    .buffer_unordered(jobs.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
+    // 2. Manifests by digest (an index after the manifests it names), 3. tags last.
+    let media_type = |img: &StoredImage| {
+        if img.is_index() {
+            INDEX_MEDIA_TYPE
+        } else {
+            MANIFEST_MEDIA_TYPE
+        }
+    };
+    for img in todo
+        .iter()
+        .filter(|i| !i.is_index())
+        .chain(todo.iter().filter(|i| i.is_index()))
+    {
+        let bytes = store.read_blob(&img.manifest)?;
+        reg.put_manifest(
+            &repository(prefix, &img.target),
+            img.manifest.as_str(),
+            media_type(img),
+            &bytes,
+        )
+        .await?;
+    }
+    let mut pushed = Vec::new();
+    for (img, done) in images.iter().zip(published) {
+        let repo = repository(prefix, &img.target);
+        let tags = vec![key_tag(&img.key), img.target.tag().to_owned()];
+        if !done {
+            let bytes = store.read_blob(&img.manifest)?;
+            for t in &tags {
+                reg.put_manifest(&repo, t, media_type(img), &bytes).await?;
+            }
+        }
+        printer.status(
+            if done { "Present" } else { "Pushed" },
+            format!(
+                "{}/{repo}:{} ({})",
+                reg.host(),
+                img.target.tag(),
+                img.manifest.short()
+            ),
+        );
+        pushed.push(PushedTarget {
+            name: img.target.to_string(),
+            repository: repo,
+            tags,
+            manifest: img.manifest.to_string(),
+        });
+    }
+    let s = &reg.stats;
+    Ok(PushReport {
+        targets: pushed,
+        blobs_uploaded: s.blobs_uploaded.load(Ordering::Relaxed),
+        bytes_uploaded: s.bytes_uploaded.load(Ordering::Relaxed),
+        blobs_present: s.blobs_skipped.load(Ordering::Relaxed),
+        blobs_mounted: s.blobs_mounted.load(Ordering::Relaxed),
+        images_present: images.len() - todo.len(),
+        retries: s.retries.load(Ordering::Relaxed),
+        resumed_uploads: s.resumes.load(Ordering::Relaxed),
+        restarted_uploads: s.restarts.load(Ordering::Relaxed),
+    })
+}
+
+/// If the registry has `key` (under its key tag), copies the image into the store,
+/// verifying every digest, and returns it.
+pub async fn fetch(
+    reg: &Registry,
+    store: &Store,
+    prefix: &str,
+    target: &TargetName,
+    key: &Digest,
+) -> anyhow::Result<Option<StoredImage>> {
+    let repo = repository(prefix, target);
+    let Some(manifest) = reg.manifest_digest(&repo, &key_tag(key)).await? else {
+        return Ok(None);
+    };
+    let bytes = reg.get_manifest(&repo, &manifest).await?;
+    let media_type: Option<String> = serde_json::from_slice::<serde_json::Value>(&bytes)?
+        ["mediaType"]
+        .as_str()
+        .map(str::to_owned);
+    if media_type.as_deref() == Some(INDEX_MEDIA_TYPE) {
+        // Members are targets of their own, fetched (or built) before their index.
+        let index: oci_spec::image::ImageIndex =
+            serde_json::from_slice(&bytes).context("parsing the registry's index")?;
+        let members = index
+            .manifests()
+            .iter()
+            .map(|m| m.digest().to_string().parse())
+            .collect::<Result<Vec<Digest>, _>>()?;
+        if let Some(missing) = members.iter().find(|m| !store.has_blob(m)) {
+            bail!("index {manifest} names {missing}, which is not in the store");
+        }
+        store.put_bytes(&bytes)?;
+        let img = StoredImage {
+            target: target.clone(),
+            key: key.clone(),
+            manifest: manifest.clone(),
+            config: manifest,
+            layers: vec![],
+            packages: Default::default(),
+            members,
+        };
+        store.record(&img)?;
+        return Ok(Some(img));
+    }
+    let parsed: oci_spec::image::ImageManifest =
+        serde_json::from_slice(&bytes).context("parsing the registry's manifest")?;
+    let config: Digest = parsed.config().digest().to_string().parse()?;
+    let mut blobs: Vec<Digest> = vec![config.clone()];
+    for l in parsed.layers() {
+        blobs.push(l.digest().to_string().parse()?);
+    }
+    for d in blobs.iter().filter(|d| !store.has_blob(d)) {
+        fetch_blob(reg, store, &repo, d).await?;
+    }
+    let stored_manifest = store.put_bytes(&bytes)?;
+    debug_assert_eq!(stored_manifest, manifest);
+    let cfg = image::read_config(store, &config)?;
+    let diff_ids = cfg.rootfs().diff_ids();
+    let layers: Vec<StoredLayer> = parsed
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff)| {
+            Ok(StoredLayer {
+                digest: l.digest().to_string().parse()?,
+                diff_id: diff.parse()?,
+                size: l.size(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut packages = Default::default();
+    for l in layers.iter().rev() {
+        if let Some(status) =
+            image::file_in_layer(&store.blob_path(&l.digest), "var/lib/dpkg/status")?
+        {
+            packages = dpkg::installed(&status);
+            break;
+        }
+    }
+    let img = StoredImage {
+        target: target.clone(),
+        key: key.clone(),
+        manifest,
+        config,
+        layers,
+        packages,
+        members: Vec::new(),
+    };
+    store.record(&img)?;
+    Ok(Some(img))
+}
+
+/// Copies one blob from the registry into the store, verifying its digest.
+pub async fn fetch_blob(
+    reg: &Registry,
+    store: &Store,
+    repo: &str,
+    digest: &Digest,
+) -> anyhow::Result<()> {
+    let mut w = store.blob_writer()?;
+    reg.get_blob(repo, digest, &mut w)
+        .await
+        .with_context(|| format!("fetching {digest} from {}/{repo}", reg.host()))?;
+    let (got, _) = w.commit()?;
+    anyhow::ensure!(
+        &got == digest,
+        "{}/{repo} served {got} for {digest}",
+        reg.host()
+    );
+    Ok(())
+}

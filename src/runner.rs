@@ -1,0 +1,282 @@
+//! The one runner every command goes through: it resolves the command line (arguments,
+//! environment through clap, defaults) into the command's options once, takes the lockfile
+//! locks the command writes under, runs it under Ctrl-C, shows its report (`--json`: the
+//! report as JSON on stdout) and turns its verdict into an exit code. `main` only parses
+//! and sets up output.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::cli::{Cli, Command, ImportWhat};
+use crate::error::{ExitCode, Interrupted, Rendered};
+use crate::ops::{self, Context, Paths, Report};
+use crate::printer::Printer;
+use crate::rootfs::collect::Transfer;
+use crate::rootfs::pack::PackSettings;
+use crate::store::Store;
+
+/// Runs the parsed command line; `lockfile_given`: `--lockfile` was on the command line
+/// (deploy reads the rootfs lockfile unless it was).
+pub fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> ExitCode {
+    let paths = Paths {
+        images: cli.images.clone(),
+        lockfile: cli.lockfile.clone(),
+        store: cli.store.clone().unwrap_or_else(Store::default_root),
+    };
+    let ctx = Context::new(paths, printer.clone(), cli.verbose > 0);
+    match dispatch(&ctx, cli, lockfile_given) {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => {
+            printer.error(Rendered(&e));
+            ops::exit_code(&e)
+        }
+    }
+}
+
+fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Plan { targets, json } => {
+            let opts = ops::plan::PlanOptions {
+                targets: targets.clone(),
+                json: *json,
+            };
+            // `--json` changes the plan's own text: it is data either way.
+            finish(ctx, ops::plan::run(ctx, &opts), false)
+        }
+        Command::Why {
+            target,
+            recipes,
+            rootfs_lockfile,
+        } => {
+            let opts = ops::why::WhyOptions {
+                target: target.clone(),
+                recipes: recipes.clone(),
+                rootfs_lockfile: rootfs_lockfile.clone(),
+            };
+            finish(ctx, ops::why::run(ctx, &opts), false)
+        }
+        Command::Diff { args, format } => {
+            let opts = ops::diff::DiffOptions {
+                args: args.clone(),
+                lockfile: cli.lockfile.clone(),
+                format: *format,
+            };
+            finish(ctx, ops::diff::run(ctx, &opts), false)
+        }
+        Command::Build { json, .. } => {
+            let opts = build_options(&cli.command, ctx.verbose);
+            // Held from before the lockfile is read until it is written.
+            ctx.lock_images_lockfile()?;
+            // Dropping the build aborts its tasks and their temp files go with them; finished
+            // targets are in the store already, so a rerun resumes where this one stopped.
+            let what_now = "finished targets are stored; run the same command again to resume";
+            let report = cancellable(ops::build::run(ctx, &opts), what_now)?;
+            finish(ctx, report, *json)
+        }
+        Command::Check {
+            targets,
+            jobs,
+            registry,
+        } => {
+            let opts = ops::check::CheckOptions {
+                targets: targets.clone(),
+                jobs: *jobs,
+                registry: registry.clone(),
+            };
+            let what_now = "the scratch store is removed; run the same command again";
+            finish(
+                ctx,
+                cancellable(ops::check::run(ctx, &opts), what_now)?,
+                false,
+            )
+        }
+        Command::Push {
+            targets,
+            registry,
+            jobs,
+            json,
+        } => {
+            let opts = ops::push::PushOptions {
+                targets: targets.clone(),
+                registry: registry.clone(),
+                jobs: *jobs,
+            };
+            let what_now = "uploaded blobs stay; run the same command again to finish";
+            finish(
+                ctx,
+                cancellable(ops::push::run(ctx, &opts), what_now)?,
+                *json,
+            )
+        }
+        Command::Rootfs { json, .. } => {
+            let opts = rootfs_options(&cli.command);
+            ctx.lock_images_lockfile()?;
+            ctx.lock_lockfile(&opts.lockfile)?;
+            let what_now =
+                "the build containers keep running; `kci-build rootfs --resume` picks them up";
+            finish(
+                ctx,
+                cancellable(ops::rootfs::run(ctx, &opts), what_now)?,
+                *json,
+            )
+        }
+        Command::Deploy { json, .. } => {
+            let args = deploy_args(cli, lockfile_given);
+            let what_now = "the file was not written; run the same command again";
+            finish(
+                ctx,
+                cancellable(ops::deploy::run(ctx, &args), what_now)?,
+                *json,
+            )
+        }
+        Command::Import { what } => {
+            let ImportWhat::RootfsConfigs {
+                file,
+                out,
+                release,
+                source_date_epoch,
+            } = what;
+            let args = ops::import::ImportArgs {
+                file: file.clone(),
+                out: out.clone(),
+                release: release.clone(),
+                source_date_epoch: *source_date_epoch,
+                images: cli.images.clone(),
+            };
+            finish(ctx, ops::import::run(ctx, &args), false)
+        }
+        Command::Load { targets } => {
+            let what_now = "loaded images stay; run the same command again";
+            finish(
+                ctx,
+                cancellable(ops::load::run(ctx, targets), what_now)?,
+                false,
+            )
+        }
+        Command::Lock { .. } => finish(ctx, ops::lock::run(ctx), false),
+    }
+}
+
+fn build_options(command: &Command, verbose: bool) -> ops::build::BuildOptions {
+    let Command::Build {
+        targets,
+        jobs,
+        locked,
+        registry,
+        push,
+        json: _,
+    } = command
+    else {
+        unreachable!("called for build only")
+    };
+    ops::build::BuildOptions {
+        targets: targets.clone(),
+        jobs: *jobs,
+        lock: if *locked {
+            ops::build::LockMode::Locked
+        } else {
+            ops::build::LockMode::Update
+        },
+        verbose,
+        registry: registry.clone(),
+        push: *push,
+    }
+}
+
+fn deploy_args(cli: &Cli, lockfile_given: bool) -> ops::deploy::DeployArgs {
+    let Command::Deploy {
+        test_configs,
+        check,
+        format,
+        storage_url,
+        json: _,
+    } = &cli.command
+    else {
+        unreachable!("called for deploy only")
+    };
+    ops::deploy::DeployArgs {
+        test_configs: test_configs.clone(),
+        lockfile: if lockfile_given {
+            cli.lockfile.clone()
+        } else {
+            ops::deploy::default_lockfile().to_owned()
+        },
+        check: *check,
+        format: *format,
+        storage_url: storage_url.clone(),
+    }
+}
+
+fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
+    let Command::Rootfs {
+        configs,
+        arches,
+        recipes,
+        rootfs_lockfile,
+        jobs,
+        locked,
+        resume,
+        storage,
+        public_url,
+        storage_prefix,
+        xz_memory,
+        stall_timeout,
+        json: _,
+    } = command
+    else {
+        unreachable!("called for rootfs only")
+    };
+    ops::rootfs::RootfsOptions {
+        configs: configs.clone(),
+        arches: arches.clone(),
+        recipes: recipes.clone(),
+        lockfile: rootfs_lockfile.clone(),
+        jobs: *jobs,
+        locked: *locked,
+        resume: *resume,
+        storage: storage.as_ref().map(|dest| ops::rootfs::StorageArgs {
+            dest: dest.clone(),
+            public_url: public_url.clone(),
+            prefix: storage_prefix.clone(),
+        }),
+        packing: PackSettings {
+            xz_memory: xz_memory << 20,
+            transfer: Transfer {
+                stall: Duration::from_secs((*stall_timeout).max(1)),
+                ..Default::default()
+            },
+        },
+    }
+}
+
+/// Shows the report, prints it as JSON on stdout with `--json`, and returns its verdict.
+fn finish<R: Report>(ctx: &Context, report: anyhow::Result<R>, json: bool) -> anyhow::Result<()> {
+    let report = report?;
+    report.show(&ctx.printer);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    report.verdict()
+}
+
+/// Runs `command` on a fresh runtime until it ends or Ctrl-C; on Ctrl-C the command is
+/// dropped (its tasks aborted) and the error says `what_now`.
+fn cancellable<T>(
+    command: impl Future<Output = anyhow::Result<T>>,
+    what_now: &'static str,
+) -> anyhow::Result<anyhow::Result<T>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = command => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Some(r) => Ok(r),
+        None => Err(Interrupted { what_now }.into()),
+    }
+}
