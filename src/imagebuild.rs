@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::future::Future;
 use std::io::{BufWriter, LineWriter, Write};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,7 @@ use crate::core::lockfile::{LockedOutput, LockedTarget};
 use crate::core::names::{Digest, Platform, TargetName};
 use crate::core::plan::{key_inputs, LockState};
 use crate::core::recipe::{TargetKind, TargetRecipe};
+use crate::core::schedule::{self, Next, Progress};
 use crate::docker::{BuildRequest, DockerEngine, Engine};
 use crate::dpkg;
 use crate::image::{self, HistoryLine};
@@ -60,13 +62,24 @@ pub enum LockMode {
     Leave,
 }
 
+/// How a target of the selection was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetAction {
+    /// Built by the engine (or, for an index, written).
+    Built,
+    /// In the store already.
+    Cached,
+    /// Fetched from the registry cache by its key tag.
+    Pulled,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub name: String,
     pub key: String,
     pub manifest: String,
-    /// `built` or `cached`.
-    pub action: &'static str,
+    pub action: TargetAction,
     pub seconds: f64,
 }
 
@@ -111,214 +124,111 @@ pub async fn run_in(
     opts: &BuildOptions,
     printer: &Printer,
 ) -> anyhow::Result<BuildReport> {
+    let registry = opts.registry.as_deref().map(Registry::new).transpose()?;
+    let maker = DockerMaker {
+        engine: Arc::new(OnceCell::new()),
+        registry: registry.clone(),
+        prefix: ws.settings.prefix.clone(),
+    };
     let started = Instant::now();
+    let scheduled = schedule(ws, store, opts, printer, maker).await?;
+    let changed = record(ws, opts, &scheduled, printer)?;
+    let pushed = match (&registry, opts.push && scheduled.failed.is_empty()) {
+        (Some(reg), true) => {
+            // In selection order: an index's members go up before it.
+            let images: Vec<StoredImage> = scheduled
+                .selection
+                .iter()
+                .filter_map(|n| scheduled.done.get(n).map(|(_, img)| img.clone()))
+                .collect();
+            let prefix = &ws.settings.prefix;
+            let jobs = opts.jobs.max(4);
+            Some(push::push_images(reg, store, prefix, &images, jobs, printer).await?)
+        }
+        _ => None,
+    };
+    Ok(scheduled.report(changed, pushed, started, printer))
+}
+
+/// Plans the selection, refuses under `--locked` when the plan already differs from the
+/// lockfile, and builds it through `maker`.
+async fn schedule<M: MakeTarget>(
+    ws: &Workspace,
+    store: &Store,
+    opts: &BuildOptions,
+    printer: &Printer,
+    maker: M,
+) -> anyhow::Result<Scheduled> {
     let sel = ws.selection(&opts.targets)?;
     let contexts = ws.scan_contexts(&sel)?;
     let planned = ws.plan(&sel, &contexts)?;
     if opts.lock == LockMode::Locked {
-        let changes: Vec<String> = planned
-            .iter()
-            .filter(|p| p.lock != LockState::Same)
-            .map(|p| match ws.lock.targets.get(&p.recipe.name) {
-                None => format!("{}: would be added", p.recipe.name),
-                Some(l) => {
-                    let paths: Vec<String> =
-                        crate::core::key::diff_facts(&l.input, &p.inputs.facts())
-                            .into_iter()
-                            .map(|c| c.path)
-                            .collect();
-                    format!("{}: inputs changed ({})", p.recipe.name, paths.join(", "))
-                }
-            })
-            .collect();
-        if !changes.is_empty() {
-            bail!(
-                "--locked: {} would change:\n  {}",
-                ws.paths.lockfile.display(),
-                changes.join("\n  ")
-            );
-        }
+        refuse_planned_changes(ws, &planned)?;
     }
-
-    let engine: Arc<OnceCell<DockerEngine>> = Arc::new(OnceCell::new());
-    let mut done: BTreeMap<TargetName, (KeyInputs, StoredImage)> = BTreeMap::new();
-    let mut failed: BTreeMap<TargetName, String> = BTreeMap::new();
-    let mut outcomes = Vec::new();
-    let registry = opts.registry.as_deref().map(Registry::new).transpose()?;
-    let mut running: JoinSet<TaskResult> = JoinSet::new();
-    let mut started_names = std::collections::BTreeSet::new();
     let to_build = planned
         .iter()
         .filter(|p| p.status != crate::core::plan::Status::Cached)
         .count();
-    let mut build_no = 0;
+    let scheduler = Scheduler {
+        ws,
+        store,
+        opts,
+        printer,
+        contexts: &contexts,
+        sel: &sel,
+        maker,
+        progress: Progress::default(),
+        out: Scheduled::default(),
+        running: JoinSet::new(),
+        build_no: 0,
+        to_build,
+    };
+    scheduler.run().await
+}
 
-    loop {
-        // Start (or resolve from the store) everything whose parent is settled.
-        for t in &sel {
-            if started_names.contains(&t.name) {
-                continue;
-            }
-            let deps = t.kind.deps();
-            if let Some(bad) = deps.iter().find(|d| failed.contains_key(**d)) {
-                started_names.insert(t.name.clone());
-                failed.insert(t.name.clone(), format!("not built: `{bad}` failed"));
-                continue;
-            }
-            if !deps.iter().all(|d| done.contains_key(*d)) {
-                continue;
-            }
-            let dep_manifests: BTreeMap<TargetName, Digest> = deps
-                .iter()
-                .map(|d| ((*d).clone(), done[*d].1.manifest.clone()))
-                .collect();
-            let parent = t.kind.parent().map(|p| done[p].1.clone());
-            let inputs = key_inputs(
-                t,
-                &ws.settings,
-                &context::fingerprint(&contexts[&t.name]),
-                ws.mirror.as_deref(),
-                &dep_manifests,
-            )?;
-            let key = inputs.key();
-            if let Some(img) = store.lookup(&key) {
-                started_names.insert(t.name.clone());
-                tracing::info!(target = %t.name, key = %key.short(), "fresh");
-                if opts.verbose {
-                    printer.status("Fresh", format!("{} ({})", t.name, key.short()));
-                }
-                outcomes.push(Outcome {
-                    name: t.name.to_string(),
-                    key: key.to_string(),
-                    manifest: img.manifest.to_string(),
-                    action: "cached",
-                    seconds: 0.0,
-                });
-                done.insert(t.name.clone(), (inputs, img));
-                continue;
-            }
-            if let TargetKind::Index { members } = &t.kind {
-                // An index is a few hundred bytes of JSON over its members: write it here.
-                started_names.insert(t.name.clone());
-                let members: Vec<(Platform, StoredImage)> = members
-                    .iter()
-                    .map(|m| {
-                        (
-                            ws.graph.get(m).expect("validated").platform.clone(),
-                            done[m].1.clone(),
-                        )
-                    })
+/// `--locked` and the plan has targets whose inputs are not the locked ones: fail before
+/// building anything.
+fn refuse_planned_changes(
+    ws: &Workspace,
+    planned: &[crate::core::plan::PlannedTarget<'_>],
+) -> anyhow::Result<()> {
+    let changes: Vec<String> = planned
+        .iter()
+        .filter(|p| p.lock != LockState::Same)
+        .map(|p| match ws.lock.targets.get(&p.recipe.name) {
+            None => format!("{}: would be added", p.recipe.name),
+            Some(l) => {
+                let paths: Vec<String> = crate::core::key::diff_facts(&l.input, &p.inputs.facts())
+                    .into_iter()
+                    .map(|c| c.path)
                     .collect();
-                let img = image::store_index(store, &t.name, &key, &members)?;
-                printer.status(
-                    "Indexed",
-                    format!(
-                        "{} → {} ({} platforms)",
-                        t.name,
-                        img.manifest.short(),
-                        members.len()
-                    ),
-                );
-                outcomes.push(Outcome {
-                    name: t.name.to_string(),
-                    key: key.to_string(),
-                    manifest: img.manifest.to_string(),
-                    action: "built",
-                    seconds: 0.0,
-                });
-                done.insert(t.name.clone(), (inputs, img));
-                continue;
+                format!("{}: inputs changed ({})", p.recipe.name, paths.join(", "))
             }
-            if running.len() >= opts.jobs.max(1) {
-                continue;
-            }
-            started_names.insert(t.name.clone());
-            build_no += 1;
-            printer.status(
-                if matches!(t.kind, TargetKind::Bootstrap(_)) {
-                    "Bootstrapping"
-                } else {
-                    "Building"
-                },
-                format!("{} (key {}) [{build_no}/{to_build}]", t.name, key.short()),
-            );
-            let job = Job {
-                recipe: (*t).clone(),
-                key,
-                entries: contexts[&t.name].clone(),
-                parent,
-                sde: ws.settings.source_date_epoch,
-                mirror: ws.mirror.clone(),
-                store: store.clone(),
-                printer: printer.clone(),
-                verbose: opts.verbose,
-            };
-            let engine = engine.clone();
-            let (registry, prefix) = (registry.clone(), ws.settings.prefix.clone());
-            running.spawn(async move {
-                let t0 = Instant::now();
-                let name = job.recipe.name.clone();
-                let result = async {
-                    if let Some(reg) = &registry {
-                        if let Some(img) =
-                            push::fetch(reg, &job.store, &prefix, &name, &job.key).await?
-                        {
-                            return Ok((img, "pulled"));
-                        }
-                    }
-                    let engine = engine.get_or_try_init(DockerEngine::connect).await?.clone();
-                    job.run(&engine).await.map(|img| (img, "built"))
-                }
-                .await;
-                (name, inputs, result, t0.elapsed().as_secs_f64())
-            });
-        }
-        let Some(joined) = running.join_next().await else {
-            break;
-        };
-        let (name, inputs, result, secs) =
-            joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
-        match result {
-            Ok((img, action)) => {
-                printer.status(
-                    if action == "pulled" {
-                        "Pulled"
-                    } else {
-                        "Built"
-                    },
-                    format!("{name} → {} in {}", img.manifest.short(), human_secs(secs)),
-                );
-                outcomes.push(Outcome {
-                    name: name.to_string(),
-                    key: img.key.to_string(),
-                    manifest: img.manifest.to_string(),
-                    action,
-                    seconds: secs,
-                });
-                done.insert(name, (inputs, img));
-            }
-            Err(e) => {
-                // The environment failing is not one target's problem: stop here.
-                if crate::exit::exit_code(&e) == crate::error::ExitCode::Environment {
-                    running.abort_all();
-                    return Err(e.context(format!("building {name}")));
-                }
-                printer.line(
-                    crate::printer::Tone::Bad,
-                    "Failed",
-                    format!("{name}: {}", crate::error::Rendered(&e)),
-                );
-                failed.insert(name, format!("{e:#}"));
-            }
-        }
+        })
+        .collect();
+    if !changes.is_empty() {
+        bail!(
+            "--locked: {} would change:\n  {}",
+            ws.paths.lockfile.display(),
+            changes.join("\n  ")
+        );
     }
+    Ok(())
+}
 
-    // Record what is done; targets that failed keep their old entries.
+/// Records what is done in the lockfile (targets that failed keep their old entries);
+/// returns whether the lockfile's text changed (or, with `LockMode::Leave`, would have).
+fn record(
+    ws: &Workspace,
+    opts: &BuildOptions,
+    scheduled: &Scheduled,
+    printer: &Printer,
+) -> anyhow::Result<bool> {
     let mut new_lock = ws.lock.clone();
     if opts.targets.is_empty() {
         new_lock.targets.retain(|n, _| ws.graph.get(n).is_some());
     }
-    for (name, (inputs, img)) in &done {
+    for (name, (inputs, img)) in &scheduled.done {
         new_lock
             .targets
             .insert(name.clone(), lock_entry(inputs, img));
@@ -341,51 +251,317 @@ pub async fn run_in(
             );
         }
     }
-    let pushed = match (&registry, opts.push && failed.is_empty()) {
-        (Some(reg), true) => {
-            let images: Vec<StoredImage> = sel
-                .iter()
-                .filter_map(|t| done.get(&t.name).map(|(_, img)| img.clone()))
-                .collect();
-            Some(
-                push::push_images(
-                    reg,
-                    store,
-                    &ws.settings.prefix,
-                    &images,
-                    opts.jobs.max(4),
-                    printer,
-                )
-                .await?,
-            )
+    Ok(changed)
+}
+
+/// How a target that is neither stored nor an index gets made: pulled from the registry
+/// cache or built by the engine. The scheduler sees only this seam; its unit tests give it
+/// an in-memory fake.
+pub trait MakeTarget: Clone + Send + Sync + 'static {
+    fn make(
+        &self,
+        job: Job,
+    ) -> impl Future<Output = anyhow::Result<(StoredImage, TargetAction)>> + Send;
+}
+
+/// The real one: the registry cache first (with `--registry`), else the Docker daemon,
+/// connected on first use.
+#[derive(Clone)]
+struct DockerMaker {
+    engine: Arc<OnceCell<DockerEngine>>,
+    registry: Option<Registry>,
+    prefix: String,
+}
+
+impl MakeTarget for DockerMaker {
+    async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
+        let name = &job.recipe.name;
+        if let Some(reg) = &self.registry {
+            if let Some(img) = push::fetch(reg, &job.store, &self.prefix, name, &job.key).await? {
+                return Ok((img, TargetAction::Pulled));
+            }
         }
-        _ => None,
-    };
-    let count = |a: &str| outcomes.iter().filter(|o| o.action == a).count();
-    printer.status(
-        "Finished",
-        format!(
-            "{} built, {} pulled, {} cached, {} failed in {}",
-            count("built"),
-            count("pulled"),
-            count("cached"),
-            failed.len(),
-            human_secs(started.elapsed().as_secs_f64())
-        ),
-    );
-    Ok(BuildReport {
-        targets: outcomes,
-        failed: failed
+        let engine = self
+            .engine
+            .get_or_try_init(DockerEngine::connect)
+            .await?
+            .clone();
+        job.run(&engine).await.map(|img| (img, TargetAction::Built))
+    }
+}
+
+/// What the scheduler ends with.
+#[derive(Default)]
+struct Scheduled {
+    done: BTreeMap<TargetName, (KeyInputs, StoredImage)>,
+    failed: BTreeMap<TargetName, String>,
+    outcomes: Vec<Outcome>,
+    /// The selection's targets, dependencies first.
+    selection: Vec<TargetName>,
+}
+
+impl Scheduled {
+    fn report(
+        self,
+        lockfile_changed: bool,
+        push: Option<push::PushReport>,
+        started: Instant,
+        printer: &Printer,
+    ) -> BuildReport {
+        let count = |a: TargetAction| self.outcomes.iter().filter(|o| o.action == a).count();
+        printer.status(
+            "Finished",
+            format!(
+                "{} built, {} pulled, {} cached, {} failed in {}",
+                count(TargetAction::Built),
+                count(TargetAction::Pulled),
+                count(TargetAction::Cached),
+                self.failed.len(),
+                human_secs(started.elapsed().as_secs_f64())
+            ),
+        );
+        BuildReport {
+            targets: self.outcomes,
+            failed: self
+                .failed
+                .iter()
+                .map(|(n, e)| Failure {
+                    name: n.to_string(),
+                    error: e.clone(),
+                })
+                .collect(),
+            lockfile_changed,
+            total: self.selection.len(),
+            push,
+        }
+    }
+}
+
+/// The build loop: starts every target [`crate::core::schedule::next`] says is ready (at
+/// most `--jobs` builds at once; stored targets and indexes are settled on the spot), waits
+/// for one build to end, and again, until nothing runs.
+struct Scheduler<'w, M> {
+    ws: &'w Workspace,
+    store: &'w Store,
+    opts: &'w BuildOptions,
+    printer: &'w Printer,
+    contexts: &'w BTreeMap<TargetName, Vec<ContextEntry>>,
+    sel: &'w [&'w TargetRecipe],
+    maker: M,
+    progress: Progress,
+    out: Scheduled,
+    running: JoinSet<TaskResult>,
+    build_no: usize,
+    to_build: usize,
+}
+
+/// What a build task hands back: the target, its key inputs, the image and how it was
+/// made, and the seconds it took.
+type TaskResult = (
+    TargetName,
+    KeyInputs,
+    anyhow::Result<(StoredImage, TargetAction)>,
+    f64,
+);
+
+impl<M: MakeTarget> Scheduler<'_, M> {
+    async fn run(mut self) -> anyhow::Result<Scheduled> {
+        self.out.selection = self.sel.iter().map(|t| t.name.clone()).collect();
+        loop {
+            self.start_ready()?;
+            let Some(joined) = self.running.join_next().await else {
+                break;
+            };
+            let (name, inputs, result, secs) =
+                joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
+            self.settle(name, inputs, result, secs)?;
+        }
+        Ok(self.out)
+    }
+
+    /// Starts what can start; settling a stored target or an index can make its children
+    /// ready at once, so this goes on until a pass starts nothing new.
+    fn start_ready(&mut self) -> anyhow::Result<()> {
+        loop {
+            let mut settled = false;
+            for next in schedule::next(self.sel, &self.progress) {
+                match next {
+                    Next::Blocked { target, dep } => {
+                        self.progress.started.insert(target.name.clone());
+                        self.fail(&target.name, format!("not built: `{dep}` failed"));
+                        settled = true;
+                    }
+                    Next::Ready(t) => settled |= self.start(t)?,
+                }
+            }
+            if !settled {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Settles `t` on the spot (stored, or an index) and returns true, or spawns its build
+    /// when a job slot is free.
+    fn start(&mut self, t: &TargetRecipe) -> anyhow::Result<bool> {
+        let deps = t.kind.deps();
+        let done = &self.out.done;
+        let dep_manifests: BTreeMap<TargetName, Digest> = deps
             .iter()
-            .map(|(n, e)| Failure {
-                name: n.to_string(),
-                error: e.clone(),
+            .map(|d| ((*d).clone(), done[*d].1.manifest.clone()))
+            .collect();
+        let inputs = key_inputs(
+            t,
+            &self.ws.settings,
+            &context::fingerprint(&self.contexts[&t.name]),
+            self.ws.mirror.as_deref(),
+            &dep_manifests,
+        )?;
+        let key = inputs.key();
+        if let Some(img) = self.store.lookup(&key) {
+            tracing::info!(target = %t.name, key = %key.short(), "fresh");
+            if self.opts.verbose {
+                self.printer
+                    .status("Fresh", format!("{} ({})", t.name, key.short()));
+            }
+            self.succeed(t.name.clone(), inputs, img, TargetAction::Cached, 0.0);
+            return Ok(true);
+        }
+        if let TargetKind::Index { members } = &t.kind {
+            let img = self.write_index(t, &key, members)?;
+            self.succeed(t.name.clone(), inputs, img, TargetAction::Built, 0.0);
+            return Ok(true);
+        }
+        if self.running.len() < self.opts.jobs.max(1) {
+            self.spawn(t, key, inputs);
+        }
+        Ok(false)
+    }
+
+    /// An index is a few hundred bytes of JSON over its members: written here.
+    fn write_index(
+        &self,
+        t: &TargetRecipe,
+        key: &Digest,
+        members: &[TargetName],
+    ) -> anyhow::Result<StoredImage> {
+        let members: Vec<(Platform, StoredImage)> = members
+            .iter()
+            .map(|m| {
+                let platform = self.ws.graph.get(m).expect("validated").platform.clone();
+                (platform, self.out.done[m].1.clone())
             })
-            .collect(),
-        lockfile_changed: changed,
-        total: sel.len(),
-        push: pushed,
-    })
+            .collect();
+        let img = image::store_index(self.store, &t.name, key, &members)?;
+        self.printer.status(
+            "Indexed",
+            format!(
+                "{} → {} ({} platforms)",
+                t.name,
+                img.manifest.short(),
+                members.len()
+            ),
+        );
+        Ok(img)
+    }
+
+    fn spawn(&mut self, t: &TargetRecipe, key: Digest, inputs: KeyInputs) {
+        self.progress.started.insert(t.name.clone());
+        self.build_no += 1;
+        let verb = if matches!(t.kind, TargetKind::Bootstrap(_)) {
+            "Bootstrapping"
+        } else {
+            "Building"
+        };
+        self.printer.status(
+            verb,
+            format!(
+                "{} (key {}) [{}/{}]",
+                t.name,
+                key.short(),
+                self.build_no,
+                self.to_build
+            ),
+        );
+        let job = Job {
+            recipe: t.clone(),
+            key,
+            entries: self.contexts[&t.name].clone(),
+            parent: t.kind.parent().map(|p| self.out.done[p].1.clone()),
+            sde: self.ws.settings.source_date_epoch,
+            mirror: self.ws.mirror.clone(),
+            store: self.store.clone(),
+            printer: self.printer.clone(),
+            verbose: self.opts.verbose,
+        };
+        let maker = self.maker.clone();
+        self.running.spawn(async move {
+            let t0 = Instant::now();
+            let name = job.recipe.name.clone();
+            let result = maker.make(job).await;
+            (name, inputs, result, t0.elapsed().as_secs_f64())
+        });
+    }
+
+    fn settle(
+        &mut self,
+        name: TargetName,
+        inputs: KeyInputs,
+        result: anyhow::Result<(StoredImage, TargetAction)>,
+        secs: f64,
+    ) -> anyhow::Result<()> {
+        match result {
+            Ok((img, action)) => {
+                let verb = if action == TargetAction::Pulled {
+                    "Pulled"
+                } else {
+                    "Built"
+                };
+                let took = human_secs(secs);
+                self.printer
+                    .status(verb, format!("{name} → {} in {took}", img.manifest.short()));
+                self.succeed(name, inputs, img, action, secs);
+            }
+            // The environment failing is not one target's problem: stop here.
+            Err(e) if crate::exit::exit_code(&e) == crate::error::ExitCode::Environment => {
+                self.running.abort_all();
+                return Err(e.context(format!("building {name}")));
+            }
+            Err(e) => {
+                self.printer.line(
+                    crate::printer::Tone::Bad,
+                    "Failed",
+                    format!("{name}: {}", crate::error::Rendered(&e)),
+                );
+                self.fail(&name, format!("{e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn succeed(
+        &mut self,
+        name: TargetName,
+        inputs: KeyInputs,
+        img: StoredImage,
+        action: TargetAction,
+        seconds: f64,
+    ) {
+        self.progress.started.insert(name.clone());
+        self.progress.done.insert(name.clone());
+        self.out.outcomes.push(Outcome {
+            name: name.to_string(),
+            key: img.key.to_string(),
+            manifest: img.manifest.to_string(),
+            action,
+            seconds,
+        });
+        self.out.done.insert(name, (inputs, img));
+    }
+
+    fn fail(&mut self, name: &TargetName, why: String) {
+        self.progress.failed.insert(name.clone());
+        self.out.failed.insert(name.clone(), why);
+    }
 }
 
 impl BuildReport {
@@ -410,17 +586,8 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-/// What a build task hands back: the target, its key inputs, the image and whether it was
-/// built or pulled, and the seconds it took.
-type TaskResult = (
-    TargetName,
-    KeyInputs,
-    anyhow::Result<(StoredImage, &'static str)>,
-    f64,
-);
-
 /// One target to build, with everything it needs owned.
-struct Job {
+pub struct Job {
     recipe: TargetRecipe,
     key: Digest,
     entries: Vec<ContextEntry>,
@@ -722,3 +889,7 @@ fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
         package: img.packages.clone(),
     }
 }
+
+#[cfg(test)]
+#[path = "imagebuild/scheduler_tests.rs"]
+mod scheduler_tests;

@@ -12,3 +12,4 @@ pub mod plan;
 pub mod recipe;
 pub mod rootfs_lock;
 pub mod rootfs_merge;
+pub mod schedule;
