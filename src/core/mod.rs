@@ -12,4 +12,5 @@ pub mod plan;
 pub mod recipe;
 pub mod rootfs_lock;
 pub mod rootfs_merge;
+pub mod rootfs_recipe;
 pub mod schedule;

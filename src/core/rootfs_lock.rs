@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::lockfile::{quote, LockfileError};
 use super::names::Digest;
+pub use super::rootfs_recipe::valid_config_name;
+use super::rootfs_recipe::DEBIAN_ARCHES;
 
 pub const ROOTFS_LOCKFILE_VERSION: u32 = 1;
 
@@ -113,7 +115,7 @@ impl RootfsLockfile {
                 )));
             }
             for arch in config.arch.keys() {
-                if !crate::rootfs::DEBIAN_ARCHES.contains(&arch.as_str()) {
+                if !DEBIAN_ARCHES.contains(&arch.as_str()) {
                     return Err(err(format!(
                         "rootfs.{}.arch.{}: not a Debian architecture",
                         quote(name),
@@ -155,15 +157,6 @@ impl RootfsLockfile {
         }
         out
     }
-}
-
-/// Config names become URL path segments and YAML keys: keep them plain.
-pub fn valid_config_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The version directory of a config: the recipe's `SOURCE_DATE_EPOCH` as `YYYYMMDD`, a dot,

@@ -1,6 +1,6 @@
 //! Which targets of a build can go next: a pure function of the selection (in dependency
-//! order) and what has started, finished and failed. The image build loop
-//! (`crate::imagebuild`) asks it after every change; failure propagation and ordering live
+//! order) and what has started, finished and failed. The image build loop asks it after
+//! every change; failure propagation and ordering live
 //! here, where a unit test sees them without Docker.
 
 use std::collections::BTreeSet;

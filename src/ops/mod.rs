@@ -1,7 +1,7 @@
 //! One module per command, one contract: `ops::<cmd>::run(&Context, &<Cmd>Options) ->
 //! Result<<Cmd>Report>`. A command loads what it needs through [`Context::workspace`], says
 //! how it is going on stderr through [`Context::printer`], and returns a serialisable
-//! [`Report`]; the runner (`crate::runner`) owns locks, Ctrl-C, `--json` and the exit code, so
+//! [`Report`]; the runner (one floor up) owns locks, Ctrl-C, `--json` and the exit code, so
 //! a driver (the Monday procedure) can call any command as a function and journal its report.
 //! Commands do not call each other: what two share lives on a floor below.
 

@@ -40,7 +40,7 @@ use crate::rootfs::cpio;
 
 /// xz preset (compression level) of the `.xz` outputs unless a recipe sets `xz-preset`:
 /// KernelCI's `tar cJf` used xz's default, 6. The preset is a key fact of its own.
-pub const XZ_PRESET: u32 = 6;
+pub const XZ_PRESET: u32 = crate::core::rootfs_recipe::DEFAULT_XZ_PRESET;
 /// Uncompressed size of each xz block: fixed, so the multi-threaded encoder's output does
 /// not depend on the number of threads.
 pub const XZ_BLOCK_SIZE: u64 = 24 << 20;

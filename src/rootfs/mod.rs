@@ -21,56 +21,12 @@ pub mod cpio;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The image target every rootfs is built in.
 pub const BUILDER_TARGET: &str = "rootfs-builder";
 
-/// Debian architectures KernelCI builds rootfs images for.
-pub const DEBIAN_ARCHES: &[&str] = &[
-    "amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "riscv64", "s390x",
-];
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RootfsRecipe {
-    pub name: String,
-    pub debian_release: String,
-    pub arch_list: Vec<String>,
-    #[serde(default)]
-    pub extra_packages: Vec<String>,
-    #[serde(default)]
-    pub extra_packages_remove: Vec<String>,
-    #[serde(default)]
-    pub extra_files_remove: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub script: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_overlay: Option<String>,
-    #[serde(default)]
-    pub crush_image_options: Vec<String>,
-    pub source_date_epoch: u64,
-    /// `auto`: `$KCI_DEBIAN_MIRROR`, else the machine's apt sources.
-    pub mirror: String,
-    /// xz level of `full.rootfs.tar.xz` and `rootfs.ext4.xz` (default 6, as KernelCI's
-    /// `tar cJf`); lower is much faster (BENCHMARKS.md) and a little larger.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xz_preset: Option<u32>,
-}
-
-impl RootfsRecipe {
-    pub fn xz_preset(&self) -> u32 {
-        self.xz_preset.unwrap_or(artifact::XZ_PRESET)
-    }
-}
-
-impl RootfsRecipe {
-    /// The canonical file text: a header naming where it came from, then the fields.
-    pub fn to_toml(&self, header: &str) -> String {
-        let body = toml::to_string(self).expect("recipes serialise");
-        format!("{header}{body}")
-    }
-}
+pub use crate::core::rootfs_recipe::{RootfsRecipe, DEBIAN_ARCHES};
 
 /// One config from `rootfs-configs.yaml`, as KernelCI writes it.
 #[derive(Debug, Deserialize)]

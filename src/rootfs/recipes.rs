@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
 use super::RootfsRecipe;
 use crate::core::rootfs_lock::RootfsManifest;
@@ -21,38 +21,7 @@ pub fn load_recipes(dir: &Path) -> anyhow::Result<Vec<RootfsRecipe>> {
     for f in files {
         let text =
             std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        let r: RootfsRecipe = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.to_string().trim_end()))?;
-        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        if r.name != stem {
-            bail!(
-                "{}: name: `{}` must match the file name `{stem}`",
-                f.display(),
-                r.name
-            );
-        }
-        if r.xz_preset() > 9 {
-            bail!(
-                "{}: xz-preset: {} is not an xz level (0–9)",
-                f.display(),
-                r.xz_preset()
-            );
-        }
-        if !crate::core::rootfs_lock::valid_config_name(&r.name) {
-            bail!(
-                "{}: name: `{}` is not a plain config name",
-                f.display(),
-                r.name
-            );
-        }
-        for a in &r.arch_list {
-            if !crate::rootfs::DEBIAN_ARCHES.contains(&a.as_str()) {
-                bail!(
-                    "{}: arch-list: `{a}` is not a Debian architecture",
-                    f.display()
-                );
-            }
-        }
+        let r = RootfsRecipe::parse(&f, &text)?;
         out.push(r);
     }
     Ok(out)

@@ -1,0 +1,148 @@
+//! Rootfs recipes, the model: one TOML file per config under `recipes/` (KernelCI's
+//! `rootfs-configs.yaml` fields plus what reproducibility needs), and its validation — pure,
+//! beside the image recipes. Reading the directory is the rootfs floor's job.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// xz level of the `.xz` files when a recipe does not say (KernelCI's `tar cJf`).
+pub const DEFAULT_XZ_PRESET: u32 = 6;
+
+/// Debian architectures KernelCI builds rootfs images for.
+pub const DEBIAN_ARCHES: &[&str] = &[
+    "amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "riscv64", "s390x",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootfsRecipe {
+    pub name: String,
+    pub debian_release: String,
+    pub arch_list: Vec<String>,
+    #[serde(default)]
+    pub extra_packages: Vec<String>,
+    #[serde(default)]
+    pub extra_packages_remove: Vec<String>,
+    #[serde(default)]
+    pub extra_files_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_overlay: Option<String>,
+    #[serde(default)]
+    pub crush_image_options: Vec<String>,
+    pub source_date_epoch: u64,
+    /// `auto`: `$KCI_DEBIAN_MIRROR`, else the machine's apt sources.
+    pub mirror: String,
+    /// xz level of `full.rootfs.tar.xz` and `rootfs.ext4.xz` (default 6, as KernelCI's
+    /// `tar cJf`); lower is much faster (BENCHMARKS.md) and a little larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xz_preset: Option<u32>,
+}
+
+impl RootfsRecipe {
+    pub fn xz_preset(&self) -> u32 {
+        self.xz_preset.unwrap_or(DEFAULT_XZ_PRESET)
+    }
+}
+
+impl RootfsRecipe {
+    /// The canonical file text: a header naming where it came from, then the fields.
+    pub fn to_toml(&self, header: &str) -> String {
+        let body = toml::to_string(self).expect("recipes serialise");
+        format!("{header}{body}")
+    }
+}
+
+/// Config names become URL path segments and YAML keys: keep them plain.
+pub fn valid_config_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A recipe file that does not parse or does not hold: names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct RootfsRecipeError {
+    pub file: std::path::PathBuf,
+    pub message: String,
+}
+
+impl RootfsRecipe {
+    /// Parses `recipes/<name>.toml`: the file stem must be the recipe's name, the name a
+    /// plain config name, the xz preset a level, every arch a Debian architecture.
+    pub fn parse(file: &Path, text: &str) -> Result<RootfsRecipe, RootfsRecipeError> {
+        let err = |message: String| RootfsRecipeError {
+            file: file.to_owned(),
+            message,
+        };
+        let r: RootfsRecipe =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if r.name != stem {
+            return Err(err(format!(
+                "name: `{}` must match the file name `{stem}`",
+                r.name
+            )));
+        }
+        if r.xz_preset() > 9 {
+            return Err(err(format!(
+                "xz-preset: {} is not an xz level (0–9)",
+                r.xz_preset()
+            )));
+        }
+        if !valid_config_name(&r.name) {
+            return Err(err(format!(
+                "name: `{}` is not a plain config name",
+                r.name
+            )));
+        }
+        if let Some(a) = r
+            .arch_list
+            .iter()
+            .find(|a| !DEBIAN_ARCHES.contains(&a.as_str()))
+        {
+            return Err(err(format!(
+                "arch-list: `{a}` is not a Debian architecture"
+            )));
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_file_and_the_field() {
+        let ok = "name = \"bookworm\"\ndebian-release = \"bookworm\"\narch-list = [\"amd64\"]\nsource-date-epoch = 1\nmirror = \"auto\"\n";
+        let f = Path::new("recipes/bookworm.toml");
+        assert_eq!(RootfsRecipe::parse(f, ok).unwrap().xz_preset(), 6);
+        let e = |text: &str, file: &str| {
+            RootfsRecipe::parse(Path::new(file), text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e(ok, "recipes/other.toml"),
+            "recipes/other.toml: name: `bookworm` must match the file name `other`"
+        );
+        assert_eq!(
+            e(&ok.replace("amd64", "x86_64"), "recipes/bookworm.toml"),
+            "recipes/bookworm.toml: arch-list: `x86_64` is not a Debian architecture"
+        );
+        assert_eq!(
+            e(&format!("{ok}xz-preset = 12\n"), "recipes/bookworm.toml"),
+            "recipes/bookworm.toml: xz-preset: 12 is not an xz level (0–9)"
+        );
+        assert!(e("name = 1", "recipes/x.toml").starts_with("recipes/x.toml: "));
+    }
+}
