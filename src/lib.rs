@@ -1,4 +1,16 @@
-//! kci-build: reproducible, content-addressed builds of KernelCI's toolchain images.
+//! kci-build: reproducible, content-addressed builds of KernelCI's toolchain images and
+//! rootfs files.
+//!
+//! The floors, bottom up (ARCHITECTURE.md has the map, a line per module); a module uses
+//! its own floor and those below, and a command never uses another command:
+//!
+//! 0. [`core`]: pure models, keys, plans, schedules, lockfiles and diffs.
+//! 1. foundations: [`error`], [`fsutil`], [`printer`], [`store`], [`lockedit`], [`context`],
+//!    [`layer`], [`layerdiff`], [`image`], [`dpkg`].
+//! 2. services: [`docker`], [`registry`], [`storage`], [`bootstrap`].
+//! 3. engines: [`workspace`], [`imagebuild`], [`publish`], [`rootfs`], [`exit`].
+//! 4. commands: [`ops`], one module per command, one contract.
+//! 5. entry: [`cli`], [`runner`] (and `main.rs`).
 
 pub mod bootstrap;
 pub mod cli;
