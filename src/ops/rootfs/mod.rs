@@ -3,9 +3,9 @@
 //! builder container; turns the builder's raw trees into the five canonical files; uploads
 //! them to storage under a key-derived version directory; writes `lockfiles/rootfs.lock`.
 //!
-//! [`run`] is a pipeline of stages, each a module returning data: [`select`] → [`prepare`]
-//! (scan, the builder image, keys) → [`classify`] (made already?) → [`jobs`] (build, collect,
-//! pack) → [`publish`] (upload) → lock ([`crate::core::rootfs_merge`], a pure function,
+//! [`run`] is a pipeline of stages, each a module returning data: `select` → `prepare`
+//! (scan, the builder image, keys) → `classify` (made already?) → `jobs` (build, collect,
+//! pack) → `publish` (upload) → lock ([`crate::core::rootfs_merge`], a pure function,
 //! written through [`LockfileEdit`]); [`report`] is what it returns.
 //!
 //! A rerun (or `--resume`) re-attaches to containers still running, collects finished ones
