@@ -60,130 +60,28 @@ pub async fn push_images(
     jobs: usize,
     printer: &Printer,
 ) -> anyhow::Result<PushReport> {
+    let p = Pusher {
+        reg,
+        store,
+        prefix,
+        jobs: jobs.max(1),
+        printer,
+    };
     // 0. Images whose tags already name their manifest are done: tags go up last, so
     //    everything they need is there.
-    let published = futures_util::future::try_join_all(images.iter().map(|img| async move {
-        let repo = repository(prefix, &img.target);
-        let key_tag = key_tag(&img.key);
-        let (by_key, by_name) = tokio::try_join!(
-            reg.manifest_digest(&repo, &key_tag),
-            reg.manifest_digest(&repo, img.target.tag())
-        )?;
-        anyhow::Ok(
-            by_key.as_ref() == Some(&img.manifest) && by_name.as_ref() == Some(&img.manifest),
-        )
-    }))
-    .await?;
+    let published = p.published(images).await?;
     let todo: Vec<&StoredImage> = images
         .iter()
         .zip(&published)
         .filter(|(_, done)| !**done)
         .map(|(img, _)| img)
         .collect();
-
-    // 1. Blobs: each digest goes up once, to the first repository that needs it, in
-    //    parallel; the other repositories get it by cross-repository mount.
-    let mut home: BTreeMap<Digest, String> = BTreeMap::new();
-    let mut uploads = BTreeSet::new();
-    let mut mounts = BTreeSet::new();
-    for img in todo.iter().filter(|img| !img.is_index()) {
-        let repo = repository(prefix, &img.target);
-        for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
-            match home.get(d) {
-                None => {
-                    home.insert(d.clone(), repo.clone());
-                    uploads.insert((repo.clone(), d.clone()));
-                }
-                Some(from) if from != &repo => {
-                    mounts.insert((repo.clone(), d.clone(), from.clone()));
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    if !todo.is_empty() {
-        printer.status(
-            "Pushing",
-            format!(
-                "{} images ({} blobs) to {}",
-                todo.len(),
-                uploads.len(),
-                reg.host()
-            ),
-        );
-    }
-    futures_util::stream::iter(uploads.into_iter().map(|(repo, d)| {
-        let path = store.blob_path(&d);
-        async move {
-            reg.push_blob(&repo, &d, &path)
-                .await
-                .with_context(|| format!("pushing blob {d} to {repo}"))
-        }
-    }))
-    .buffer_unordered(jobs.max(1))
-    .try_collect::<Vec<bool>>()
-    .await?;
-    futures_util::stream::iter(mounts.into_iter().map(|(repo, d, from)| {
-        let path = store.blob_path(&d);
-        let short = d.short().to_owned();
-        async move {
-            if !reg.mount_blob(&repo, &d, &from).await? {
-                reg.push_blob(&repo, &d, &path).await?;
-            }
-            anyhow::Ok(())
-        }
-        .map(move |r| r.with_context(|| format!("pushing blob {short} to its other repositories")))
-    }))
-    .buffer_unordered(jobs.max(1))
-    .try_collect::<Vec<()>>()
-    .await?;
-    // 2. Manifests by digest (an index after the manifests it names), 3. tags last.
-    let media_type = |img: &StoredImage| {
-        if img.is_index() {
-            INDEX_MEDIA_TYPE
-        } else {
-            MANIFEST_MEDIA_TYPE
-        }
-    };
-    for img in todo
-        .iter()
-        .filter(|i| !i.is_index())
-        .chain(todo.iter().filter(|i| i.is_index()))
-    {
-        let bytes = store.read_blob(&img.manifest)?;
-        reg.put_manifest(
-            &repository(prefix, &img.target),
-            img.manifest.as_str(),
-            media_type(img),
-            &bytes,
-        )
-        .await?;
-    }
+    // 1. Blobs, 2. manifests by digest (an index after the manifests it names), 3. tags.
+    p.push_blobs(&todo).await?;
+    p.put_manifests(&todo).await?;
     let mut pushed = Vec::new();
     for (img, done) in images.iter().zip(published) {
-        let repo = repository(prefix, &img.target);
-        let tags = vec![key_tag(&img.key), img.target.tag().to_owned()];
-        if !done {
-            let bytes = store.read_blob(&img.manifest)?;
-            for t in &tags {
-                reg.put_manifest(&repo, t, media_type(img), &bytes).await?;
-            }
-        }
-        printer.status(
-            if done { "Present" } else { "Pushed" },
-            format!(
-                "{}/{repo}:{} ({})",
-                reg.host(),
-                img.target.tag(),
-                img.manifest.short()
-            ),
-        );
-        pushed.push(PushedTarget {
-            name: img.target.to_string(),
-            repository: repo,
-            tags,
-            manifest: img.manifest.to_string(),
-        });
+        pushed.push(p.tag(img, done).await?);
     }
     let s = &reg.stats;
     Ok(PushReport {
@@ -197,6 +95,163 @@ pub async fn push_images(
         resumed_uploads: s.resumes.load(Ordering::Relaxed),
         restarted_uploads: s.restarts.load(Ordering::Relaxed),
     })
+}
+
+/// Each blob goes up once, to the first repository that needs it; the other repositories
+/// get it by cross-repository mount from there.
+#[derive(Default)]
+struct BlobPlan {
+    /// `(repository, digest)`.
+    uploads: BTreeSet<(String, Digest)>,
+    /// `(repository, digest, from repository)`.
+    mounts: BTreeSet<(String, Digest, String)>,
+}
+
+fn blob_plan(prefix: &str, todo: &[&StoredImage]) -> BlobPlan {
+    let mut home: BTreeMap<Digest, String> = BTreeMap::new();
+    let mut plan = BlobPlan::default();
+    for img in todo.iter().filter(|img| !img.is_index()) {
+        let repo = repository(prefix, &img.target);
+        for d in img.layers.iter().map(|l| &l.digest).chain([&img.config]) {
+            match home.get(d) {
+                None => {
+                    home.insert(d.clone(), repo.clone());
+                    plan.uploads.insert((repo.clone(), d.clone()));
+                }
+                Some(from) if from != &repo => {
+                    plan.mounts.insert((repo.clone(), d.clone(), from.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    plan
+}
+
+fn media_type(img: &StoredImage) -> &'static str {
+    if img.is_index() {
+        INDEX_MEDIA_TYPE
+    } else {
+        MANIFEST_MEDIA_TYPE
+    }
+}
+
+/// One push: the registry, where the bytes are, and how many requests at once.
+struct Pusher<'a> {
+    reg: &'a Registry,
+    store: &'a Store,
+    prefix: &'a str,
+    jobs: usize,
+    printer: &'a Printer,
+}
+
+impl Pusher<'_> {
+    /// Per image: do both its tags already name its manifest?
+    async fn published(&self, images: &[StoredImage]) -> anyhow::Result<Vec<bool>> {
+        let reg = self.reg;
+        futures_util::future::try_join_all(images.iter().map(|img| async move {
+            let repo = repository(self.prefix, &img.target);
+            let key_tag = key_tag(&img.key);
+            let (by_key, by_name) = tokio::try_join!(
+                reg.manifest_digest(&repo, &key_tag),
+                reg.manifest_digest(&repo, img.target.tag())
+            )?;
+            anyhow::Ok(
+                by_key.as_ref() == Some(&img.manifest) && by_name.as_ref() == Some(&img.manifest),
+            )
+        }))
+        .await
+    }
+
+    /// Uploads then mounts every blob `todo` needs, `jobs` at a time.
+    async fn push_blobs(&self, todo: &[&StoredImage]) -> anyhow::Result<()> {
+        let BlobPlan { uploads, mounts } = blob_plan(self.prefix, todo);
+        if !todo.is_empty() {
+            self.printer.status(
+                "Pushing",
+                format!(
+                    "{} images ({} blobs) to {}",
+                    todo.len(),
+                    uploads.len(),
+                    self.reg.host()
+                ),
+            );
+        }
+        let (reg, store) = (self.reg, self.store);
+        futures_util::stream::iter(uploads.into_iter().map(|(repo, d)| {
+            let path = store.blob_path(&d);
+            async move {
+                reg.push_blob(&repo, &d, &path)
+                    .await
+                    .with_context(|| format!("pushing blob {d} to {repo}"))
+            }
+        }))
+        .buffer_unordered(self.jobs)
+        .try_collect::<Vec<bool>>()
+        .await?;
+        futures_util::stream::iter(mounts.into_iter().map(|(repo, d, from)| {
+            let path = store.blob_path(&d);
+            let short = d.short().to_owned();
+            async move {
+                if !reg.mount_blob(&repo, &d, &from).await? {
+                    reg.push_blob(&repo, &d, &path).await?;
+                }
+                anyhow::Ok(())
+            }
+            .map(move |r| {
+                r.with_context(|| format!("pushing blob {short} to its other repositories"))
+            })
+        }))
+        .buffer_unordered(self.jobs)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Every manifest by digest, an index after the manifests it names.
+    async fn put_manifests(&self, todo: &[&StoredImage]) -> anyhow::Result<()> {
+        for img in todo
+            .iter()
+            .filter(|i| !i.is_index())
+            .chain(todo.iter().filter(|i| i.is_index()))
+        {
+            let bytes = self.store.read_blob(&img.manifest)?;
+            let repo = repository(self.prefix, &img.target);
+            self.reg
+                .put_manifest(&repo, img.manifest.as_str(), media_type(img), &bytes)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The key tag and the human tag, last (unless `done`: they name the manifest already).
+    async fn tag(&self, img: &StoredImage, done: bool) -> anyhow::Result<PushedTarget> {
+        let repo = repository(self.prefix, &img.target);
+        let tags = vec![key_tag(&img.key), img.target.tag().to_owned()];
+        if !done {
+            let bytes = self.store.read_blob(&img.manifest)?;
+            for t in &tags {
+                self.reg
+                    .put_manifest(&repo, t, media_type(img), &bytes)
+                    .await?;
+            }
+        }
+        self.printer.status(
+            if done { "Present" } else { "Pushed" },
+            format!(
+                "{}/{repo}:{} ({})",
+                self.reg.host(),
+                img.target.tag(),
+                img.manifest.short()
+            ),
+        );
+        Ok(PushedTarget {
+            name: img.target.to_string(),
+            repository: repo,
+            tags,
+            manifest: img.manifest.to_string(),
+        })
+    }
 }
 
 /// If the registry has `key` (under its key tag), copies the image into the store,

@@ -130,19 +130,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             )
         }
         Command::Import { what } => {
-            let ImportWhat::RootfsConfigs {
-                file,
-                out,
-                release,
-                source_date_epoch,
-            } = what;
-            let args = ops::import::ImportArgs {
-                file: file.clone(),
-                out: out.clone(),
-                release: release.clone(),
-                source_date_epoch: *source_date_epoch,
-                images: cli.images.clone(),
-            };
+            let args = import_args(what, cli);
             finish(ctx, ops::import::run(ctx, &args), false)
         }
         Command::Load { targets } => {
@@ -154,6 +142,22 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             )
         }
         Command::Lock { .. } => finish(ctx, ops::lock::run(ctx), false),
+    }
+}
+
+fn import_args(what: &ImportWhat, cli: &Cli) -> ops::import::ImportArgs {
+    let ImportWhat::RootfsConfigs {
+        file,
+        out,
+        release,
+        source_date_epoch,
+    } = what;
+    ops::import::ImportArgs {
+        file: file.clone(),
+        out: out.clone(),
+        release: release.clone(),
+        source_date_epoch: *source_date_epoch,
+        images: cli.images.clone(),
     }
 }
 

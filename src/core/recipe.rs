@@ -176,133 +176,150 @@ pub fn parse_image_file(file: &Path, text: &str) -> Result<Vec<TargetRecipe>, Re
     }
     let mut out = Vec::with_capacity(raw.target.len());
     for (i, t) in raw.target.into_iter().enumerate() {
-        let field = |f: &str| format!("target[{i}] ({}).{f}", t.name);
+        let field = format!("target[{i}] ({})", t.name);
+        let name = t.name.clone();
         let platform = t.platform.clone().unwrap_or_else(Platform::linux_amd64);
-        if let Some(members) = t.index {
-            for (f, set) in [
-                ("parent", t.parent.is_some()),
-                ("dockerfile", t.dockerfile.is_some()),
-                ("args", !t.args.is_empty()),
-                ("platform", t.platform.is_some()),
-                ("bootstrap", t.bootstrap.is_some()),
-            ] {
-                if set {
-                    return Err(RecipeError::new(
-                        file,
-                        field(f),
-                        "an index target takes only `index` (its members carry the platforms)",
-                    ));
-                }
-            }
-            if members.is_empty() {
-                return Err(RecipeError::new(file, field("index"), "lists no member"));
-            }
-            if let Some(m) = members.iter().find(|m| m.image() != t.name.image()) {
-                return Err(RecipeError::new(
-                    file,
-                    field("index"),
-                    format!("member `{m}` is not a tag of image `{}`", t.name.image()),
-                ));
-            }
-            out.push(TargetRecipe {
-                name: t.name.clone(),
-                recipe_file: file.to_owned(),
-                context_dir: context_dir.clone(),
-                platform,
-                kind: TargetKind::Index { members },
-            });
-            continue;
-        }
-        let kind = match t.bootstrap {
-            Some(mut b) => {
-                for (f, set) in [
-                    ("parent", t.parent.is_some()),
-                    ("dockerfile", t.dockerfile.is_some()),
-                    ("args", !t.args.is_empty()),
-                ] {
-                    if set {
-                        return Err(RecipeError::new(
-                            file,
-                            field(f),
-                            "a bootstrap target takes no parent, dockerfile or args",
-                        ));
-                    }
-                }
-                if b.suite.is_empty()
-                    || !b
-                        .suite
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                {
-                    return Err(RecipeError::new(
-                        file,
-                        field("bootstrap.suite"),
-                        format!("`{}` is not a Debian suite name", b.suite),
-                    ));
-                }
-                if ![
-                    "extract",
-                    "custom",
-                    "essential",
-                    "apt",
-                    "required",
-                    "minbase",
-                    "buildd",
-                    "important",
-                    "debootstrap",
-                    "standard",
-                ]
-                .contains(&b.variant.as_str())
-                {
-                    return Err(RecipeError::new(
-                        file,
-                        field("bootstrap.variant"),
-                        format!("`{}` is not an mmdebstrap variant", b.variant),
-                    ));
-                }
-                if let Some(p) = b.packages.iter().find(|p| !is_debian_package_name(p)) {
-                    return Err(RecipeError::new(
-                        file,
-                        field("bootstrap.packages"),
-                        format!("`{p}` is not a Debian package name"),
-                    ));
-                }
-                b.packages.sort();
-                b.packages.dedup();
-                TargetKind::Bootstrap(b)
-            }
-            None => {
-                if let Some(k) = t.args.keys().find(|k| RESERVED_ARGS.contains(&k.as_str())) {
-                    return Err(RecipeError::new(
-                        file,
-                        field(&format!("args.{k}")),
-                        "is set by kci-build itself",
-                    ));
-                }
-                let dockerfile = t.dockerfile.unwrap_or_else(|| "Dockerfile".to_owned());
-                if dockerfile.starts_with('/') || dockerfile.split('/').any(|c| c == "..") {
-                    return Err(RecipeError::new(
-                        file,
-                        field("dockerfile"),
-                        "must be a path inside the target's directory",
-                    ));
-                }
-                TargetKind::Dockerfile {
-                    dockerfile,
-                    parent: t.parent,
-                    args: t.args,
-                }
-            }
-        };
         out.push(TargetRecipe {
-            name: t.name,
+            name,
             recipe_file: file.to_owned(),
             context_dir: context_dir.clone(),
             platform,
-            kind,
+            kind: kind_of(&Field { file, at: &field }, t)?,
         });
     }
     Ok(out)
+}
+
+/// Where in the recipe file an error is: the file and `target[i] (name)`.
+struct Field<'a> {
+    file: &'a Path,
+    at: &'a str,
+}
+
+impl Field<'_> {
+    fn error(&self, field: &str, message: impl Into<String>) -> RecipeError {
+        RecipeError::new(self.file, format!("{}.{field}", self.at), message)
+    }
+
+    /// Fails on the first of `fields` that is set, with `message`.
+    fn refuse(&self, fields: &[(&str, bool)], message: &str) -> Result<(), RecipeError> {
+        match fields.iter().find(|(_, set)| *set) {
+            Some((f, _)) => Err(self.error(f, message)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An index, a bootstrap or a Dockerfile target, validated.
+fn kind_of(at: &Field<'_>, t: RawTarget) -> Result<TargetKind, RecipeError> {
+    if let Some(members) = &t.index {
+        return index_kind(at, &t, members.clone());
+    }
+    match t.bootstrap {
+        Some(b) => {
+            let others = [
+                ("parent", t.parent.is_some()),
+                ("dockerfile", t.dockerfile.is_some()),
+                ("args", !t.args.is_empty()),
+            ];
+            at.refuse(
+                &others,
+                "a bootstrap target takes no parent, dockerfile or args",
+            )?;
+            bootstrap_kind(at, b)
+        }
+        None => dockerfile_kind(at, t.dockerfile, t.parent, t.args),
+    }
+}
+
+fn index_kind(
+    at: &Field<'_>,
+    t: &RawTarget,
+    members: Vec<TargetName>,
+) -> Result<TargetKind, RecipeError> {
+    let others = [
+        ("parent", t.parent.is_some()),
+        ("dockerfile", t.dockerfile.is_some()),
+        ("args", !t.args.is_empty()),
+        ("platform", t.platform.is_some()),
+        ("bootstrap", t.bootstrap.is_some()),
+    ];
+    at.refuse(
+        &others,
+        "an index target takes only `index` (its members carry the platforms)",
+    )?;
+    if members.is_empty() {
+        return Err(at.error("index", "lists no member"));
+    }
+    if let Some(m) = members.iter().find(|m| m.image() != t.name.image()) {
+        return Err(at.error(
+            "index",
+            format!("member `{m}` is not a tag of image `{}`", t.name.image()),
+        ));
+    }
+    Ok(TargetKind::Index { members })
+}
+
+/// mmdebstrap's variants.
+const VARIANTS: &[&str] = &[
+    "extract",
+    "custom",
+    "essential",
+    "apt",
+    "required",
+    "minbase",
+    "buildd",
+    "important",
+    "debootstrap",
+    "standard",
+];
+
+fn bootstrap_kind(at: &Field<'_>, mut b: Bootstrap) -> Result<TargetKind, RecipeError> {
+    let suite_ok = !b.suite.is_empty()
+        && b.suite
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-');
+    if !suite_ok {
+        return Err(at.error(
+            "bootstrap.suite",
+            format!("`{}` is not a Debian suite name", b.suite),
+        ));
+    }
+    if !VARIANTS.contains(&b.variant.as_str()) {
+        return Err(at.error(
+            "bootstrap.variant",
+            format!("`{}` is not an mmdebstrap variant", b.variant),
+        ));
+    }
+    if let Some(p) = b.packages.iter().find(|p| !is_debian_package_name(p)) {
+        return Err(at.error(
+            "bootstrap.packages",
+            format!("`{p}` is not a Debian package name"),
+        ));
+    }
+    b.packages.sort();
+    b.packages.dedup();
+    Ok(TargetKind::Bootstrap(b))
+}
+
+fn dockerfile_kind(
+    at: &Field<'_>,
+    dockerfile: Option<String>,
+    parent: Option<TargetName>,
+    args: BTreeMap<String, String>,
+) -> Result<TargetKind, RecipeError> {
+    if let Some(k) = args.keys().find(|k| RESERVED_ARGS.contains(&k.as_str())) {
+        return Err(at.error(&format!("args.{k}"), "is set by kci-build itself"));
+    }
+    let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".to_owned());
+    if dockerfile.starts_with('/') || dockerfile.split('/').any(|c| c == "..") {
+        return Err(at.error("dockerfile", "must be a path inside the target's directory"));
+    }
+    Ok(TargetKind::Dockerfile {
+        dockerfile,
+        parent,
+        args,
+    })
 }
 
 fn is_debian_package_name(p: &str) -> bool {
