@@ -14,6 +14,7 @@
 
 pub mod bootstrap;
 pub mod cli;
+pub mod containers;
 pub mod context;
 pub mod core;
 pub mod docker;

@@ -1,5 +1,5 @@
 //! Rootfs builds as labelled, detached containers of the rootfs-builder image, driven
-//! through the Docker API. A container outlives kci-build: Ctrl-C or a kill leaves it
+//! through [`Containers`] (the Docker API; a fake in unit tests). A container outlives kci-build: Ctrl-C or a kill leaves it
 //! running, and the next run finds it by its name (derived from the key and the store),
 //! re-attaches to its log, and collects `/out` once it has exited 0.
 
@@ -7,16 +7,11 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
 use futures_util::StreamExt;
 
 use super::plan::RootfsJob;
-use crate::docker::{DaemonError, DockerEngine};
+use crate::containers::{ContainerSpec, Containers};
+use crate::docker::DaemonError;
 
 pub const LABEL: &str = "org.kernelci.kci-build.rootfs";
 pub const LABEL_KEY: &str = "org.kernelci.kci-build.rootfs.key";
@@ -40,116 +35,52 @@ pub fn store_tag(root: &Path) -> String {
     crate::core::names::Digest::of(path.as_os_str().as_bytes()).hex()[..8].to_owned()
 }
 
-/// Where a job's container is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerState {
-    Missing,
-    /// Created (inputs uploaded or not) but never started.
-    Created,
-    Running,
-    Exited(i64),
+pub use crate::containers::ContainerState;
+
+pub async fn state<C: Containers>(engine: &C, name: &str) -> Result<ContainerState, DaemonError> {
+    engine.state(name).await
 }
 
-fn api(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DaemonError {
-    let context = context.into();
-    move |source| DaemonError::Api { context, source }
-}
-
-pub async fn state(engine: &DockerEngine, name: &str) -> Result<ContainerState, DaemonError> {
-    match engine.api().inspect_container(name, None).await {
-        Ok(c) => {
-            let s = c.state.unwrap_or_default();
-            Ok(if s.running.unwrap_or(false) {
-                ContainerState::Running
-            } else if matches!(
-                s.status,
-                Some(bollard::models::ContainerStateStatusEnum::CREATED)
-            ) {
-                ContainerState::Created
-            } else {
-                ContainerState::Exited(s.exit_code.unwrap_or(-1))
-            })
-        }
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(ContainerState::Missing),
-        Err(e) => Err(api(format!("inspecting container {name}"))(e)),
-    }
-}
-
-/// Creates the container, uploads `/kci/` and starts it. With CAP_SYS_ADMIN and no seccomp
-/// or AppArmor profile: mmdebstrap mounts /proc, /sys and /dev in the chroot and the ext4
-/// step mounts a tmpfs. (Not `--privileged`: it needs every capability in the daemon's
-/// bounding set, which sandboxed hosts do not have.) Host network: the Debian mirror is
-/// reached the way the host reaches it.
-pub async fn start(
-    engine: &DockerEngine,
+/// Creates the container (unless an earlier run did), uploads `/kci/` and starts it. With
+/// CAP_SYS_ADMIN and no seccomp or AppArmor profile: mmdebstrap mounts /proc, /sys and /dev
+/// in the chroot and the ext4 step mounts a tmpfs. (Not `--privileged`: it needs every
+/// capability in the daemon's bounding set, which sandboxed hosts do not have.) Host
+/// network: the Debian mirror is reached the way the host reaches it.
+pub async fn start<C: Containers>(
+    engine: &C,
     name: &str,
     job: &RootfsJob,
     image_id: &str,
     env: Vec<String>,
     inputs_tar: Vec<u8>,
 ) -> Result<(), DaemonError> {
-    let labels = HashMap::from([
-        (LABEL.to_owned(), job.label()),
-        (LABEL_KEY.to_owned(), job.key.as_str().to_owned()),
-    ]);
-    let body = ContainerCreateBody {
-        image: Some(image_id.to_owned()),
-        cmd: Some(vec!["sh".into(), "/kci/build.sh".into()]),
-        env: Some(env),
-        labels: Some(labels),
-        hostname: Some("kci-rootfs".into()),
-        working_dir: Some("/".into()),
+    let spec = ContainerSpec {
+        image: image_id.to_owned(),
+        cmd: vec!["sh".into(), "/kci/build.sh".into()],
+        env,
+        labels: HashMap::from([
+            (LABEL.to_owned(), job.label()),
+            (LABEL_KEY.to_owned(), job.key.as_str().to_owned()),
+        ]),
+        hostname: "kci-rootfs".into(),
         // /out on an anonymous volume: the daemon's own filesystem, not the container's
         // (fuse-)overlay, which made writing and collecting 1.4 GB the slowest part.
         // (Not a tmpfs: that is gone when the container stops, before collection.)
-        volumes: Some(vec!["/out".into()]),
-        host_config: Some(HostConfig {
-            cap_add: Some(vec!["SYS_ADMIN".into()]),
-            security_opt: Some(vec![
-                "seccomp=unconfined".into(),
-                "apparmor=unconfined".into(),
-            ]),
-            network_mode: Some("host".into()),
-            tmpfs: Some(HashMap::from([(
-                "/work".to_owned(),
-                "rw,exec,dev,suid,mode=0755".to_owned(),
-            )])),
-            ..Default::default()
-        }),
-        ..Default::default()
+        volumes: vec!["/out".into()],
+        tmpfs: vec!["/work".into()],
     };
-    let docker = engine.api();
-    if state(engine, name).await? == ContainerState::Missing {
-        docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(name).build()),
-                body,
-            )
-            .await
-            .map_err(api(format!("creating container {name}")))?;
+    if engine.state(name).await? == ContainerState::Missing {
+        engine.create(name, &spec).await?;
     }
-    docker
-        .upload_to_container(
-            name,
-            Some(UploadToContainerOptionsBuilder::new().path("/").build()),
-            bollard::body_full(inputs_tar.into()),
-        )
-        .await
-        .map_err(api(format!("uploading /kci to {name}")))?;
-    docker
-        .start_container(name, None)
-        .await
-        .map_err(api(format!("starting {name}")))?;
-    Ok(())
+    engine.upload(name, inputs_tar).await?;
+    engine.start(name).await
 }
 
 /// Follows the container's whole log (from its start, so a re-attach rewrites the same
 /// file) into `log_path`, calling `on_phase` for each `kci-phase:` line, until it exits.
 /// Returns the exit code.
-pub async fn follow(
-    engine: &DockerEngine,
+pub async fn follow<C: Containers>(
+    engine: &C,
     name: &str,
     log_path: &Path,
     mut on_phase: impl FnMut(&str),
@@ -158,20 +89,10 @@ pub async fn follow(
     let mut log = std::io::BufWriter::new(
         std::fs::File::create(log_path).map_err(io(format!("creating {}", log_path.display())))?,
     );
-    let mut stream = engine.api().logs(
-        name,
-        Some(
-            LogsOptionsBuilder::new()
-                .follow(true)
-                .stdout(true)
-                .stderr(true)
-                .build(),
-        ),
-    );
+    let mut stream = engine.logs(name);
     let mut pending = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(api(format!("reading the log of {name}")))?;
-        let bytes = chunk.into_bytes();
+        let bytes = chunk?;
         log.write_all(&bytes)
             .map_err(io(format!("writing {}", log_path.display())))?;
         pending.extend_from_slice(&bytes);
@@ -187,16 +108,8 @@ pub async fn follow(
     log.flush()
         .map_err(io(format!("writing {}", log_path.display())))?;
     // The log ends when the container stops; wait for the daemon to record the exit.
-    let mut waits = engine.api().wait_container(name, None);
-    while let Some(r) = waits.next().await {
-        match r {
-            Ok(_) => {}
-            // bollard reports a non-zero exit as an error; the state below has the code.
-            Err(bollard::errors::Error::DockerContainerWaitError { .. }) => {}
-            Err(e) => return Err(api(format!("waiting for {name}"))(e)),
-        }
-    }
-    match state(engine, name).await? {
+    engine.wait(name).await?;
+    match engine.state(name).await? {
         ContainerState::Exited(code) => Ok(code),
         other => Err(DaemonError::BuildFailed(format!(
             "{name} stopped logging but is {other:?}"
@@ -208,68 +121,22 @@ pub async fn follow(
 /// of one entry, read by [`super::collect::fetch`]. Nothing is requested until it is polled.
 /// The daemon answers one archive request of a container at a time (it holds the
 /// container's lock until the stream is closed): request the next only when one is drained.
-pub fn archive_stream(
-    engine: &DockerEngine,
+pub fn archive_stream<C: Containers>(
+    engine: &C,
     name: &str,
     path: &str,
 ) -> super::collect::ArchiveStream {
-    engine
-        .api()
-        .download_from_container(
-            name,
-            Some(
-                DownloadFromContainerOptionsBuilder::new()
-                    .path(path)
-                    .build(),
-            ),
-        )
-        .boxed()
+    engine.archive(name, path)
 }
 
-pub async fn remove(engine: &DockerEngine, name: &str) -> Result<(), DaemonError> {
-    match engine
-        .api()
-        .remove_container(
-            name,
-            // v: its anonymous /out volume goes with it.
-            Some(
-                RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .v(true)
-                    .build(),
-            ),
-        )
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(api(format!("removing {name}"))(e)),
-    }
+pub async fn remove<C: Containers>(engine: &C, name: &str) -> Result<(), DaemonError> {
+    engine.remove(name).await
 }
 
-/// Names of every rootfs build container on the daemon (running or not).
-pub async fn list(engine: &DockerEngine) -> Result<Vec<(String, String)>, DaemonError> {
-    let filters = HashMap::from([("label".to_owned(), vec![LABEL.to_owned()])]);
-    let cs = engine
-        .api()
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(api("listing rootfs build containers"))?;
-    Ok(cs
-        .into_iter()
-        .filter_map(|c| {
-            let name = c.names?.first()?.trim_start_matches('/').to_owned();
-            let label = c.labels?.get(LABEL)?.clone();
-            Some((name, label))
-        })
-        .collect())
+/// Names of every rootfs build container on the daemon (running or not), with its
+/// `config/arch`.
+pub async fn list<C: Containers>(engine: &C) -> Result<Vec<(String, String)>, DaemonError> {
+    engine.list(LABEL).await
 }
 
 #[cfg(test)]

@@ -20,10 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-
-use crate::docker::DockerEngine;
 
 /// How patient a download is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +43,7 @@ impl Default for Transfer {
     }
 }
 
-/// One download's bytes: what the Docker archive endpoint sends, a tar of one entry.
-pub type ArchiveStream = BoxStream<'static, Result<Bytes, bollard::errors::Error>>;
+pub use crate::containers::ArchiveStream;
 
 /// Why one attempt failed: the source (retried when transient) or the destination (never).
 #[derive(Debug)]
@@ -61,8 +57,8 @@ enum Failed {
 /// `files`, in order, one at a time; calls `landed(file, path)` as soon as each is complete
 /// on disk (it may start work on it: nothing it does can hold up a stream). Returns the
 /// bytes collected; stops at the first file that cannot be downloaded.
-pub async fn fetch_each(
-    engine: &DockerEngine,
+pub async fn fetch_each<C: crate::containers::Containers>(
+    engine: &C,
     container: &str,
     files: &[&str],
     dir: &Path,

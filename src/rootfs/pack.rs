@@ -30,7 +30,6 @@ use super::artifact::{self, Artifact};
 use super::collect::{self, Transfer};
 use super::plan::RootfsJob;
 use crate::core::rootfs_lock::{ArtifactInfo, RootfsManifest};
-use crate::docker::DockerEngine;
 use crate::fsutil;
 use crate::layer::{self, Section};
 
@@ -160,8 +159,8 @@ type Step = fn(&Ctx, &Path) -> anyhow::Result<Made>;
 /// Collects `/out` of `container` into `raw` and makes the five files and the manifest in
 /// `out`. Every step that started runs to its end before this returns, even when another
 /// failed, so none is still writing when the caller removes the temp dir.
-pub async fn pack(
-    engine: &DockerEngine,
+pub async fn pack<C: crate::containers::Containers>(
+    engine: &C,
     container: &str,
     job: &RootfsJob,
     raw: &Path,

@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use super::classify::{Made, Todo};
 use super::report::{RootfsAction, RootfsOutcome};
 use super::MANIFEST;
+use crate::containers::Containers;
 use crate::core::names::Digest;
-use crate::docker::DockerEngine;
 use crate::fsutil;
 use crate::printer::Printer;
 use crate::rootfs::pack::{self, Packing};
@@ -23,8 +23,8 @@ use crate::rootfs::plan::RootfsJob;
 use crate::rootfs::{binfmt, builder};
 
 /// What every job of one run shares.
-pub(super) struct JobCtx {
-    pub engine: DockerEngine,
+pub(super) struct JobCtx<C> {
+    pub engine: C,
     pub image_id: String,
     pub store_root: PathBuf,
     pub logs: PathBuf,
@@ -47,8 +47,8 @@ fn fail(error: String) -> JobFailure {
 
 /// Runs `todo`, `jobs` at a time; each job's outcome is pushed to `outcomes`, and the
 /// manifest of each one that made its files goes into `made` under its (config, arch).
-pub(super) async fn run_all(
-    ctx: JobCtx,
+pub(super) async fn run_all<C: Containers>(
+    ctx: JobCtx<C>,
     todo: Vec<Todo>,
     jobs: usize,
     outcomes: &mut Vec<RootfsOutcome>,
@@ -116,8 +116,8 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
 /// One (config, arch): attach to or start its container, wait, collect, make the files,
 /// commit them to the store. Returns the manifest and whether an earlier run's container
 /// was picked up.
-async fn run_job(
-    ctx: &JobCtx,
+async fn run_job<C: Containers>(
+    ctx: &JobCtx<C>,
     job: &RootfsJob,
     env: Vec<String>,
     tar: &[u8],
@@ -211,8 +211,8 @@ async fn run_job(
 
 /// Picks up the job's container where an earlier run left it (running: attach; exited 0:
 /// collect) or starts it afresh. Returns whether an earlier run's container was picked up.
-async fn attach_or_start(
-    ctx: &JobCtx,
+async fn attach_or_start<C: Containers>(
+    ctx: &JobCtx<C>,
     job: &RootfsJob,
     name: &str,
     env: Vec<String>,
@@ -291,6 +291,120 @@ fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containers::fake::{FakeContainers, Script};
+    use crate::containers::ContainerState;
+    use crate::printer::ColorChoice;
+
+    /// A job of the native arch (no emulation to register) and its context on `engine`.
+    fn job_on(engine: &FakeContainers, dir: &Path) -> (JobCtx<FakeContainers>, RootfsJob) {
+        let ctx = JobCtx {
+            engine: engine.clone(),
+            image_id: "sha256:builder".into(),
+            store_root: dir.join("rootfs"),
+            logs: dir.join("logs"),
+            printer: Printer::new(ColorChoice::Never, true),
+            packing: Arc::new(pack::PackSettings::default().resolve()),
+        };
+        std::fs::create_dir_all(&ctx.store_root).unwrap();
+        let job = RootfsJob {
+            config: "tiny".into(),
+            arch: crate::rootfs::binfmt::native_arch().into(),
+            key: Digest::of(b"tiny inputs"),
+            facts: Default::default(),
+            source_date_epoch: 1,
+            xz_preset: 1,
+        };
+        (ctx, job)
+    }
+
+    fn name_of(ctx: &JobCtx<FakeContainers>, job: &RootfsJob) -> String {
+        builder::container_name(job, &builder::store_tag(&ctx.store_root))
+    }
+
+    fn run(ctx: &JobCtx<FakeContainers>, job: &RootfsJob) -> Result<bool, JobFailure> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run_job(ctx, job, vec!["A=1".into()], b"tar"))
+            .map(|(_, resumed)| resumed)
+    }
+
+    #[test]
+    fn a_failed_build_reports_its_exit_and_log_tail_and_removes_its_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeContainers::default();
+        *engine.script.lock().unwrap() = Script {
+            log: vec![
+                "kci-phase: bootstrap".into(),
+                "E: Unable to locate package kci-nonexistent".into(),
+            ],
+            exit: 3,
+            ..Script::default()
+        };
+        let (ctx, job) = job_on(&engine, dir.path());
+        let name = name_of(&ctx, &job);
+        let failure = run(&ctx, &job).expect_err("the build fails");
+        assert!(
+            failure
+                .error
+                .starts_with("the builder exited with 3 (log: "),
+            "{}",
+            failure.error
+        );
+        assert_eq!(
+            failure.log_tail.last().map(String::as_str),
+            Some("E: Unable to locate package kci-nonexistent")
+        );
+        assert_eq!(
+            engine.calls(),
+            [
+                format!("remove {name}"),
+                format!("create {name}"),
+                format!("start {name}"),
+                format!("remove {name}")
+            ]
+        );
+        assert!(engine.containers.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_earlier_runs_container_is_attached_to_or_collected_never_restarted() {
+        for state in [ContainerState::Running, ContainerState::Exited(0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = FakeContainers::default();
+            let (ctx, job) = job_on(&engine, dir.path());
+            let name = name_of(&ctx, &job);
+            // Its /out lacks the raw files: collecting fails, naming the first one.
+            let script = Script {
+                log: vec!["kci-phase: ext4".into()],
+                exit: 0,
+                ..Script::default()
+            };
+            engine.leave(&name, state.clone(), script);
+            let failure = run(&ctx, &job).expect_err("nothing to collect");
+            assert!(
+                failure.error.contains("/out/full.tar"),
+                "{state:?}: {}",
+                failure.error
+            );
+            assert!(
+                !engine
+                    .calls()
+                    .iter()
+                    .any(|c| c.starts_with("start ") || c.starts_with("create ")),
+                "{state:?}: {:?}",
+                engine.calls()
+            );
+            let log = std::fs::read_to_string(ctx.logs.join(format!(
+                "rootfs-tiny-{}-{}.log",
+                job.arch,
+                job.key.short()
+            )))
+            .unwrap();
+            assert_eq!(log, "kci-phase: ext4\n", "{state:?}");
+        }
+    }
 
     #[test]
     fn stale_temp_dirs_of_the_key_go_and_others_stay() {
