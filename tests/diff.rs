@@ -6,20 +6,25 @@ use std::process::Command;
 
 const KCI: &str = env!("CARGO_BIN_EXE_kci-build");
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .unwrap();
+/// Runs `cmd`, which must succeed; its stdout.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "git {args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    stdout_of(
+        Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir),
+    )
 }
 
 /// A repository with two commits of `lockfiles/images.lock`: the real one, then a week
@@ -202,18 +207,12 @@ fn diff_between_revisions_covers_every_lockfile() {
     );
 
     let diff = |args: &[&str]| {
-        let out = Command::new(KCI)
-            .current_dir(dir.path())
-            .arg("diff")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            Command::new(KCI)
+                .current_dir(dir.path())
+                .arg("diff")
+                .args(args),
+        )
     };
     let text = diff(&["HEAD~1", "HEAD"]);
     assert!(
