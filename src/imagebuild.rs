@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::future::Future;
 use std::io::{BufWriter, LineWriter, Write};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,11 +22,11 @@ use crate::bootstrap;
 use crate::context::{self, ContextEntry};
 use crate::core::key::KeyInputs;
 use crate::core::lockfile::{LockedOutput, LockedTarget};
-use crate::core::names::{Digest, Platform, TargetName};
-use crate::core::plan::{key_inputs, LockState};
+use crate::core::names::{Digest, TargetName};
+use crate::core::plan::LockState;
 use crate::core::recipe::{TargetKind, TargetRecipe};
-use crate::core::schedule::{self, Next, Progress};
-use crate::docker::{BuildRequest, DockerEngine, Engine};
+use crate::core::schedule::Progress;
+use crate::docker::{BuildRequest, Engine};
 use crate::dpkg;
 use crate::image::{self, HistoryLine};
 use crate::layer::Section;
@@ -37,6 +36,10 @@ use crate::publish as push;
 use crate::registry::Registry;
 use crate::store::{Store, StoredImage};
 use crate::workspace::Workspace;
+
+mod scheduler;
+pub use scheduler::MakeTarget;
+use scheduler::{DockerMaker, Scheduled, Scheduler};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -254,316 +257,6 @@ fn record(
     Ok(changed)
 }
 
-/// How a target that is neither stored nor an index gets made: pulled from the registry
-/// cache or built by the engine. The scheduler sees only this seam; its unit tests give it
-/// an in-memory fake.
-pub trait MakeTarget: Clone + Send + Sync + 'static {
-    fn make(
-        &self,
-        job: Job,
-    ) -> impl Future<Output = anyhow::Result<(StoredImage, TargetAction)>> + Send;
-}
-
-/// The real one: the registry cache first (with `--registry`), else the Docker daemon,
-/// connected on first use.
-#[derive(Clone)]
-struct DockerMaker {
-    engine: Arc<OnceCell<DockerEngine>>,
-    registry: Option<Registry>,
-    prefix: String,
-}
-
-impl MakeTarget for DockerMaker {
-    async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
-        let name = &job.recipe.name;
-        if let Some(reg) = &self.registry {
-            if let Some(img) = push::fetch(reg, &job.store, &self.prefix, name, &job.key).await? {
-                return Ok((img, TargetAction::Pulled));
-            }
-        }
-        let engine = self
-            .engine
-            .get_or_try_init(DockerEngine::connect)
-            .await?
-            .clone();
-        job.run(&engine).await.map(|img| (img, TargetAction::Built))
-    }
-}
-
-/// What the scheduler ends with.
-#[derive(Default)]
-struct Scheduled {
-    done: BTreeMap<TargetName, (KeyInputs, StoredImage)>,
-    failed: BTreeMap<TargetName, String>,
-    outcomes: Vec<Outcome>,
-    /// The selection's targets, dependencies first.
-    selection: Vec<TargetName>,
-}
-
-impl Scheduled {
-    fn report(
-        self,
-        lockfile_changed: bool,
-        push: Option<push::PushReport>,
-        started: Instant,
-        printer: &Printer,
-    ) -> BuildReport {
-        let count = |a: TargetAction| self.outcomes.iter().filter(|o| o.action == a).count();
-        printer.status(
-            "Finished",
-            format!(
-                "{} built, {} pulled, {} cached, {} failed in {}",
-                count(TargetAction::Built),
-                count(TargetAction::Pulled),
-                count(TargetAction::Cached),
-                self.failed.len(),
-                human_secs(started.elapsed().as_secs_f64())
-            ),
-        );
-        BuildReport {
-            targets: self.outcomes,
-            failed: self
-                .failed
-                .iter()
-                .map(|(n, e)| Failure {
-                    name: n.to_string(),
-                    error: e.clone(),
-                })
-                .collect(),
-            lockfile_changed,
-            total: self.selection.len(),
-            push,
-        }
-    }
-}
-
-/// The build loop: starts every target [`crate::core::schedule::next`] says is ready (at
-/// most `--jobs` builds at once; stored targets and indexes are settled on the spot), waits
-/// for one build to end, and again, until nothing runs.
-struct Scheduler<'w, M> {
-    ws: &'w Workspace,
-    store: &'w Store,
-    opts: &'w BuildOptions,
-    printer: &'w Printer,
-    contexts: &'w BTreeMap<TargetName, Vec<ContextEntry>>,
-    sel: &'w [&'w TargetRecipe],
-    maker: M,
-    progress: Progress,
-    out: Scheduled,
-    running: JoinSet<TaskResult>,
-    build_no: usize,
-    to_build: usize,
-}
-
-/// What a build task hands back: the target, its key inputs, the image and how it was
-/// made, and the seconds it took.
-type TaskResult = (
-    TargetName,
-    KeyInputs,
-    anyhow::Result<(StoredImage, TargetAction)>,
-    f64,
-);
-
-impl<M: MakeTarget> Scheduler<'_, M> {
-    async fn run(mut self) -> anyhow::Result<Scheduled> {
-        self.out.selection = self.sel.iter().map(|t| t.name.clone()).collect();
-        loop {
-            self.start_ready()?;
-            let Some(joined) = self.running.join_next().await else {
-                break;
-            };
-            let (name, inputs, result, secs) =
-                joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
-            self.settle(name, inputs, result, secs)?;
-        }
-        Ok(self.out)
-    }
-
-    /// Starts what can start; settling a stored target or an index can make its children
-    /// ready at once, so this goes on until a pass starts nothing new.
-    fn start_ready(&mut self) -> anyhow::Result<()> {
-        loop {
-            let mut settled = false;
-            for next in schedule::next(self.sel, &self.progress) {
-                match next {
-                    Next::Blocked { target, dep } => {
-                        self.progress.started.insert(target.name.clone());
-                        self.fail(&target.name, format!("not built: `{dep}` failed"));
-                        settled = true;
-                    }
-                    Next::Ready(t) => settled |= self.start(t)?,
-                }
-            }
-            if !settled {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Settles `t` on the spot (stored, or an index) and returns true, or spawns its build
-    /// when a job slot is free.
-    fn start(&mut self, t: &TargetRecipe) -> anyhow::Result<bool> {
-        let deps = t.kind.deps();
-        let done = &self.out.done;
-        let dep_manifests: BTreeMap<TargetName, Digest> = deps
-            .iter()
-            .map(|d| ((*d).clone(), done[*d].1.manifest.clone()))
-            .collect();
-        let inputs = key_inputs(
-            t,
-            &self.ws.settings,
-            &context::fingerprint(&self.contexts[&t.name]),
-            self.ws.mirror.as_deref(),
-            &dep_manifests,
-        )?;
-        let key = inputs.key();
-        if let Some(img) = self.store.lookup(&key) {
-            tracing::info!(target = %t.name, key = %key.short(), "fresh");
-            if self.opts.verbose {
-                self.printer
-                    .status("Fresh", format!("{} ({})", t.name, key.short()));
-            }
-            self.succeed(t.name.clone(), inputs, img, TargetAction::Cached, 0.0);
-            return Ok(true);
-        }
-        if let TargetKind::Index { members } = &t.kind {
-            let img = self.write_index(t, &key, members)?;
-            self.succeed(t.name.clone(), inputs, img, TargetAction::Built, 0.0);
-            return Ok(true);
-        }
-        if self.running.len() < self.opts.jobs.max(1) {
-            self.spawn(t, key, inputs);
-        }
-        Ok(false)
-    }
-
-    /// An index is a few hundred bytes of JSON over its members: written here.
-    fn write_index(
-        &self,
-        t: &TargetRecipe,
-        key: &Digest,
-        members: &[TargetName],
-    ) -> anyhow::Result<StoredImage> {
-        let members: Vec<(Platform, StoredImage)> = members
-            .iter()
-            .map(|m| {
-                let platform = self.ws.graph.get(m).expect("validated").platform.clone();
-                (platform, self.out.done[m].1.clone())
-            })
-            .collect();
-        let img = image::store_index(self.store, &t.name, key, &members)?;
-        self.printer.status(
-            "Indexed",
-            format!(
-                "{} → {} ({} platforms)",
-                t.name,
-                img.manifest.short(),
-                members.len()
-            ),
-        );
-        Ok(img)
-    }
-
-    fn spawn(&mut self, t: &TargetRecipe, key: Digest, inputs: KeyInputs) {
-        self.progress.started.insert(t.name.clone());
-        self.build_no += 1;
-        let verb = if matches!(t.kind, TargetKind::Bootstrap(_)) {
-            "Bootstrapping"
-        } else {
-            "Building"
-        };
-        self.printer.status(
-            verb,
-            format!(
-                "{} (key {}) [{}/{}]",
-                t.name,
-                key.short(),
-                self.build_no,
-                self.to_build
-            ),
-        );
-        let job = Job {
-            recipe: t.clone(),
-            key,
-            entries: self.contexts[&t.name].clone(),
-            parent: t.kind.parent().map(|p| self.out.done[p].1.clone()),
-            sde: self.ws.settings.source_date_epoch,
-            mirror: self.ws.mirror.clone(),
-            store: self.store.clone(),
-            printer: self.printer.clone(),
-            verbose: self.opts.verbose,
-        };
-        let maker = self.maker.clone();
-        self.running.spawn(async move {
-            let t0 = Instant::now();
-            let name = job.recipe.name.clone();
-            let result = maker.make(job).await;
-            (name, inputs, result, t0.elapsed().as_secs_f64())
-        });
-    }
-
-    fn settle(
-        &mut self,
-        name: TargetName,
-        inputs: KeyInputs,
-        result: anyhow::Result<(StoredImage, TargetAction)>,
-        secs: f64,
-    ) -> anyhow::Result<()> {
-        match result {
-            Ok((img, action)) => {
-                let verb = if action == TargetAction::Pulled {
-                    "Pulled"
-                } else {
-                    "Built"
-                };
-                let took = human_secs(secs);
-                self.printer
-                    .status(verb, format!("{name} → {} in {took}", img.manifest.short()));
-                self.succeed(name, inputs, img, action, secs);
-            }
-            // The environment failing is not one target's problem: stop here.
-            Err(e) if crate::exit::exit_code(&e) == crate::error::ExitCode::Environment => {
-                self.running.abort_all();
-                return Err(e.context(format!("building {name}")));
-            }
-            Err(e) => {
-                self.printer.line(
-                    crate::printer::Tone::Bad,
-                    "Failed",
-                    format!("{name}: {}", crate::error::Rendered(&e)),
-                );
-                self.fail(&name, format!("{e:#}"));
-            }
-        }
-        Ok(())
-    }
-
-    fn succeed(
-        &mut self,
-        name: TargetName,
-        inputs: KeyInputs,
-        img: StoredImage,
-        action: TargetAction,
-        seconds: f64,
-    ) {
-        self.progress.started.insert(name.clone());
-        self.progress.done.insert(name.clone());
-        self.out.outcomes.push(Outcome {
-            name: name.to_string(),
-            key: img.key.to_string(),
-            manifest: img.manifest.to_string(),
-            action,
-            seconds,
-        });
-        self.out.done.insert(name, (inputs, img));
-    }
-
-    fn fail(&mut self, name: &TargetName, why: String) {
-        self.progress.failed.insert(name.clone());
-        self.out.failed.insert(name.clone(), why);
-    }
-}
-
 impl BuildReport {
     /// An error naming the failed targets, if any.
     pub fn into_result(&self) -> Result<(), TargetsFailed> {
@@ -577,7 +270,7 @@ impl BuildReport {
     }
 }
 
-fn human_secs(s: f64) -> String {
+pub(crate) fn human_secs(s: f64) -> String {
     let whole = s as u64;
     match whole {
         0..10 => format!("{s:.2}s"),
@@ -891,5 +584,4 @@ fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
 }
 
 #[cfg(test)]
-#[path = "imagebuild/scheduler_tests.rs"]
 mod scheduler_tests;
