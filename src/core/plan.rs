@@ -17,13 +17,16 @@ use super::recipe::{RecipeError, Settings, TargetKind, TargetRecipe};
 /// Fingerprints of a target's build context: relative path → fingerprint.
 pub type ContextFingerprint = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Status {
     /// The key is in the local store: nothing to do.
+    #[serde(rename = "cached")]
     Cached,
     /// The key is known and missing from the store.
+    #[serde(rename = "build")]
     Build,
     /// The key depends on a parent that must be built first.
+    #[serde(rename = "build (after parent)")]
     AfterParent,
 }
 
@@ -37,14 +40,28 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum LockState {
     /// The lockfile has this target under the same key.
+    #[serde(rename = "locked")]
     Same,
     /// The lockfile has this target under another key.
+    #[serde(rename = "changed")]
     Changed,
     /// The lockfile does not have it.
+    #[serde(rename = "new")]
     New,
+}
+
+impl LockState {
+    /// The word `plan` shows (and `--json` writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Same => "locked",
+            LockState::Changed => "changed",
+            LockState::New => "new",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -4,15 +4,15 @@ use serde::Serialize;
 
 use super::{Context, TextReport, Workspace};
 use crate::core::names::TargetName;
-use crate::core::plan::{LockState, PlannedTarget};
+use crate::core::plan::{LockState, PlannedTarget, Status};
 
 #[derive(Debug, Serialize)]
 pub struct PlanEntry {
     pub name: String,
     pub parent: Option<String>,
     pub key: Option<String>,
-    pub status: &'static str,
-    pub lock: &'static str,
+    pub status: Status,
+    pub lock: LockState,
     pub manifest: Option<String>,
 }
 
@@ -23,19 +23,11 @@ pub fn entries(planned: &[PlannedTarget<'_>]) -> Vec<PlanEntry> {
             name: p.recipe.name.to_string(),
             parent: p.recipe.kind.parent().map(|x| x.to_string()),
             key: p.key.as_ref().map(|k| k.to_string()),
-            status: p.status.as_str(),
-            lock: lock_word(p.lock),
+            status: p.status,
+            lock: p.lock,
             manifest: p.stored.as_ref().map(|m| m.to_string()),
         })
         .collect()
-}
-
-pub fn lock_word(l: LockState) -> &'static str {
-    match l {
-        LockState::Same => "locked",
-        LockState::Changed => "changed",
-        LockState::New => "new",
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +79,8 @@ fn render(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<
         let key = e.key.as_deref().map(|k| &k[7..19]).unwrap_or("(unknown)");
         out.push_str(&format!(
             "{name:width$}  {key:12}  {:20}  {}\n",
-            e.status, e.lock
+            e.status.as_str(),
+            e.lock.as_str()
         ));
     }
     Ok(out)
