@@ -351,16 +351,17 @@ pub mod fake {
         }
 
         fn logs(&self, name: &str) -> LogStream {
-            let lines = match self.containers.lock().unwrap().get(name) {
-                Some(c) => c.script.log.clone(),
+            let mut all = self.containers.lock().unwrap();
+            let lines = match all.get_mut(name) {
+                Some(c) => {
+                    // A container left running finishes as its log ends.
+                    if c.state == ContainerState::Running {
+                        c.state = ContainerState::Exited(c.script.exit);
+                    }
+                    c.script.log.clone()
+                }
                 None => Vec::new(),
             };
-            // A container left running finishes as its log ends.
-            if let Some(c) = self.containers.lock().unwrap().get_mut(name) {
-                if c.state == ContainerState::Running {
-                    c.state = ContainerState::Exited(c.script.exit);
-                }
-            }
             futures_util::stream::iter(lines.into_iter().map(|l| Ok(Bytes::from(format!("{l}\n")))))
                 .boxed()
         }

@@ -35,11 +35,7 @@ pub fn store_tag(root: &Path) -> String {
     crate::core::names::Digest::of(path.as_os_str().as_bytes()).hex()[..8].to_owned()
 }
 
-pub use crate::containers::ContainerState;
-
-pub async fn state<C: Containers>(engine: &C, name: &str) -> Result<ContainerState, DaemonError> {
-    engine.state(name).await
-}
+use crate::containers::ContainerState;
 
 /// Creates the container (unless an earlier run did), uploads `/kci/` and starts it. With
 /// CAP_SYS_ADMIN and no seccomp or AppArmor profile: mmdebstrap mounts /proc, /sys and /dev
@@ -115,28 +111,6 @@ pub async fn follow<C: Containers>(
             "{name} stopped logging but is {other:?}"
         ))),
     }
-}
-
-/// The archive endpoint's stream of the file at `path` in the (stopped) container: a tar
-/// of one entry, read by [`super::collect::fetch`]. Nothing is requested until it is polled.
-/// The daemon answers one archive request of a container at a time (it holds the
-/// container's lock until the stream is closed): request the next only when one is drained.
-pub fn archive_stream<C: Containers>(
-    engine: &C,
-    name: &str,
-    path: &str,
-) -> super::collect::ArchiveStream {
-    engine.archive(name, path)
-}
-
-pub async fn remove<C: Containers>(engine: &C, name: &str) -> Result<(), DaemonError> {
-    engine.remove(name).await
-}
-
-/// Names of every rootfs build container on the daemon (running or not), with its
-/// `config/arch`.
-pub async fn list<C: Containers>(engine: &C) -> Result<Vec<(String, String)>, DaemonError> {
-    engine.list(LABEL).await
 }
 
 #[cfg(test)]

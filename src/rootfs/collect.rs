@@ -44,6 +44,7 @@ impl Default for Transfer {
 }
 
 pub use crate::containers::ArchiveStream;
+use crate::containers::Containers;
 
 /// Why one attempt failed: the source (retried when transient) or the destination (never).
 #[derive(Debug)]
@@ -57,7 +58,7 @@ enum Failed {
 /// `files`, in order, one at a time; calls `landed(file, path)` as soon as each is complete
 /// on disk (it may start work on it: nothing it does can hold up a stream). Returns the
 /// bytes collected; stops at the first file that cannot be downloaded.
-pub async fn fetch_each<C: crate::containers::Containers>(
+pub async fn fetch_each<C: Containers>(
     engine: &C,
     container: &str,
     files: &[&str],
@@ -69,7 +70,9 @@ pub async fn fetch_each<C: crate::containers::Containers>(
     for file in files {
         let (dest, path) = (dir.join(file), format!("/out/{file}"));
         let t = std::time::Instant::now();
-        let open = || super::builder::archive_stream(engine, container, &path);
+        // One archive request at a time: the daemon holds the container's lock until a stream
+        // is closed, so the next file is requested only when this one is drained.
+        let open = || engine.archive(container, &path);
         let n = fetch(open, &format!("{path} of {container}"), &dest, transfer).await?;
         tracing::info!(
             "{container}: collected {file} ({}) in {:.1}s",

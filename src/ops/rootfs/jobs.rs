@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::classify::{Made, Todo};
 use super::report::{RootfsAction, RootfsOutcome};
 use super::MANIFEST;
-use crate::containers::Containers;
+use crate::containers::{ContainerState, Containers};
 use crate::core::names::Digest;
 use crate::fsutil;
 use crate::printer::Printer;
@@ -158,7 +158,7 @@ async fn run_job<C: Containers>(
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        let _ = builder::remove(engine, &name).await;
+        let _ = engine.remove(&name).await;
         return Err(JobFailure {
             error: format!(
                 "the builder exited with {code} (log: {})",
@@ -203,7 +203,8 @@ async fn run_job<C: Containers>(
     }
     fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
     drop(tmp);
-    builder::remove(engine, &name)
+    engine
+        .remove(&name)
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok((manifest, resumed))
@@ -224,36 +225,29 @@ async fn attach_or_start<C: Containers>(
         printer,
         ..
     } = ctx;
-    let state = builder::state(engine, name)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let resumed = matches!(
-        state,
-        builder::ContainerState::Running | builder::ContainerState::Exited(0)
-    );
+    let state = engine.state(name).await.map_err(|e| fail(e.to_string()))?;
+    let resumed = matches!(state, ContainerState::Running | ContainerState::Exited(0));
     match state {
-        builder::ContainerState::Running => {
+        ContainerState::Running => {
             printer.status(
                 "Attaching",
                 format!("{} (container {name} is still running)", job.label()),
             );
         }
-        builder::ContainerState::Exited(0) => {
+        ContainerState::Exited(0) => {
             printer.status(
                 "Collecting",
                 format!("{} (container {name} finished)", job.label()),
             );
         }
         other => {
-            if let builder::ContainerState::Exited(code) = other {
+            if let ContainerState::Exited(code) = other {
                 printer.warn(format!(
                     "{}: an earlier build exited with {code}; starting it again",
                     job.label()
                 ));
             }
-            builder::remove(engine, name)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            engine.remove(name).await.map_err(|e| fail(e.to_string()))?;
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
             builder::start(engine, name, job, image_id, env, tar.to_vec())
                 .await
@@ -292,7 +286,6 @@ fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
 mod tests {
     use super::*;
     use crate::containers::fake::{FakeContainers, Script};
-    use crate::containers::ContainerState;
     use crate::printer::ColorChoice;
 
     /// A job of the native arch (no emulation to register) and its context on `engine`.
