@@ -286,6 +286,15 @@ impl LockDiff {
     }
 
     pub fn to_text(&self) -> String {
+        let mut out = self.changes_text();
+        for (n, m) in &self.unchanged {
+            let _ = writeln!(out, "same     {n} ({})", short(m));
+        }
+        out
+    }
+
+    /// The added, removed and changed entries of [`Self::to_text`].
+    fn changes_text(&self) -> String {
         let mut out = String::new();
         for (n, m) in &self.added {
             let _ = writeln!(out, "added    {n} ({})", short(m));
@@ -316,9 +325,6 @@ impl LockDiff {
                 let _ = writeln!(out, "    {}", package_line(p, c));
             }
         }
-        for (n, m) in &self.unchanged {
-            let _ = writeln!(out, "same     {n} ({})", short(m));
-        }
         out
     }
 
@@ -326,12 +332,7 @@ impl LockDiff {
     /// `--locked` refusal lists. Never empty: a change no entry shows (URLs, formatting) is
     /// named as such.
     pub fn change_lines(&self) -> Vec<String> {
-        let lines: Vec<String> = self
-            .to_text()
-            .lines()
-            .filter(|l| !l.starts_with("same "))
-            .map(str::to_owned)
-            .collect();
+        let lines: Vec<String> = self.changes_text().lines().map(str::to_owned).collect();
         if lines.is_empty() {
             vec!["no entry changed: URLs or formatting did".to_owned()]
         } else {
