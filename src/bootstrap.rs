@@ -1,8 +1,8 @@
 //! Debian bases made by kci-build itself with mmdebstrap: nothing is pulled, and the base is
 //! a function of suite, variant, packages, mirror and `SOURCE_DATE_EPOCH`.
 //!
-//! The mirror is never written into the repository: `mirror = "auto"` resolves it from
-//! `$KCI_DEBIAN_MIRROR` or the machine's apt sources.
+//! The mirror is never written into the repository: `mirror = "auto"` takes the one
+//! [`crate::settings`] resolved (`$KCI_DEBIAN_MIRROR` or the machine's apt sources).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,53 +12,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::core::names::Platform;
 use crate::core::recipe::Bootstrap;
 use crate::error::EnvironmentError;
-
-/// The Debian mirror to use for `mirror = "auto"`.
-pub fn resolve_mirror() -> Option<String> {
-    if let Ok(m) = std::env::var("KCI_DEBIAN_MIRROR") {
-        if !m.trim().is_empty() {
-            return Some(m.trim().trim_end_matches('/').to_owned());
-        }
-    }
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
-    }
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<_> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
-            .collect();
-        paths.sort();
-        texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
-    }
-    mirror_from_sources(&texts)
-}
-
-/// The first Debian archive URL (not the security archive) in one-line or deb822 sources.
-pub fn mirror_from_sources(texts: &[String]) -> Option<String> {
-    let is_archive = |u: &str| {
-        (u.starts_with("http://") || u.starts_with("https://"))
-            && u.trim_end_matches('/').ends_with("/debian")
-    };
-    for text in texts {
-        for line in text.lines() {
-            let line = line.trim();
-            if let Some(rest) = line.strip_prefix("deb ") {
-                let url = rest.split_whitespace().find(|w| !w.starts_with('['));
-                if let Some(u) = url.filter(|u| is_archive(u)) {
-                    return Some(u.trim_end_matches('/').to_owned());
-                }
-            }
-            if let Some(rest) = line.strip_prefix("URIs:") {
-                if let Some(u) = rest.split_whitespace().find(|u| is_archive(u)) {
-                    return Some(u.trim_end_matches('/').to_owned());
-                }
-            }
-        }
-    }
-    None
-}
 
 /// Debian's architecture name for an OCI platform.
 pub fn debian_arch(p: &Platform) -> Option<&'static str> {
@@ -166,24 +119,6 @@ pub async fn mmdebstrap(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_archive_in_deb822_and_one_line_sources() {
-        let deb822 = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n".to_owned();
-        assert_eq!(
-            mirror_from_sources(&[deb822]).as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        let one = "deb http://mirror.example/debian-security bookworm-security main\ndeb [arch=amd64] https://m.example/debian/ bookworm main\n".to_owned();
-        assert_eq!(
-            mirror_from_sources(&[one]).as_deref(),
-            Some("https://m.example/debian")
-        );
-        assert_eq!(
-            mirror_from_sources(&["deb http://x/ubuntu jammy main".to_owned()]),
-            None
-        );
-    }
 
     #[test]
     fn debian_arches() {

@@ -16,7 +16,7 @@ fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
     if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
         return Some(e.fault());
     }
-    if let Some(e) = cause.downcast_ref::<crate::docker::DaemonError>() {
+    if let Some(e) = cause.downcast_ref::<crate::engine::DaemonError>() {
         return Some(e.fault());
     }
     if let Some(e) = cause.downcast_ref::<crate::bootstrap::BootstrapError>() {
@@ -53,7 +53,8 @@ mod tests {
 
     #[test]
     fn an_unreachable_registry_exits_2() {
-        let mut registry = crate::registry::Registry::new(&closed_port()).unwrap();
+        let mut registry =
+            crate::registry::Registry::new(&closed_port(), &Default::default()).unwrap();
         registry.max_attempts = 1;
         let digest = crate::core::names::Digest::of(b"x");
         let err = runtime()
@@ -92,7 +93,7 @@ mod tests {
         };
         let err = anyhow::Error::new(refused).context("uploading");
         assert_eq!(exit_code(&err), ExitCode::BadInput);
-        let failed = crate::docker::DaemonError::BuildFailed("step 3 exited 1".into());
+        let failed = crate::engine::DaemonError::BuildFailed("step 3 exited 1".into());
         assert_eq!(exit_code(&anyhow::Error::new(failed)), ExitCode::BadInput);
         let plain = anyhow::anyhow!("recipe images/x/image.toml: unknown field");
         assert_eq!(exit_code(&plain), ExitCode::BadInput);

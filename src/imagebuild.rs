@@ -10,12 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, LineWriter, Write};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
-use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use crate::bootstrap;
@@ -23,11 +21,10 @@ use crate::context::{self, ContextEntry};
 use crate::core::key::KeyInputs;
 use crate::core::lockfile::{LockedOutput, LockedTarget};
 use crate::core::names::{Digest, TargetName};
-use crate::core::plan::LockState;
 use crate::core::recipe::{TargetKind, TargetRecipe};
 use crate::core::schedule::Progress;
-use crate::docker::{BuildRequest, Engine};
 use crate::dpkg;
+use crate::engine::{BuildRequest, Engine};
 use crate::image::{self, HistoryLine};
 use crate::layer::Section;
 use crate::lockedit::{LockfileEdit, Written};
@@ -38,8 +35,7 @@ use crate::store::{Store, StoredImage};
 use crate::workspace::Workspace;
 
 mod scheduler;
-pub use scheduler::MakeTarget;
-use scheduler::{DockerMaker, Scheduled, Scheduler};
+use scheduler::{EngineMaker, Scheduled, Scheduler};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -127,12 +123,16 @@ pub async fn run_in(
     opts: &BuildOptions,
     printer: &Printer,
 ) -> anyhow::Result<BuildReport> {
-    let registry = opts.registry.as_deref().map(Registry::new).transpose()?;
-    let maker = DockerMaker {
-        engine: Arc::new(OnceCell::new()),
-        registry: registry.clone(),
-        prefix: ws.settings.prefix.clone(),
-    };
+    let registry = opts
+        .registry
+        .as_deref()
+        .map(|r| Registry::new(r, &ws.env.registry))
+        .transpose()?;
+    let maker = EngineMaker::docker(
+        ws.env.engine.clone(),
+        registry.clone(),
+        ws.settings.prefix.clone(),
+    );
     let started = Instant::now();
     let scheduled = schedule(ws, store, opts, printer, maker).await?;
     let changed = record(ws, opts, &scheduled, printer)?;
@@ -155,12 +155,12 @@ pub async fn run_in(
 
 /// Plans the selection, refuses under `--locked` when the plan already differs from the
 /// lockfile, and builds it through `maker`.
-async fn schedule<M: MakeTarget>(
+async fn schedule<E: Engine>(
     ws: &Workspace,
     store: &Store,
     opts: &BuildOptions,
     printer: &Printer,
-    maker: M,
+    maker: EngineMaker<E>,
 ) -> anyhow::Result<Scheduled> {
     let sel = ws.selection(&opts.targets)?;
     let contexts = ws.scan_contexts(&sel)?;
@@ -189,32 +189,19 @@ async fn schedule<M: MakeTarget>(
     scheduler.run().await
 }
 
-/// `--locked` and the plan has targets whose inputs are not the locked ones: fail before
-/// building anything.
+/// `--locked`: refuses when a selected target would change the lockfile.
 fn refuse_planned_changes(
     ws: &Workspace,
     planned: &[crate::core::plan::PlannedTarget<'_>],
 ) -> anyhow::Result<()> {
-    let changes: Vec<String> = planned
-        .iter()
-        .filter(|p| p.lock != LockState::Same)
-        .map(|p| match ws.lock.targets.get(&p.recipe.name) {
-            None => format!("{}: would be added", p.recipe.name),
-            Some(l) => {
-                let paths: Vec<String> = crate::core::key::diff_facts(&l.input, &p.inputs.facts())
-                    .into_iter()
-                    .map(|c| c.path)
-                    .collect();
-                format!("{}: inputs changed ({})", p.recipe.name, paths.join(", "))
-            }
-        })
-        .collect();
-    if !changes.is_empty() {
-        bail!(
-            "--locked: {} would change:\n  {}",
-            ws.paths.lockfile.display(),
-            changes.join("\n  ")
-        );
+    let drift = crate::core::plan::drift(&ws.lock, planned, false);
+    if !drift.is_empty() {
+        return Err(crate::lockedit::LockedRefusal {
+            path: ws.paths.lockfile.clone(),
+            why: "",
+            lines: drift.iter().map(ToString::to_string).collect(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -446,7 +433,7 @@ impl Job {
         let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
         let saved = tmp.path().join("saved.tar");
         engine.save(&id, &saved).await?;
-        engine.remove(&tag).await?;
+        engine.remove_image(&tag).await?;
         let (store, sde, platform, name, key, parent) = (
             self.store.clone(),
             self.sde,

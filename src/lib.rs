@@ -5,20 +5,19 @@
 //! its own floor and those below, and a command never uses another command:
 //!
 //! 0. [`core`]: pure models, keys, plans, schedules, lockfiles and diffs.
-//! 1. foundations: [`error`], [`fsutil`], [`printer`], [`store`], [`lockedit`], [`context`],
+//! 1. foundations: [`error`], [`settings`], [`fsutil`], [`printer`], [`store`], [`lockedit`], [`context`],
 //!    [`layer`], [`layerdiff`], [`image`], [`dpkg`].
-//! 2. services: [`docker`], [`registry`], [`storage`], [`bootstrap`].
+//! 2. services: [`engine`], [`registry`], [`storage`], [`bootstrap`].
 //! 3. engines: [`workspace`], [`imagebuild`], [`publish`], [`rootfs`], [`exit`].
 //! 4. commands: [`ops`], one module per command, one contract.
 //! 5. entry: [`cli`], [`runner`] (and `main.rs`).
 
 pub mod bootstrap;
 pub mod cli;
-pub mod containers;
 pub mod context;
 pub mod core;
-pub mod docker;
 pub mod dpkg;
+pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod fsutil;
@@ -33,6 +32,7 @@ pub mod publish;
 pub mod registry;
 pub mod rootfs;
 pub mod runner;
+pub mod settings;
 pub mod storage;
 pub mod store;
 pub mod workspace;

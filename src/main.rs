@@ -7,7 +7,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use kci_build::cli::Cli;
 use kci_build::error::ExitCode as Code;
-use kci_build::printer::Printer;
+use kci_build::printer::{ColorChoice, Printer};
+use kci_build::settings::Env;
 
 fn main() -> ExitCode {
     let parsed = Cli::command()
@@ -26,11 +27,17 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(cli.verbose);
-    let printer = Printer::new(cli.color, cli.quiet);
+    // The environment is read here, once; everything below gets settings.
+    let env = Env::from_process();
+    let color = match cli.color {
+        ColorChoice::Auto if env.get("NO_COLOR").is_some() => ColorChoice::Never,
+        c => c,
+    };
+    let printer = Printer::new(color, cli.quiet);
     // `--lockfile` names the images lockfile by default; deploy reads the rootfs one
     // unless it is given on the command line.
     let lockfile_given = matches.value_source("lockfile") == Some(ValueSource::CommandLine);
-    ExitCode::from(kci_build::runner::run(&cli, lockfile_given, &printer) as u8)
+    ExitCode::from(kci_build::runner::run(&cli, &env, lockfile_given, &printer) as u8)
 }
 
 fn init_tracing(verbose: u8) {

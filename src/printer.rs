@@ -40,7 +40,7 @@ impl Printer {
         let color = match color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
+            ColorChoice::Auto => tty,
         };
         let bars = (tty && !quiet).then(MultiProgress::new);
         Printer {
@@ -85,6 +85,13 @@ impl Printer {
             label.to_owned()
         };
         self.raw(&format!("{label}: {message}"));
+    }
+
+    /// A summary table on stderr; `-q` leaves it out (the exit code and `--json` stay).
+    pub fn table(&self, text: &str) {
+        if !self.inner.quiet {
+            self.raw(text);
+        }
     }
 
     /// A plain line on stderr that does not tear progress bars.

@@ -13,17 +13,24 @@ use crate::ops::{self, Context, Paths, Report};
 use crate::printer::Printer;
 use crate::rootfs::collect::Transfer;
 use crate::rootfs::pack::PackSettings;
-use crate::store::Store;
+use crate::settings::{Env, Settings};
 
-/// Runs the parsed command line; `lockfile_given`: `--lockfile` was on the command line
-/// (deploy reads the rootfs lockfile unless it was).
-pub fn run(cli: &Cli, lockfile_given: bool, printer: &Printer) -> ExitCode {
+/// Runs the parsed command line with the environment's settings; `lockfile_given`:
+/// `--lockfile` was on the command line (deploy reads the rootfs lockfile unless it was).
+pub fn run(cli: &Cli, env: &Env, lockfile_given: bool, printer: &Printer) -> ExitCode {
+    let settings = match Settings::resolve(cli.store.clone(), env) {
+        Ok(s) => s,
+        Err(e) => {
+            printer.error(Rendered(&anyhow::Error::new(e)));
+            return ExitCode::BadInput;
+        }
+    };
     let paths = Paths {
         images: cli.images.clone(),
         lockfile: cli.lockfile.clone(),
-        store: cli.store.clone().unwrap_or_else(Store::default_root),
+        store: settings.store.clone(),
     };
-    let ctx = Context::new(paths, printer.clone(), cli.verbose > 0);
+    let ctx = Context::new(paths, settings, printer.clone(), cli.verbose > 0);
     match dispatch(&ctx, cli, lockfile_given) {
         Ok(()) => ExitCode::Ok,
         Err(e) => {
@@ -65,6 +72,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Build { json, .. } => {
             let opts = build_options(&cli.command, ctx.verbose);
+            ctx.share_store()?;
             // Held from before the lockfile is read until it is written.
             ctx.lock_images_lockfile()?;
             // Dropping the build aborts its tasks and their temp files go with them; finished
@@ -84,6 +92,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
                 registry: registry.clone(),
             };
             let what_now = "the scratch store is removed; run the same command again";
+            ctx.share_store()?;
             finish(
                 ctx,
                 cancellable(ops::check::run(ctx, &opts), what_now)?,
@@ -102,6 +111,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
                 jobs: *jobs,
             };
             let what_now = "uploaded blobs stay; run the same command again to finish";
+            ctx.share_store()?;
             finish(
                 ctx,
                 cancellable(ops::push::run(ctx, &opts), what_now)?,
@@ -112,6 +122,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             let opts = rootfs_options(&cli.command);
             ctx.lock_images_lockfile()?;
             ctx.lock_lockfile(&opts.lockfile)?;
+            ctx.share_store()?;
             let what_now =
                 "the build containers keep running; `kci-build rootfs --resume` picks them up";
             finish(
@@ -135,6 +146,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Load { targets } => {
             let what_now = "loaded images stay; run the same command again";
+            ctx.share_store()?;
             finish(
                 ctx,
                 cancellable(ops::load::run(ctx, targets), what_now)?,

@@ -183,22 +183,13 @@ impl fmt::Debug for Token {
 }
 
 impl Storage {
-    /// Opens a destination, taking the API token from `KCI_STORAGE_TOKEN`.
+    /// Opens a destination with the API token (`KCI_STORAGE_TOKEN`, resolved by
+    /// [`crate::settings`]).
     ///
     /// `dest` is a directory (local backend) or an `http(s)://` storage API URL.
     /// `public_url` is where files are served: required for the API, optional for a directory
     /// (default: its `file://` URL). `prefix` is the upload path prefix, API only, default
     /// [`DEFAULT_PREFIX`].
-    pub fn open(
-        dest: &str,
-        public_url: Option<&str>,
-        prefix: Option<&str>,
-    ) -> Result<Storage, StorageError> {
-        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
-        Storage::open_with_token(dest, public_url, prefix, token)
-    }
-
-    /// [`Storage::open`] with the token given instead of read from the environment.
     pub fn open_with_token(
         dest: &str,
         public_url: Option<&str>,
@@ -868,7 +859,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"x").unwrap();
-        let s = Storage::open(dir.path().join("out").to_str().unwrap(), None, None).unwrap();
+        let s =
+            Storage::open_with_token(dir.path().join("out").to_str().unwrap(), None, None, None)
+                .unwrap();
         let f = UploadFile::from_file("arm64/f", &p).unwrap();
         let e = s.sync("c/v", &[f.clone(), f.clone()]).await.unwrap_err();
         assert!(e.to_string().contains("listed twice"), "{e}");

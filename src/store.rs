@@ -4,6 +4,12 @@
 //! Blobs are written to `tmp/`, hashed as they are written, fsynced and renamed to their
 //! digest, so a blob file always holds exactly the bytes its name says; a key record is
 //! written last, so an interrupted build leaves at most unreferenced blobs.
+//!
+//! The store owns every layout under its root — blobs, key records, rootfs key directories
+//! (and their temp directories), logs, temp files, lockfile locks — so it can enumerate
+//! ([`Store::entries`]) and remove ([`Store::remove`]) any of them, and a store-wide lock
+//! ([`Store::lock`]) lets commands that add to the store (shared) exclude one that sweeps it
+//! (exclusive): `gc` and `store verify` need no knowledge of their own.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -97,17 +103,6 @@ impl Store {
         Ok(s)
     }
 
-    /// The default location: `$KCI_BUILD_STORE`, else `<user cache dir>/kci-build/store`.
-    pub fn default_root() -> PathBuf {
-        if let Some(p) = std::env::var_os("KCI_BUILD_STORE") {
-            return PathBuf::from(p);
-        }
-        dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("kci-build")
-            .join("store")
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -147,6 +142,12 @@ impl Store {
     /// whole by renaming a finished temp directory beside it.
     pub fn rootfs_dir(&self) -> PathBuf {
         self.root.join("rootfs")
+    }
+
+    /// The name prefix of the temp directories a rootfs job packs `key` in, beside
+    /// [`Store::rootfs_key_dir`].
+    pub fn rootfs_temp_prefix(key: &Digest) -> String {
+        format!("tmp-{}-", key.hex())
     }
 
     /// The directory of one rootfs key (it may not exist).
@@ -216,6 +217,11 @@ impl Store {
     pub fn record(&self, img: &StoredImage) -> Result<(), StoreError> {
         fsutil::atomic_write(&self.key_path(&img.key), &canonical_json(img))
             .map_err(self.err("writing key record"))?;
+        self.reindex()
+    }
+
+    /// Rewrites `index.json` from the key records.
+    fn reindex(&self) -> Result<(), StoreError> {
         let lock =
             File::create(self.root.join("index.lock")).map_err(self.err("locking index.json"))?;
         lock.lock().map_err(self.err("locking index.json"))?;
@@ -254,6 +260,162 @@ impl Store {
             .collect();
         let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests });
         fsutil::atomic_write(&self.root.join("index.json"), &canonical_json(&index))
+    }
+}
+
+/// One thing the store holds, by layout.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", content = "id", rename_all = "kebab-case")]
+pub enum Entry {
+    /// `blobs/sha256/<hex>`.
+    Blob(Digest),
+    /// `keys/<hex>.json`: an image built for a key.
+    KeyRecord(Digest),
+    /// `rootfs/<hex>/`: the files of a rootfs key.
+    RootfsKey(Digest),
+    /// A build log under `logs/`.
+    Log(String),
+    /// Left by a killed run: a file or directory under `tmp/`, or a rootfs temp directory.
+    Temp(String),
+}
+
+/// Whether a [`StoreLock`] shares the store or has it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Commands that add to the store: any number at once.
+    Shared,
+    /// A sweep (`gc`, `store verify --repair`): alone.
+    Exclusive,
+}
+
+/// The store-wide lock; released when dropped (or by the kernel when the process dies).
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+    pub mode: LockMode,
+}
+
+impl Store {
+    /// Takes the store-wide lock, waiting (after calling `on_wait` once) while a holder of
+    /// the other mode has it.
+    pub fn lock(&self, mode: LockMode, on_wait: impl FnOnce()) -> Result<StoreLock, StoreError> {
+        fs::create_dir_all(&self.root).map_err(self.err("creating the store"))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("store.lock"))
+            .map_err(self.err("opening store.lock"))?;
+        let try_lock = match mode {
+            LockMode::Shared => file.try_lock_shared(),
+            LockMode::Exclusive => file.try_lock(),
+        };
+        match try_lock {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                match mode {
+                    LockMode::Shared => file.lock_shared(),
+                    LockMode::Exclusive => file.lock(),
+                }
+                .map_err(self.err("locking store.lock"))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(self.err("locking store.lock")(e)),
+        }
+        Ok(StoreLock { _file: file, mode })
+    }
+
+    /// Everything the store holds, by layout, sorted; unknown names are left out (they are
+    /// not the store's).
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        let digest = |hex: &str| format!("sha256:{hex}").parse::<Digest>().ok();
+        for name in self.names("blobs/sha256")? {
+            out.extend(digest(&name).map(Entry::Blob));
+        }
+        for name in self.names("keys")? {
+            out.extend(
+                name.strip_suffix(".json")
+                    .and_then(digest)
+                    .map(Entry::KeyRecord),
+            );
+        }
+        for name in self.names("rootfs")? {
+            if name.starts_with("tmp-") {
+                out.push(Entry::Temp(format!("rootfs/{name}")));
+            } else {
+                out.extend(digest(&name).map(Entry::RootfsKey));
+            }
+        }
+        out.extend(self.names("logs")?.into_iter().map(Entry::Log));
+        out.extend(
+            self.names("tmp")?
+                .into_iter()
+                .map(|n| Entry::Temp(format!("tmp/{n}"))),
+        );
+        out.sort();
+        Ok(out)
+    }
+
+    fn names(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let rd = match fs::read_dir(self.root.join(dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(format!("listing {dir}"))(e)),
+        };
+        let mut names = Vec::new();
+        for e in rd {
+            let e = e.map_err(self.err(format!("listing {dir}")))?;
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Where an entry lives.
+    pub fn entry_path(&self, entry: &Entry) -> PathBuf {
+        match entry {
+            Entry::Blob(d) => self.blob_path(d),
+            Entry::KeyRecord(k) => self.key_path(k),
+            Entry::RootfsKey(k) => self.rootfs_key_dir(k),
+            Entry::Log(name) => self.logs_dir().join(name),
+            Entry::Temp(rel) => self.root.join(rel),
+        }
+    }
+
+    /// The bytes an entry takes (a directory: its files, recursively).
+    pub fn entry_size(&self, entry: &Entry) -> u64 {
+        walkdir::WalkDir::new(self.entry_path(entry))
+            .into_iter()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Removes an entry (a key record also leaves `index.json`); a missing one is fine. The
+    /// caller holds the exclusive [`Store::lock`] or knows nobody uses the entry.
+    pub fn remove(&self, entry: &Entry) -> Result<(), StoreError> {
+        let path = self.entry_path(entry);
+        let what = format!("removing {}", path.display());
+        let gone = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        gone.map_err(self.err(what))?;
+        if matches!(entry, Entry::KeyRecord(_)) {
+            self.reindex()?;
+        }
+        Ok(())
+    }
+
+    /// Re-hashes a blob: whether its bytes still match its name.
+    pub fn blob_is_intact(&self, d: &Digest) -> Result<bool, StoreError> {
+        let mut f = File::open(self.blob_path(d)).map_err(self.err(format!("opening blob {d}")))?;
+        let mut h = HashWriter::new(io::sink());
+        io::copy(&mut f, &mut h).map_err(self.err(format!("reading blob {d}")))?;
+        Ok(h.digest().0 == *d)
     }
 }
 
@@ -325,5 +487,83 @@ mod tests {
         // An abandoned writer leaves nothing in tmp/.
         drop(s.blob_writer().unwrap());
         assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn every_layout_is_enumerated_and_removable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let blob = s.put_bytes(b"manifest").unwrap();
+        let key = Digest::of(b"key");
+        let img = StoredImage {
+            target: "a".parse().unwrap(),
+            key: key.clone(),
+            manifest: blob.clone(),
+            config: blob.clone(),
+            layers: vec![],
+            packages: BTreeMap::new(),
+            members: vec![],
+        };
+        s.record(&img).unwrap();
+        let rootfs = Digest::of(b"rootfs key");
+        fs::create_dir_all(s.rootfs_key_dir(&rootfs)).unwrap();
+        fs::write(s.rootfs_key_dir(&rootfs).join("rootfs.cpio.gz"), [0u8; 10]).unwrap();
+        let left = format!("{}x1", Store::rootfs_temp_prefix(&rootfs));
+        fs::create_dir_all(s.rootfs_dir().join(&left)).unwrap();
+        fs::write(s.log_path(&img.target, &key), "log").unwrap();
+        fs::write(s.tmp_dir().join("blob-abc"), "partial").unwrap();
+        fs::write(s.rootfs_dir().join("README"), "not the store's").unwrap();
+        let entries = s.entries().unwrap();
+        assert_eq!(
+            entries,
+            [
+                Entry::Blob(blob.clone()),
+                Entry::KeyRecord(key.clone()),
+                Entry::RootfsKey(rootfs.clone()),
+                Entry::Log(format!("a-{}.log", key.short())),
+                Entry::Temp(format!("rootfs/{left}")),
+                Entry::Temp("tmp/blob-abc".into()),
+            ]
+        );
+        assert_eq!(s.entry_size(&Entry::RootfsKey(rootfs.clone())), 10);
+        assert!(s.blob_is_intact(&blob).unwrap());
+        fs::write(s.blob_path(&blob), b"bit rot").unwrap();
+        assert!(!s.blob_is_intact(&blob).unwrap());
+        for e in &entries {
+            s.remove(e).unwrap();
+        }
+        assert!(s.entries().unwrap().is_empty());
+        let index = fs::read_to_string(dir.path().join("index.json")).unwrap();
+        assert!(
+            !index.contains(key.hex()),
+            "the record left index.json: {index}"
+        );
+        assert!(
+            dir.path().join("rootfs/README").exists(),
+            "foreign files stay"
+        );
+    }
+
+    #[test]
+    fn a_sweep_waits_for_the_builds_and_builds_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let build = s.lock(LockMode::Shared, || {}).unwrap();
+        let other_build = s.lock(LockMode::Shared, || panic!("builds share")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sweeper = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let waited = std::cell::Cell::new(false);
+                let lock = s.lock(LockMode::Exclusive, || waited.set(true)).unwrap();
+                tx.send(waited.get()).unwrap();
+                drop(lock);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(rx.try_recv().is_err(), "the sweep must wait");
+        drop((build, other_build));
+        assert!(rx.recv().unwrap(), "the sweep said it waited");
+        sweeper.join().unwrap();
     }
 }

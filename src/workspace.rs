@@ -52,12 +52,13 @@ pub struct Workspace {
     pub lock: Lockfile,
     /// The lockfile's text as read (None when it does not exist yet).
     pub lock_text: Option<String>,
-    pub mirror: Option<String>,
+    /// What the environment gave: engine, Debian mirror, registry settings.
+    pub env: crate::settings::Settings,
     pub store: Store,
 }
 
 impl Workspace {
-    pub fn load(paths: &Paths) -> anyhow::Result<Workspace> {
+    pub fn load(paths: &Paths, env: &crate::settings::Settings) -> anyhow::Result<Workspace> {
         let config_path = paths.images.join("config.toml");
         let text = std::fs::read_to_string(&config_path).with_context(|| {
             format!(
@@ -86,7 +87,7 @@ impl Workspace {
             graph,
             lock,
             lock_text,
-            mirror: crate::bootstrap::resolve_mirror(),
+            env: env.clone(),
             store,
         })
     }
@@ -126,7 +127,7 @@ impl Workspace {
             targets,
             &self.settings,
             &fps,
-            self.mirror.as_deref(),
+            self.env.debian_mirror.as_deref(),
             &self.lock,
             |k| self.store.lookup(k).map(|i| i.manifest),
         )?)

@@ -11,7 +11,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kci_build::docker::DockerEngine;
+use kci_build::engine::DockerEngine;
 use kci_build::rootfs::collect::{fetch_each, Transfer};
 use sha2::{Digest as _, Sha256};
 
@@ -64,7 +64,9 @@ fn slow_sha256(path: &Path) -> String {
 async fn files_arrive_whole_while_consumers_are_slower_than_the_request_timeout() {
     let name = format!("kci-build-test-collect-{}", std::process::id());
     let want = finished_container(&name);
-    let engine = DockerEngine::connect()
+    let env = kci_build::settings::Env::from_process();
+    let settings = kci_build::settings::Settings::resolve(None, &env).unwrap();
+    let engine = DockerEngine::connect(&settings.engine)
         .await
         .unwrap()
         .with_request_timeout(Duration::from_secs(1));

@@ -200,6 +200,70 @@ pub fn plan<'g>(
     Ok(out)
 }
 
+/// How the lockfile differs from the recipes for one target: the one "what changed" of
+/// `build --locked` and `lock --check` (`why` shows the same facts one by one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// A recipe's target the lockfile does not have.
+    NotLocked(TargetName),
+    /// Locked under another key; `facts` are the key facts that differ (empty: only the key,
+    /// e.g. a new key format).
+    InputsChanged {
+        target: TargetName,
+        facts: Vec<String>,
+    },
+    /// Locked, but no recipe declares it any more.
+    NoRecipe(TargetName),
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::NotLocked(t) => write!(f, "{t}: not in the lockfile"),
+            Drift::InputsChanged { target, facts } if facts.is_empty() => {
+                write!(f, "{target}: inputs changed (its key)")
+            }
+            Drift::InputsChanged { target, facts } => {
+                write!(f, "{target}: inputs changed ({})", facts.join(", "))
+            }
+            Drift::NoRecipe(t) => write!(f, "{t}: locked but no recipe declares it"),
+        }
+    }
+}
+
+/// The drift of the planned targets against `lock`, in plan order; with `complete` (the
+/// plan covers every recipe), also the locked targets no recipe declares.
+pub fn drift(lock: &Lockfile, planned: &[PlannedTarget<'_>], complete: bool) -> Vec<Drift> {
+    let mut out: Vec<Drift> = planned
+        .iter()
+        .filter_map(|p| {
+            let target = p.recipe.name.clone();
+            match (p.lock, lock.targets.get(&target)) {
+                (LockState::Same, _) => None,
+                (_, None) => Some(Drift::NotLocked(target)),
+                (_, Some(locked)) => Some(Drift::InputsChanged {
+                    facts: super::key::diff_facts(&locked.input, &p.inputs.facts())
+                        .into_iter()
+                        .map(|c| c.path)
+                        .collect(),
+                    target,
+                }),
+            }
+        })
+        .collect();
+    if complete {
+        let planned: std::collections::BTreeSet<&TargetName> =
+            planned.iter().map(|p| &p.recipe.name).collect();
+        out.extend(
+            lock.targets
+                .keys()
+                .filter(|n| !planned.contains(n))
+                .map(|n| Drift::NoRecipe(n.clone())),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,13 @@
 //! The image build loop: a [`Scheduler`] that starts what [`schedule::next`] says is ready,
-//! through a [`MakeTarget`] (the registry cache, then Docker; a fake in the unit tests).
+//! through an [`EngineMaker`]: the registry cache, then the [`Engine`] (Docker; the in-memory
+//! fake in the unit tests).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
+use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
@@ -17,34 +18,55 @@ use crate::core::names::{Digest, Platform, TargetName};
 use crate::core::plan::key_inputs;
 use crate::core::recipe::{TargetKind, TargetRecipe};
 use crate::core::schedule::{self, Next, Progress};
-use crate::docker::DockerEngine;
+use crate::engine::{DockerEngine, Engine};
 use crate::image;
 use crate::printer::Printer;
 use crate::registry::Registry;
+use crate::settings::EngineSettings;
 use crate::store::{Store, StoredImage};
 use crate::workspace::Workspace;
 
 /// How a target that is neither stored nor an index gets made: pulled from the registry
-/// cache or built by the engine. The scheduler sees only this seam; its unit tests give it
-/// an in-memory fake.
-pub trait MakeTarget: Clone + Send + Sync + 'static {
-    fn make(
-        &self,
-        job: Job,
-    ) -> impl Future<Output = anyhow::Result<(StoredImage, TargetAction)>> + Send;
-}
-
-/// The real one: the registry cache first (with `--registry`), else the Docker daemon,
-/// connected on first use.
+/// cache (with `--registry`), else built by the engine, connected on first use (a build
+/// whose targets are all stored or cached never needs Docker). The unit tests give it the
+/// in-memory engine.
 #[derive(Clone)]
-pub(super) struct DockerMaker {
-    pub engine: Arc<OnceCell<DockerEngine>>,
-    pub registry: Option<Registry>,
-    pub prefix: String,
+pub(super) struct EngineMaker<E> {
+    engine: Arc<OnceCell<E>>,
+    connect: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<E>> + Send + Sync>,
+    registry: Option<Registry>,
+    prefix: String,
 }
 
-impl MakeTarget for DockerMaker {
-    async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
+impl EngineMaker<DockerEngine> {
+    pub fn docker(settings: EngineSettings, registry: Option<Registry>, prefix: String) -> Self {
+        EngineMaker {
+            engine: Arc::new(OnceCell::new()),
+            connect: Arc::new(move || {
+                let settings = settings.clone();
+                Box::pin(async move { Ok(DockerEngine::connect(&settings).await?) })
+            }),
+            registry,
+            prefix,
+        }
+    }
+}
+
+impl<E: Engine> EngineMaker<E> {
+    /// A maker over an engine already at hand (the unit tests' fake).
+    #[cfg(test)]
+    pub fn with(engine: E, prefix: String) -> Self {
+        EngineMaker {
+            engine: Arc::new(OnceCell::new_with(Some(engine))),
+            connect: Arc::new(|| Box::pin(async { anyhow::bail!("the engine was given") })),
+            registry: None,
+            prefix,
+        }
+    }
+}
+
+impl<E: Engine> EngineMaker<E> {
+    pub async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
         let name = &job.recipe.name;
         if let Some(reg) = &self.registry {
             if let Some(img) = push::fetch(reg, &job.store, &self.prefix, name, &job.key).await? {
@@ -53,7 +75,7 @@ impl MakeTarget for DockerMaker {
         }
         let engine = self
             .engine
-            .get_or_try_init(DockerEngine::connect)
+            .get_or_try_init(|| (self.connect)())
             .await?
             .clone();
         job.run(&engine).await.map(|img| (img, TargetAction::Built))
@@ -110,14 +132,14 @@ impl Scheduled {
 /// The build loop: starts every target [`schedule::next`] says is ready (at
 /// most `--jobs` builds at once; stored targets and indexes are settled on the spot), waits
 /// for one build to end, and again, until nothing runs.
-pub(super) struct Scheduler<'w, M> {
+pub(super) struct Scheduler<'w, E> {
     pub ws: &'w Workspace,
     pub store: &'w Store,
     pub opts: &'w BuildOptions,
     pub printer: &'w Printer,
     pub contexts: &'w BTreeMap<TargetName, Vec<ContextEntry>>,
     pub sel: &'w [&'w TargetRecipe],
-    pub maker: M,
+    pub maker: EngineMaker<E>,
     pub progress: Progress,
     pub out: Scheduled,
     pub running: JoinSet<TaskResult>,
@@ -134,7 +156,7 @@ pub(super) type TaskResult = (
     f64,
 );
 
-impl<M: MakeTarget> Scheduler<'_, M> {
+impl<E: Engine> Scheduler<'_, E> {
     pub async fn run(mut self) -> anyhow::Result<Scheduled> {
         self.out.selection = self.sel.iter().map(|t| t.name.clone()).collect();
         loop {
@@ -183,7 +205,7 @@ impl<M: MakeTarget> Scheduler<'_, M> {
             t,
             &self.ws.settings,
             &context::fingerprint(&self.contexts[&t.name]),
-            self.ws.mirror.as_deref(),
+            self.ws.env.debian_mirror.as_deref(),
             &dep_manifests,
         )?;
         let key = inputs.key();
@@ -258,7 +280,7 @@ impl<M: MakeTarget> Scheduler<'_, M> {
             entries: self.contexts[&t.name].clone(),
             parent: t.kind.parent().map(|p| self.out.done[p].1.clone()),
             sde: self.ws.settings.source_date_epoch,
-            mirror: self.ws.mirror.clone(),
+            mirror: self.ws.env.debian_mirror.clone(),
             store: self.store.clone(),
             printer: self.printer.clone(),
             verbose: self.opts.verbose,

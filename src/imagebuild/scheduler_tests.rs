@@ -1,63 +1,22 @@
-//! The scheduler on an in-memory fake maker: ordering, `--jobs`, failure propagation, and
-//! an environment fault stopping the run — without Docker.
+//! The scheduler on the in-memory engine: ordering, `--jobs`, failure propagation, and an
+//! environment fault stopping the run — without Docker, but through the real build path
+//! (context tar, `docker save` archive, canonical layers, parents loaded by archive).
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::*;
+use crate::engine::fake::FakeEngine;
 use crate::printer::ColorChoice;
 use crate::workspace::Paths;
 
-/// Makes targets without an engine: records the order and the peak concurrency, fails the
-/// targets named in `fail` (as a build step would) and those in `unreachable` (as a dead
-/// daemon would).
-#[derive(Clone, Default)]
-struct Fake {
-    fail: Arc<BTreeSet<String>>,
-    unreachable: Arc<BTreeSet<String>>,
-    running: Arc<AtomicUsize>,
-    peak: Arc<AtomicUsize>,
-    order: Arc<Mutex<Vec<String>>>,
-}
-
-impl MakeTarget for Fake {
-    async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
-        let name = job.recipe.name.to_string();
-        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        self.order.lock().unwrap().push(name.clone());
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        if self.unreachable.contains(&name) {
-            let e = crate::error::EnvironmentError {
-                message: "Docker is not reachable".into(),
-                hint: "start dockerd".into(),
-            };
-            return Err(crate::docker::DaemonError::Unreachable(e).into());
-        }
-        if self.fail.contains(&name) {
-            return Err(crate::docker::DaemonError::BuildFailed("step 2/3 exited 1".into()).into());
-        }
-        // Like a real build: blobs into the store, then the key record.
-        let manifest = job
-            .store
-            .put_bytes(format!("manifest {name} {}", job.key).as_bytes())?;
-        let config = job.store.put_bytes(format!("config {name}").as_bytes())?;
-        let img = StoredImage {
-            target: job.recipe.name.clone(),
-            key: job.key.clone(),
-            manifest,
-            config,
-            layers: Vec::new(),
-            packages: BTreeMap::new(),
-            members: Vec::new(),
-        };
-        job.store.record(&img)?;
-        Ok((img, TargetAction::Built))
-    }
+/// An engine whose builds take `ms` milliseconds, so that builds allowed to overlap do.
+fn engine(ms: u64) -> FakeEngine {
+    let e = FakeEngine::default();
+    *e.build_time.lock().unwrap() = Duration::from_millis(ms);
+    e
 }
 
 /// base → {gcc → kselftest, clang, rust}: four targets ready at once after base.
@@ -88,12 +47,12 @@ fn tree(dir: &Path) -> Workspace {
             &format!("[[target]]\nname = \"{image}\"\nparent = \"{parent}\"\n"),
         );
     }
-    Workspace::load(&Paths {
+    let paths = Paths {
         images: dir.join("images"),
         lockfile: dir.join("lockfiles/images.lock"),
         store: dir.join("store"),
-    })
-    .unwrap()
+    };
+    Workspace::load(&paths, &Default::default()).unwrap()
 }
 
 fn opts(jobs: usize) -> BuildOptions {
@@ -107,14 +66,20 @@ fn opts(jobs: usize) -> BuildOptions {
     }
 }
 
-fn run(ws: &Workspace, jobs: usize, fake: &Fake) -> anyhow::Result<Scheduled> {
+fn run(ws: &Workspace, jobs: usize, fake: &FakeEngine) -> anyhow::Result<Scheduled> {
     let store = Store::open(&ws.paths.store).unwrap();
     let printer = Printer::new(ColorChoice::Never, true);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(schedule(ws, &store, &opts(jobs), &printer, fake.clone()))
+        .block_on(schedule(
+            ws,
+            &store,
+            &opts(jobs),
+            &printer,
+            EngineMaker::with(fake.clone(), ws.settings.prefix.clone()),
+        ))
 }
 
 fn position(order: &[String], name: &str) -> usize {
@@ -127,9 +92,9 @@ fn parents_first_and_never_more_than_jobs_at_once() {
         // A fresh store each time: nothing is stored yet.
         let dir = tempfile::tempdir().unwrap();
         let ws = tree(dir.path());
-        let fake = Fake::default();
+        let fake = engine(200);
         let out = run(&ws, jobs, &fake).unwrap();
-        let order = fake.order.lock().unwrap().clone();
+        let order = fake.builds.lock().unwrap().clone();
         assert_eq!(order.len(), 5, "{order:?}");
         assert_eq!(order[0], "base");
         assert!(position(&order, "gcc") < position(&order, "kselftest"));
@@ -149,20 +114,26 @@ fn parents_first_and_never_more_than_jobs_at_once() {
 fn a_failure_blocks_its_subtree_only() {
     let dir = tempfile::tempdir().unwrap();
     let ws = tree(dir.path());
-    let fake = Fake {
-        fail: Arc::new(BTreeSet::from(["gcc".to_owned()])),
-        ..Fake::default()
-    };
+    let fake = engine(30);
+    fake.fail.lock().unwrap().insert("gcc".into());
     let out = run(&ws, 2, &fake).unwrap();
     let failed: Vec<&str> = out.failed.keys().map(|n| n.as_str()).collect();
     assert_eq!(failed, ["gcc", "kselftest"]);
     let why = |n: &str| out.failed[&n.parse::<TargetName>().unwrap()].clone();
-    assert!(why("gcc").contains("step 2/3 exited 1"), "{}", why("gcc"));
+    assert!(
+        why("gcc").contains("returned a non-zero code: 1"),
+        "{}",
+        why("gcc")
+    );
     assert_eq!(why("kselftest"), "not built: `gcc` failed");
     let done: BTreeSet<&str> = out.done.keys().map(|n| n.as_str()).collect();
     assert_eq!(done, BTreeSet::from(["base", "clang", "rust"]));
     assert!(
-        !fake.order.lock().unwrap().contains(&"kselftest".to_owned()),
+        !fake
+            .builds
+            .lock()
+            .unwrap()
+            .contains(&"kselftest".to_owned()),
         "a blocked target is never started"
     );
 }
@@ -171,29 +142,27 @@ fn a_failure_blocks_its_subtree_only() {
 fn an_environment_fault_stops_the_run_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let ws = tree(dir.path());
-    let fake = Fake {
-        unreachable: Arc::new(BTreeSet::from(["base".to_owned()])),
-        ..Fake::default()
-    };
+    let fake = engine(30);
+    fake.unreachable.lock().unwrap().insert("base".into());
     let err = run(&ws, 2, &fake).err().expect("the run stops");
     assert_eq!(
         crate::exit::exit_code(&err),
         crate::error::ExitCode::Environment
     );
     assert!(format!("{err:#}").contains("building base"), "{err:#}");
-    assert_eq!(*fake.order.lock().unwrap(), ["base"]);
+    assert_eq!(*fake.builds.lock().unwrap(), ["base"]);
 }
 
 #[test]
 fn a_second_run_finds_everything_stored() {
     let dir = tempfile::tempdir().unwrap();
     let ws = tree(dir.path());
-    let first = run(&ws, 2, &Fake::default()).unwrap();
+    let first = run(&ws, 2, &engine(0)).unwrap();
     assert_eq!(first.done.len(), 5);
-    let fake = Fake::default();
+    let fake = engine(0);
     let second = run(&ws, 2, &fake).unwrap();
     assert!(
-        fake.order.lock().unwrap().is_empty(),
+        fake.builds.lock().unwrap().is_empty(),
         "nothing is made again"
     );
     assert!(second
@@ -201,4 +170,28 @@ fn a_second_run_finds_everything_stored() {
         .iter()
         .all(|o| o.action == TargetAction::Cached));
     assert_eq!(second.outcomes.len(), 5);
+}
+
+#[test]
+fn a_child_is_built_on_its_parents_canonical_layers_and_builds_repeat_bit_for_bit() {
+    let manifests = |dir: &Path| {
+        let ws = tree(dir);
+        let out = run(&ws, 2, &engine(0)).unwrap();
+        let layers = |n: &str| {
+            let (_, img) = &out.done[&n.parse::<TargetName>().unwrap()];
+            img.layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .collect::<Vec<_>>()
+        };
+        // kselftest = base's layer + gcc's + its own; gcc's came back from the engine as stored.
+        assert_eq!(layers("kselftest").len(), 3);
+        assert_eq!(layers("kselftest")[..2], layers("gcc")[..]);
+        out.done
+            .iter()
+            .map(|(n, (_, img))| (n.to_string(), img.manifest.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    assert_eq!(manifests(a.path()), manifests(b.path()));
 }

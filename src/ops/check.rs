@@ -71,7 +71,9 @@ async fn rebuild_and_compare(
     registry: Option<&str>,
     printer: &Printer,
 ) -> anyhow::Result<(String, bool)> {
-    let registry = registry.map(Registry::new).transpose()?;
+    let registry = registry
+        .map(|r| Registry::new(r, &ws.env.registry))
+        .transpose()?;
     let main = Store::open(ws.store.root())?;
     let scratch_dir = tempfile::tempdir_in(main.tmp_dir()).context("creating a scratch store")?;
     let scratch = Store::open(scratch_dir.path())?;

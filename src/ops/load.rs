@@ -5,7 +5,7 @@ use anyhow::bail;
 
 use super::{Context, Done};
 use crate::core::names::TargetName;
-use crate::docker::{DockerEngine, Engine};
+use crate::engine::{DockerEngine, Engine};
 use crate::imagebuild::ensure_loaded;
 use crate::publish::repository;
 
@@ -13,7 +13,7 @@ pub async fn run(ctx: &Context, targets: &[TargetName]) -> anyhow::Result<Done> 
     let ws = &ctx.workspace()?;
     let printer = &ctx.printer;
     let planned = ws.plan_for(targets)?;
-    let engine = DockerEngine::connect().await?;
+    let engine = DockerEngine::connect(&ws.env.engine).await?;
     for p in &planned {
         if !targets.is_empty() && !targets.contains(&p.recipe.name) {
             continue;

@@ -19,29 +19,52 @@ pub mod why;
 
 use crate::fsutil;
 use crate::printer::Printer;
+pub use crate::settings::Settings;
 pub use crate::workspace::{lock_lockfile, Paths, Workspace};
 
 /// What every command is given: where things are, how to talk to people, and the images
 /// lockfile's lock when the runner took it for this command.
 pub struct Context {
     pub paths: Paths,
+    /// The environment's settings, resolved once.
+    pub settings: Settings,
     pub printer: Printer,
     /// `-v`: stream build logs.
     pub verbose: bool,
     images_lock: std::sync::Mutex<Option<fsutil::LockfileLock>>,
     /// Other lockfiles the command writes, locked for all of it.
     held: std::sync::Mutex<Vec<fsutil::LockfileLock>>,
+    store_lock: std::sync::Mutex<Option<crate::store::StoreLock>>,
 }
 
 impl Context {
-    pub fn new(paths: Paths, printer: Printer, verbose: bool) -> Context {
+    pub fn new(paths: Paths, settings: Settings, printer: Printer, verbose: bool) -> Context {
         Context {
             paths,
+            settings,
             printer,
             verbose,
             images_lock: std::sync::Mutex::new(None),
             held: std::sync::Mutex::new(Vec::new()),
+            store_lock: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Takes the store-wide lock shared, for all of the command: builds, pushes and loads
+    /// run side by side, and a sweep of the store (`gc`) waits for them (and they for it).
+    pub fn share_store(&self) -> anyhow::Result<()> {
+        let store = crate::store::Store::at(&self.paths.store);
+        let lock = store.lock(crate::store::LockMode::Shared, || {
+            self.printer.status(
+                "Blocking",
+                format!(
+                    "waiting for the sweep of the store {} to finish",
+                    self.paths.store.display()
+                ),
+            )
+        })?;
+        *self.store_lock.lock().expect("not poisoned") = Some(lock);
+        Ok(())
     }
 
     /// Takes the lock of another lockfile the command writes (the rootfs one), for all of it.
@@ -66,7 +89,7 @@ impl Context {
 
     /// Recipes, lockfile and store, loaded.
     pub fn workspace(&self) -> anyhow::Result<Workspace> {
-        Workspace::load(&self.paths)
+        Workspace::load(&self.paths, &self.settings)
     }
 }
 

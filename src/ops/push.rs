@@ -24,7 +24,7 @@ pub async fn run(ctx: &Context, opts: &PushOptions) -> anyhow::Result<PushReport
         .iter()
         .map(|p| ws.stored(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let reg = Registry::new(&opts.registry)?;
+    let reg = Registry::new(&opts.registry, &ws.env.registry)?;
     let prefix = &ws.settings.prefix;
     crate::publish::push_images(&reg, &ws.store, prefix, &images, opts.jobs, &ctx.printer).await
 }

@@ -166,7 +166,7 @@ fn rootfs_why(
             r.arch_list.join(", ")
         );
     }
-    let mirror = mirror_of(recipes_dir, r, ws.mirror.as_deref())?;
+    let mirror = mirror_of(recipes_dir, r, ws.env.debian_mirror.as_deref())?;
     let inputs = crate::rootfs::inputs::scan(recipes_dir, r)?;
     let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
     let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;

@@ -3,34 +3,16 @@
 //! Credentials come from `$KCI_REGISTRY_USER`/`$KCI_REGISTRY_PASSWORD`, else from Docker's
 //! `config.json` (`auths`, `credHelpers`, `credsStore`, as `docker login` leaves them).
 //! A challenge (`WWW-Authenticate`) picks Basic or the Bearer-token flow Docker Hub uses.
-//! Secrets live in [`Secret`], whose `Debug`/`Display` never show them.
+//! Secrets live in [`Secret`], whose `Debug` never shows them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::settings::RegistrySettings;
+pub use crate::settings::Secret;
 
 #[derive(Clone, Debug)]
 pub struct Credentials {
@@ -48,20 +30,16 @@ impl Credentials {
     }
 }
 
-/// Where credentials for `host` come from, in order: environment, Docker's config file.
-pub fn credentials_for(host: &str) -> Option<Credentials> {
-    if let (Ok(u), Ok(p)) = (
-        std::env::var("KCI_REGISTRY_USER"),
-        std::env::var("KCI_REGISTRY_PASSWORD"),
-    ) {
+/// Where credentials for `host` come from, in order: `KCI_REGISTRY_USER`/`_PASSWORD`,
+/// Docker's config file (both resolved by [`crate::settings`]).
+pub fn credentials_for(host: &str, settings: &RegistrySettings) -> Option<Credentials> {
+    if let Some((username, password)) = &settings.credentials {
         return Some(Credentials {
-            username: u,
-            password: Secret::new(p),
+            username: username.clone(),
+            password: password.clone(),
         });
     }
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".docker")))?;
+    let dir = settings.docker_config.as_ref()?;
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     from_docker_config(&text, host, &run_helper)
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 
+use crate::settings::RegistrySettings;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -109,8 +110,9 @@ enum Retry {
 
 impl Registry {
     /// `registry` is `host[:port]` (https; plain http for loopback hosts, as Docker does)
-    /// or an explicit `http://…`/`https://…` URL.
-    pub fn new(registry: &str) -> Result<Registry, RegistryError> {
+    /// or an explicit `http://…`/`https://…` URL; credentials and the upload chunk size come
+    /// from `settings`.
+    pub fn new(registry: &str, settings: &RegistrySettings) -> Result<Registry, RegistryError> {
         let (base, host) = if let Some(h) = registry.strip_prefix("http://") {
             (
                 format!("http://{}", h.trim_end_matches('/')),
@@ -137,17 +139,13 @@ impl Registry {
             .read_timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| RegistryError::Protocol(format!("HTTP client: {e}")))?;
-        let chunk_size = std::env::var("KCI_REGISTRY_CHUNK_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32 << 20);
         Ok(Registry {
             http,
-            creds: auth::credentials_for(&host),
+            creds: auth::credentials_for(&host, settings),
             base,
             host,
             auth: Arc::default(),
-            chunk_size,
+            chunk_size: settings.chunk_size,
             max_attempts: 6,
             stats: Arc::default(),
         })
@@ -698,19 +696,27 @@ mod tests {
     #[test]
     fn loopback_registries_use_http_others_https() {
         assert_eq!(
-            Registry::new("127.0.0.1:5000").unwrap().base,
+            Registry::new("127.0.0.1:5000", &RegistrySettings::default())
+                .unwrap()
+                .base,
             "http://127.0.0.1:5000"
         );
         assert_eq!(
-            Registry::new("localhost:5000").unwrap().base,
+            Registry::new("localhost:5000", &RegistrySettings::default())
+                .unwrap()
+                .base,
             "http://localhost:5000"
         );
         assert_eq!(
-            Registry::new("reg.example").unwrap().base,
+            Registry::new("reg.example", &RegistrySettings::default())
+                .unwrap()
+                .base,
             "https://reg.example"
         );
         assert_eq!(
-            Registry::new("http://reg.example:80/").unwrap().base,
+            Registry::new("http://reg.example:80/", &RegistrySettings::default())
+                .unwrap()
+                .base,
             "http://reg.example:80"
         );
     }

@@ -1,5 +1,5 @@
 //! Rootfs builds as labelled, detached containers of the rootfs-builder image, driven
-//! through [`Containers`] (the Docker API; a fake in unit tests). A container outlives kci-build: Ctrl-C or a kill leaves it
+//! through [`Engine`] (the Docker API; a fake in unit tests). A container outlives kci-build: Ctrl-C or a kill leaves it
 //! running, and the next run finds it by its name (derived from the key and the store),
 //! re-attaches to its log, and collects `/out` once it has exited 0.
 
@@ -10,8 +10,8 @@ use std::path::Path;
 use futures_util::StreamExt;
 
 use super::plan::RootfsJob;
-use crate::containers::{ContainerSpec, Containers};
-use crate::docker::DaemonError;
+use crate::engine::DaemonError;
+use crate::engine::{ContainerSpec, Engine};
 
 pub const LABEL: &str = "org.kernelci.kci-build.rootfs";
 pub const LABEL_KEY: &str = "org.kernelci.kci-build.rootfs.key";
@@ -35,15 +35,15 @@ pub fn store_tag(root: &Path) -> String {
     crate::core::names::Digest::of(path.as_os_str().as_bytes()).hex()[..8].to_owned()
 }
 
-use crate::containers::ContainerState;
+use crate::engine::ContainerState;
 
 /// Creates the container (unless an earlier run did), uploads `/kci/` and starts it. With
 /// CAP_SYS_ADMIN and no seccomp or AppArmor profile: mmdebstrap mounts /proc, /sys and /dev
 /// in the chroot and the ext4 step mounts a tmpfs. (Not `--privileged`: it needs every
 /// capability in the daemon's bounding set, which sandboxed hosts do not have.) Host
 /// network: the Debian mirror is reached the way the host reaches it.
-pub async fn start<C: Containers>(
-    engine: &C,
+pub async fn start<E: Engine>(
+    engine: &E,
     name: &str,
     job: &RootfsJob,
     image_id: &str,
@@ -75,8 +75,8 @@ pub async fn start<C: Containers>(
 /// Follows the container's whole log (from its start, so a re-attach rewrites the same
 /// file) into `log_path`, calling `on_phase` for each `kci-phase:` line, until it exits.
 /// Returns the exit code.
-pub async fn follow<C: Containers>(
-    engine: &C,
+pub async fn follow<E: Engine>(
+    engine: &E,
     name: &str,
     log_path: &Path,
     mut on_phase: impl FnMut(&str),

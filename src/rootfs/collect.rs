@@ -43,8 +43,8 @@ impl Default for Transfer {
     }
 }
 
-pub use crate::containers::ArchiveStream;
-use crate::containers::Containers;
+pub use crate::engine::ArchiveStream;
+use crate::engine::Engine;
 
 /// Why one attempt failed: the source (retried when transient) or the destination (never).
 #[derive(Debug)]
@@ -58,8 +58,8 @@ enum Failed {
 /// `files`, in order, one at a time; calls `landed(file, path)` as soon as each is complete
 /// on disk (it may start work on it: nothing it does can hold up a stream). Returns the
 /// bytes collected; stops at the first file that cannot be downloaded.
-pub async fn fetch_each<C: Containers>(
-    engine: &C,
+pub async fn fetch_each<E: Engine>(
+    engine: &E,
     container: &str,
     files: &[&str],
     dir: &Path,

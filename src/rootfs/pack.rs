@@ -159,8 +159,8 @@ type Step = fn(&Ctx, &Path) -> anyhow::Result<Made>;
 /// Collects `/out` of `container` into `raw` and makes the five files and the manifest in
 /// `out`. Every step that started runs to its end before this returns, even when another
 /// failed, so none is still writing when the caller removes the temp dir.
-pub async fn pack<C: crate::containers::Containers>(
-    engine: &C,
+pub async fn pack<E: crate::engine::Engine>(
+    engine: &E,
     container: &str,
     job: &RootfsJob,
     raw: &Path,

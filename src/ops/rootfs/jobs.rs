@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use super::classify::{Made, Todo};
 use super::report::{RootfsAction, RootfsOutcome};
 use super::MANIFEST;
-use crate::containers::{ContainerState, Containers};
 use crate::core::names::Digest;
+use crate::engine::{ContainerState, Engine};
 use crate::fsutil;
 use crate::printer::Printer;
 use crate::rootfs::pack::{self, Packing};
@@ -23,8 +23,8 @@ use crate::rootfs::plan::RootfsJob;
 use crate::rootfs::{binfmt, builder};
 
 /// What every job of one run shares.
-pub(super) struct JobCtx<C> {
-    pub engine: C,
+pub(super) struct JobCtx<E> {
+    pub engine: E,
     pub image_id: String,
     pub store_root: PathBuf,
     pub logs: PathBuf,
@@ -47,8 +47,8 @@ fn fail(error: String) -> JobFailure {
 
 /// Runs `todo`, `jobs` at a time; each job's outcome is pushed to `outcomes`, and the
 /// manifest of each one that made its files goes into `made` under its (config, arch).
-pub(super) async fn run_all<C: Containers>(
-    ctx: JobCtx<C>,
+pub(super) async fn run_all<E: Engine>(
+    ctx: JobCtx<E>,
     todo: Vec<Todo>,
     jobs: usize,
     outcomes: &mut Vec<RootfsOutcome>,
@@ -116,8 +116,8 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
 /// One (config, arch): attach to or start its container, wait, collect, make the files,
 /// commit them to the store. Returns the manifest and whether an earlier run's container
 /// was picked up.
-async fn run_job<C: Containers>(
-    ctx: &JobCtx<C>,
+async fn run_job<E: Engine>(
+    ctx: &JobCtx<E>,
     job: &RootfsJob,
     env: Vec<String>,
     tar: &[u8],
@@ -158,7 +158,7 @@ async fn run_job<C: Containers>(
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        let _ = engine.remove(&name).await;
+        let _ = engine.remove_container(&name).await;
         return Err(JobFailure {
             error: format!(
                 "the builder exited with {code} (log: {})",
@@ -169,7 +169,7 @@ async fn run_job<C: Containers>(
     }
     remove_stale_temp_dirs(store_root, &job.key);
     let tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(&job.key))
+        .prefix(&crate::store::Store::rootfs_temp_prefix(&job.key))
         .tempdir_in(store_root)
         .map_err(|e| {
             fail(format!(
@@ -204,7 +204,7 @@ async fn run_job<C: Containers>(
     fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
     drop(tmp);
     engine
-        .remove(&name)
+        .remove_container(&name)
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok((manifest, resumed))
@@ -212,8 +212,8 @@ async fn run_job<C: Containers>(
 
 /// Picks up the job's container where an earlier run left it (running: attach; exited 0:
 /// collect) or starts it afresh. Returns whether an earlier run's container was picked up.
-async fn attach_or_start<C: Containers>(
-    ctx: &JobCtx<C>,
+async fn attach_or_start<E: Engine>(
+    ctx: &JobCtx<E>,
     job: &RootfsJob,
     name: &str,
     env: Vec<String>,
@@ -247,7 +247,10 @@ async fn attach_or_start<C: Containers>(
                     job.label()
                 ));
             }
-            engine.remove(name).await.map_err(|e| fail(e.to_string()))?;
+            engine
+                .remove_container(name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
             builder::start(engine, name, job, image_id, env, tar.to_vec())
                 .await
@@ -261,14 +264,10 @@ async fn attach_or_start<C: Containers>(
     Ok(resumed)
 }
 
-fn temp_prefix(key: &Digest) -> String {
-    format!("tmp-{}-", key.hex())
-}
-
 /// Removes what a killed run left while packing `key` (its temp dir under the store): this
 /// run is about to pack the same key, and runs on one lockfile do not overlap.
 fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
-    let prefix = temp_prefix(key);
+    let prefix = crate::store::Store::rootfs_temp_prefix(key);
     let Ok(entries) = std::fs::read_dir(store_root) else {
         return;
     };
@@ -285,11 +284,11 @@ fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::fake::{FakeContainers, Script};
+    use crate::engine::fake::{FakeEngine, Script};
     use crate::printer::ColorChoice;
 
     /// A job of the native arch (no emulation to register) and its context on `engine`.
-    fn job_on(engine: &FakeContainers, dir: &Path) -> (JobCtx<FakeContainers>, RootfsJob) {
+    fn job_on(engine: &FakeEngine, dir: &Path) -> (JobCtx<FakeEngine>, RootfsJob) {
         let ctx = JobCtx {
             engine: engine.clone(),
             image_id: "sha256:builder".into(),
@@ -310,11 +309,11 @@ mod tests {
         (ctx, job)
     }
 
-    fn name_of(ctx: &JobCtx<FakeContainers>, job: &RootfsJob) -> String {
+    fn name_of(ctx: &JobCtx<FakeEngine>, job: &RootfsJob) -> String {
         builder::container_name(job, &builder::store_tag(&ctx.store_root))
     }
 
-    fn run(ctx: &JobCtx<FakeContainers>, job: &RootfsJob) -> Result<bool, JobFailure> {
+    fn run(ctx: &JobCtx<FakeEngine>, job: &RootfsJob) -> Result<bool, JobFailure> {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -326,7 +325,7 @@ mod tests {
     #[test]
     fn a_failed_build_reports_its_exit_and_log_tail_and_removes_its_container() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = FakeContainers::default();
+        let engine = FakeEngine::default();
         *engine.script.lock().unwrap() = Script {
             log: vec![
                 "kci-phase: bootstrap".into(),
@@ -365,7 +364,7 @@ mod tests {
     fn an_earlier_runs_container_is_attached_to_or_collected_never_restarted() {
         for state in [ContainerState::Running, ContainerState::Exited(0)] {
             let dir = tempfile::tempdir().unwrap();
-            let engine = FakeContainers::default();
+            let engine = FakeEngine::default();
             let (ctx, job) = job_on(&engine, dir.path());
             let name = name_of(&ctx, &job);
             // Its /out lacks the raw files: collecting fails, naming the first one.
@@ -404,11 +403,17 @@ mod tests {
         let store = tempfile::tempdir().unwrap();
         let key = Digest::of(b"a");
         let other = Digest::of(b"b");
-        let stale = store.path().join(format!("{}x1", temp_prefix(&key)));
+        let stale = store.path().join(format!(
+            "{}x1",
+            crate::store::Store::rootfs_temp_prefix(&key)
+        ));
         std::fs::create_dir_all(stale.join("raw")).unwrap();
         std::fs::write(stale.join("raw/full.tar"), b"half").unwrap();
         let kept = [
-            store.path().join(format!("{}x2", temp_prefix(&other))),
+            store.path().join(format!(
+                "{}x2",
+                crate::store::Store::rootfs_temp_prefix(&other)
+            )),
             store.path().join(key.hex()),
         ];
         for k in &kept {

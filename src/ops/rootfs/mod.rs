@@ -27,9 +27,10 @@ use anyhow::Context as _;
 
 use super::{Context, Report, Workspace};
 use crate::core::lockdiff::{self, LockKind};
+use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
-use crate::docker::DockerEngine;
+use crate::engine::DockerEngine;
 use crate::imagebuild::{self as build, BuildOptions, LockMode};
 use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
@@ -81,7 +82,7 @@ pub struct RootfsOptions {
 
 impl Report for RootfsReport {
     fn show(&self, printer: &Printer) {
-        printer.raw(&table(self));
+        printer.table(&table(self));
     }
 
     fn verdict(&self) -> anyhow::Result<()> {
@@ -99,17 +100,16 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
     let scanned = prepare::scan(ws, &opts.recipes, selected)?;
-    build_builder(ctx, ws, opts.locked).await?;
+    let builder_image = build_builder(ctx, ws, opts.locked).await?;
     ctx.release_images_lock();
-    let builder_image = prepare::stored_builder(ws)?;
     let prepared = prepare::plan(scanned, &builder_image.manifest, &opts.arches)?;
 
     std::fs::create_dir_all(store_dir(ws))
         .with_context(|| format!("creating {}", store_dir(ws).display()))?;
-    let storage = open_storage(opts.storage.as_ref())?;
+    let storage = open_storage(opts.storage.as_ref(), ws.env.storage_token.as_ref())?;
     let mut c = classify::classify(&store_dir(ws), &prepared, storage.as_ref(), printer).await?;
     if !c.todo.is_empty() {
-        let engine = DockerEngine::connect().await?;
+        let engine = DockerEngine::connect(&ws.env.engine).await?;
         build::ensure_loaded(&engine, &ws.store, &builder_image).await?;
         let ctx = jobs::JobCtx {
             engine,
@@ -152,8 +152,12 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     })
 }
 
-/// The builder image, built (or found) like any other target.
-async fn build_builder(ctx: &Context, ws: &Workspace, locked: bool) -> anyhow::Result<()> {
+/// The builder image, built (or found) like any other target, as stored.
+async fn build_builder(
+    ctx: &Context,
+    ws: &Workspace,
+    locked: bool,
+) -> anyhow::Result<crate::store::StoredImage> {
     let build_opts = BuildOptions {
         targets: vec![prepare::builder_name()],
         jobs: 1,
@@ -166,19 +170,32 @@ async fn build_builder(ctx: &Context, ws: &Workspace, locked: bool) -> anyhow::R
         registry: None,
         push: false,
     };
-    build::build(ws, &build_opts, &ctx.printer)
-        .await?
+    let report = build::build(ws, &build_opts, &ctx.printer).await?;
+    report
         .into_result()
         .context("building the rootfs builder image")?;
-    Ok(())
+    let name = prepare::builder_name();
+    let key = report
+        .targets
+        .iter()
+        .find(|o| o.name == name.as_str())
+        .and_then(|o| o.key.parse::<Digest>().ok())
+        .ok_or_else(|| anyhow::anyhow!("the build of {name} reported no key"))?;
+    ws.store
+        .lookup(&key)
+        .ok_or_else(|| anyhow::anyhow!("{name} is not in the store after its build"))
 }
 
-fn open_storage(args: Option<&StorageArgs>) -> anyhow::Result<Option<Storage>> {
+fn open_storage(
+    args: Option<&StorageArgs>,
+    token: Option<&crate::settings::Secret>,
+) -> anyhow::Result<Option<Storage>> {
     Ok(match args {
-        Some(s) => Some(Storage::open(
+        Some(s) => Some(Storage::open_with_token(
             &s.dest,
             s.public_url.as_deref(),
             s.prefix.as_deref(),
+            token.map(|t| t.expose().to_owned()),
         )?),
         None => None,
     })

@@ -13,7 +13,6 @@ use crate::ops::Workspace;
 use crate::rootfs::plan::{self, RootfsJob};
 use crate::rootfs::recipes::mirror_of;
 use crate::rootfs::{artifact, inputs, RootfsRecipe, BUILDER_TARGET};
-use crate::store::StoredImage;
 
 /// A selected recipe with what its keys need besides the builder image.
 pub(super) struct Scanned {
@@ -57,7 +56,7 @@ pub(super) fn scan(
     selected
         .into_iter()
         .map(|recipe| {
-            let mirror = mirror_of(recipes_dir, &recipe, ws.mirror.as_deref())?;
+            let mirror = mirror_of(recipes_dir, &recipe, ws.env.debian_mirror.as_deref())?;
             let inputs = inputs::scan(recipes_dir, &recipe)?;
             Ok(Scanned {
                 recipe,
@@ -71,17 +70,6 @@ pub(super) fn scan(
 /// The builder target's name.
 pub fn builder_name() -> TargetName {
     BUILDER_TARGET.parse().expect("valid target name")
-}
-
-/// The stored builder image, once built.
-pub(super) fn stored_builder(ws: &Workspace) -> anyhow::Result<StoredImage> {
-    let name = builder_name();
-    let planned = ws.plan_for(std::slice::from_ref(&name))?;
-    let builder = planned
-        .iter()
-        .find(|p| p.recipe.name == name)
-        .expect("the builder is in its own plan");
-    ws.stored(builder)
 }
 
 /// Keys, environments, input tars and version directories of every scanned recipe.

@@ -1,86 +1,29 @@
-//! The Docker Engine, reached through its HTTP API with bollard (never the docker CLI).
+//! The Docker Engine as an [`Engine`], through its HTTP API with bollard.
 //!
 //! The daemon only *runs* builds. kci-build hands it a normalised context, gets the result
 //! back with `docker save`, and loads canonical images from its own store with
-//! `docker load` when a child needs its parent.
+//! `docker load` when a child needs its parent; rootfs builds are containers it creates,
+//! feeds, follows and empties.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::Path;
 
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{EnvironmentError, Fault};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Unreachable(#[from] EnvironmentError),
-    /// A build step failed: the recipe's problem, not the machine's.
-    #[error("the build failed: {0}")]
-    BuildFailed(String),
-    #[error("Docker API: {context}: {source}")]
-    Api {
-        context: String,
-        source: bollard::errors::Error,
-    },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-}
-
-impl DaemonError {
-    /// A failed build step is the recipe's; everything else is the daemon's or the disk's.
-    pub fn fault(&self) -> Fault {
-        match self {
-            DaemonError::BuildFailed(_) => Fault::BadInput,
-            DaemonError::Unreachable(_) | DaemonError::Api { .. } | DaemonError::Io { .. } => {
-                Fault::Environment
-            }
-        }
-    }
-}
-
-/// What a build asks of the daemon.
-#[derive(Debug, Clone)]
-pub struct BuildRequest {
-    pub context_tar: Vec<u8>,
-    pub dockerfile: String,
-    pub tag: String,
-    pub build_args: HashMap<String, String>,
-}
-
-/// The engine operations kci-build needs; the Docker implementation is below, and the
-/// integration tests run it against the real daemon.
-pub trait Engine: Clone + Send + Sync + 'static {
-    fn has_image(&self, id: &str) -> impl Future<Output = Result<bool, DaemonError>> + Send;
-    /// Loads a `docker load` archive from a file.
-    fn load(&self, archive: &Path) -> impl Future<Output = Result<(), DaemonError>> + Send;
-    /// Builds and returns the image id; every output line goes to `log`.
-    fn build(
-        &self,
-        req: BuildRequest,
-        log: impl FnMut(&str) + Send,
-    ) -> impl Future<Output = Result<String, DaemonError>> + Send;
-    /// Writes `docker save <id>` to `dest`.
-    fn save(&self, id: &str, dest: &Path) -> impl Future<Output = Result<(), DaemonError>> + Send;
-    fn remove(&self, id: &str) -> impl Future<Output = Result<(), DaemonError>> + Send;
-    /// Tags image `id` as `repo:tag`.
-    fn tag(
-        &self,
-        id: &str,
-        repo: &str,
-        tag: &str,
-    ) -> impl Future<Output = Result<(), DaemonError>> + Send;
-}
+use super::{
+    ArchiveStream, BuildRequest, ContainerSpec, ContainerState, DaemonError, Engine, LogStream,
+};
+use crate::error::EnvironmentError;
+use crate::settings::EngineSettings;
 
 #[derive(Clone)]
 pub struct DockerEngine {
@@ -93,25 +36,34 @@ fn api(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Dae
 }
 
 impl DockerEngine {
-    /// Connects to `$DOCKER_HOST` (default: the local socket), negotiates the API version
-    /// and pings, so an unreachable daemon is reported before any work starts.
-    pub async fn connect() -> Result<DockerEngine, EnvironmentError> {
-        let host = std::env::var("DOCKER_HOST")
-            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    /// Connects to the daemon of `settings` (`DOCKER_HOST`; default: the local socket),
+    /// negotiates the API version and pings, so an unreachable daemon is reported before any
+    /// work starts.
+    pub async fn connect(settings: &EngineSettings) -> Result<DockerEngine, EnvironmentError> {
+        let host = settings
+            .host
+            .clone()
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
         let unreachable = |e: bollard::errors::Error| {
             EnvironmentError {
             message: format!("cannot reach the Docker daemon at {host}: {e}"),
             hint: "start it (`systemctl start docker`, or `dockerd &` as root), or point DOCKER_HOST at a running daemon".into(),
         }
         };
-        let docker = Docker::connect_with_defaults().map_err(unreachable)?;
+        let docker = match host.split_once("://") {
+            Some(("unix", path)) => {
+                Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            }
+            Some(("tcp" | "http", _)) => {
+                Docker::connect_with_http(&host, 120, bollard::API_DEFAULT_VERSION)
+            }
+            _ => Err(bollard::errors::Error::UnsupportedURISchemeError { uri: host.clone() }),
+        }
+        .map_err(unreachable)?;
         let mut docker = docker.negotiate_version().await.map_err(unreachable)?;
         // How long a request may wait for the daemon's answer (not for a stream's end).
-        if let Some(secs) = std::env::var("KCI_BUILD_DOCKER_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            docker.set_timeout(std::time::Duration::from_secs(secs.max(1)));
+        if let Some(timeout) = settings.request_timeout {
+            docker.set_timeout(timeout);
         }
         docker.ping().await.map_err(unreachable)?;
         tracing::debug!(version = %docker.client_version(), "connected to the Docker daemon");
@@ -122,11 +74,6 @@ impl DockerEngine {
     pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> DockerEngine {
         self.docker.set_timeout(timeout);
         self
-    }
-
-    /// The raw API, for the rootfs builder's container calls.
-    pub fn api(&self) -> &Docker {
-        &self.docker
     }
 }
 
@@ -238,7 +185,7 @@ impl Engine for DockerEngine {
             .map_err(api(format!("tagging {id} as {repo}:{tag}")))
     }
 
-    async fn remove(&self, id: &str) -> Result<(), DaemonError> {
+    async fn remove_image(&self, id: &str) -> Result<(), DaemonError> {
         match self
             .docker
             .remove_image(
@@ -255,6 +202,168 @@ impl Engine for DockerEngine {
             Err(e) => Err(api(format!("removing {id}"))(e)),
         }
     }
+
+    async fn state(&self, name: &str) -> Result<ContainerState, DaemonError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let s = c.state.unwrap_or_default();
+                Ok(if s.running.unwrap_or(false) {
+                    ContainerState::Running
+                } else if matches!(
+                    s.status,
+                    Some(bollard::models::ContainerStateStatusEnum::CREATED)
+                ) {
+                    ContainerState::Created
+                } else {
+                    ContainerState::Exited(s.exit_code.unwrap_or(-1))
+                })
+            }
+            Err(e) if is_404(&e) => Ok(ContainerState::Missing),
+            Err(e) => Err(api(format!("inspecting container {name}"))(e)),
+        }
+    }
+
+    async fn create(&self, name: &str, spec: &ContainerSpec) -> Result<(), DaemonError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            hostname: Some(spec.hostname.clone()),
+            working_dir: Some("/".into()),
+            volumes: Some(spec.volumes.clone()),
+            host_config: Some(HostConfig {
+                cap_add: Some(vec!["SYS_ADMIN".into()]),
+                security_opt: Some(vec![
+                    "seccomp=unconfined".into(),
+                    "apparmor=unconfined".into(),
+                ]),
+                network_mode: Some("host".into()),
+                tmpfs: Some(
+                    spec.tmpfs
+                        .iter()
+                        .map(|p| (p.clone(), "rw,exec,dev,suid,mode=0755".to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                body,
+            )
+            .await
+            .map_err(api(format!("creating container {name}")))?;
+        Ok(())
+    }
+
+    async fn upload(&self, name: &str, tar: Vec<u8>) -> Result<(), DaemonError> {
+        self.docker
+            .upload_to_container(
+                name,
+                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                bollard::body_full(tar.into()),
+            )
+            .await
+            .map_err(api(format!("uploading /kci to {name}")))
+    }
+
+    async fn start(&self, name: &str) -> Result<(), DaemonError> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(api(format!("starting {name}")))
+    }
+
+    fn logs(&self, name: &str) -> LogStream {
+        let context = format!("reading the log of {name}");
+        self.docker
+            .logs(
+                name,
+                Some(
+                    LogsOptionsBuilder::new()
+                        .follow(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .build(),
+                ),
+            )
+            .map(move |chunk| chunk.map(|c| c.into_bytes()).map_err(api(context.clone())))
+            .boxed()
+    }
+
+    async fn wait(&self, name: &str) -> Result<(), DaemonError> {
+        let mut waits = self.docker.wait_container(name, None);
+        while let Some(r) = waits.next().await {
+            match r {
+                Ok(_) => {}
+                // bollard reports a non-zero exit as an error; the state has the code.
+                Err(bollard::errors::Error::DockerContainerWaitError { .. }) => {}
+                Err(e) => return Err(api(format!("waiting for {name}"))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn archive(&self, name: &str, path: &str) -> ArchiveStream {
+        self.docker
+            .download_from_container(
+                name,
+                Some(
+                    DownloadFromContainerOptionsBuilder::new()
+                        .path(path)
+                        .build(),
+                ),
+            )
+            .boxed()
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<(), DaemonError> {
+        // v: its anonymous volumes go with it.
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_404(&e) => Ok(()),
+            Err(e) => Err(api(format!("removing {name}"))(e)),
+        }
+    }
+
+    async fn list(&self, label: &str) -> Result<Vec<(String, String)>, DaemonError> {
+        let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        let cs = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(api("listing rootfs build containers"))?;
+        Ok(cs
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_owned();
+                let value = c.labels?.get(label)?.clone();
+                Some((name, value))
+            })
+            .collect())
+    }
+}
+
+fn is_404(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 /// The build log's `stream` field is not line-aligned: emit complete lines only.

@@ -1,0 +1,336 @@
+//! Settings: every knob kci-build takes from its environment, resolved once at start, beside
+//! the command line clap already resolved — so no module below `main` reads the process
+//! environment, a bad value is reported before any work starts (naming the variable), and a
+//! test or the `prod` driver builds a [`Settings`] value instead of setting variables.
+//!
+//! Secrets (registry credentials, the storage API token) are settings too, held as
+//! [`Secret`]s: they print as `***` and are never serialised.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every environment variable kci-build reads itself (clap reads the `KCI_BUILD_*` and
+/// `KCI_REGISTRY`/`KCI_STORAGE*` flags' fallbacks), with what it is for.
+pub const VARIABLES: &[(&str, &str)] = &[
+    (
+        "DOCKER_HOST",
+        "the Docker daemon (default: the local socket)",
+    ),
+    (
+        "KCI_BUILD_DOCKER_TIMEOUT",
+        "seconds a Docker API request may wait for an answer",
+    ),
+    (
+        "KCI_DEBIAN_MIRROR",
+        "the Debian mirror for `mirror = \"auto\"` (default: the machine's apt sources)",
+    ),
+    (
+        "KCI_REGISTRY_USER",
+        "registry user name (with the password)",
+    ),
+    ("KCI_REGISTRY_PASSWORD", "registry password (a secret)"),
+    (
+        "DOCKER_CONFIG",
+        "Docker's config directory, for registry credentials (default: ~/.docker)",
+    ),
+    (
+        "KCI_REGISTRY_CHUNK_SIZE",
+        "bytes per chunk of a blob upload (default: 32 MiB)",
+    ),
+    ("KCI_STORAGE_TOKEN", "the storage API token (a secret)"),
+    ("KCI_BUILD_STORE", "the store directory"),
+    ("NO_COLOR", "no colours on a terminal"),
+];
+
+/// A value that must not reach logs, reports, journals or images.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A variable set to something kci-build cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {var}={value:?}: {reason}")]
+pub struct SettingError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// The environment as kci-build sees it: the variables of [`VARIABLES`] that are set and not
+/// empty, read once.
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<&'static str, String>);
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env::from_pairs(VARIABLES.iter().filter_map(|(var, _)| {
+            let v = std::env::var_os(var)?;
+            Some((*var, v.to_string_lossy().into_owned()))
+        }))
+    }
+
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Env {
+        Env(pairs
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect())
+    }
+
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|v| v.trim())
+    }
+
+    fn number(&self, var: &'static str, min: u64) -> Result<Option<u64>, SettingError> {
+        let Some(v) = self.get(var) else {
+            return Ok(None);
+        };
+        match v.parse::<u64>() {
+            Ok(n) if n >= min => Ok(Some(n)),
+            _ => Err(SettingError {
+                var,
+                value: v.to_owned(),
+                reason: if min > 1 {
+                    "not a whole number of at least 1 MiB"
+                } else {
+                    "not a positive whole number"
+                },
+            }),
+        }
+    }
+}
+
+/// Where the container engine is and how long a request may wait.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// `DOCKER_HOST`: `unix://…`, `tcp://…` or `http://…`; `None`: the local socket.
+    pub host: Option<String>,
+    pub request_timeout: Option<Duration>,
+}
+
+/// How kci-build talks to OCI registries.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// From `KCI_REGISTRY_USER`/`KCI_REGISTRY_PASSWORD`; they win over Docker's config.
+    pub credentials: Option<(String, Secret)>,
+    /// Docker's config directory (its `config.json` has `auths` and credential helpers).
+    pub docker_config: Option<PathBuf>,
+    pub chunk_size: u64,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            credentials: None,
+            docker_config: None,
+            chunk_size: 32 << 20,
+        }
+    }
+}
+
+/// Everything kci-build takes from its environment.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `--store`, else `$KCI_BUILD_STORE`, else `<user cache dir>/kci-build/store`.
+    pub store: PathBuf,
+    pub engine: EngineSettings,
+    /// The mirror for `mirror = "auto"`: `$KCI_DEBIAN_MIRROR`, else the first Debian archive
+    /// of the machine's apt sources; `None` when there is neither.
+    pub debian_mirror: Option<String>,
+    pub registry: RegistrySettings,
+    pub storage_token: Option<Secret>,
+    /// `NO_COLOR` is set.
+    pub no_color: bool,
+}
+
+impl Settings {
+    /// Resolves the settings from the command line's `--store` and the environment; the
+    /// machine's apt sources are read only when `KCI_DEBIAN_MIRROR` is not set.
+    pub fn resolve(store: Option<PathBuf>, env: &Env) -> Result<Settings, SettingError> {
+        let store = store
+            .or_else(|| env.get("KCI_BUILD_STORE").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                dirs::cache_dir()
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("kci-build")
+                    .join("store")
+            });
+        let debian_mirror = match env.get("KCI_DEBIAN_MIRROR") {
+            Some(m) => Some(m.trim_end_matches('/').to_owned()),
+            None => machine_mirror(),
+        };
+        let credentials = match (
+            env.get("KCI_REGISTRY_USER"),
+            env.get("KCI_REGISTRY_PASSWORD"),
+        ) {
+            (Some(u), Some(p)) => Some((u.to_owned(), Secret::new(p))),
+            _ => None,
+        };
+        let chunk_size = env.number("KCI_REGISTRY_CHUNK_SIZE", 1 << 20)?;
+        Ok(Settings {
+            store,
+            engine: EngineSettings {
+                host: env.get("DOCKER_HOST").map(str::to_owned),
+                request_timeout: env
+                    .number("KCI_BUILD_DOCKER_TIMEOUT", 1)?
+                    .map(Duration::from_secs),
+            },
+            debian_mirror,
+            registry: RegistrySettings {
+                credentials,
+                docker_config: env
+                    .get("DOCKER_CONFIG")
+                    .map(PathBuf::from)
+                    .or_else(|| dirs::home_dir().map(|h| h.join(".docker"))),
+                chunk_size: chunk_size.unwrap_or(32 << 20),
+            },
+            storage_token: env.get("KCI_STORAGE_TOKEN").map(Secret::new),
+            no_color: env.get("NO_COLOR").is_some(),
+        })
+    }
+}
+
+/// The first Debian archive of the machine's apt sources (`/etc/apt/sources.list` and
+/// `sources.list.d/*.list|*.sources`, in name order).
+fn machine_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<_> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
+            .collect();
+        paths.sort();
+        texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+    }
+    mirror_from_sources(&texts)
+}
+
+/// The first Debian archive URL (not the security archive) in one-line or deb822 sources.
+pub fn mirror_from_sources(texts: &[String]) -> Option<String> {
+    let is_archive = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://"))
+            && u.trim_end_matches('/').ends_with("/debian")
+    };
+    for text in texts {
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("deb ") {
+                let url = rest.split_whitespace().find(|w| !w.starts_with('['));
+                if let Some(u) = url.filter(|u| is_archive(u)) {
+                    return Some(u.trim_end_matches('/').to_owned());
+                }
+            }
+            if let Some(rest) = line.strip_prefix("URIs:") {
+                if let Some(u) = rest.split_whitespace().find(|u| is_archive(u)) {
+                    return Some(u.trim_end_matches('/').to_owned());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().map(|(k, v)| (*k, v.to_string())))
+    }
+
+    #[test]
+    fn variables_resolve_and_secrets_do_not_print() {
+        let s = Settings::resolve(
+            Some("/s".into()),
+            &env(&[
+                ("KCI_BUILD_STORE", "/ignored"),
+                ("KCI_DEBIAN_MIRROR", "http://mirror.invalid/debian/"),
+                ("KCI_BUILD_DOCKER_TIMEOUT", "30"),
+                ("KCI_REGISTRY_USER", "bot"),
+                ("KCI_REGISTRY_PASSWORD", "hunter2"),
+                ("KCI_REGISTRY_CHUNK_SIZE", "2097152"),
+                ("KCI_STORAGE_TOKEN", "tok-123"),
+                ("NO_COLOR", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.store, PathBuf::from("/s"), "--store wins");
+        assert_eq!(
+            s.debian_mirror.as_deref(),
+            Some("http://mirror.invalid/debian")
+        );
+        assert_eq!(s.engine.request_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.registry.chunk_size, 2 << 20);
+        assert!(s.no_color);
+        let shown = format!("{s:?}");
+        assert!(shown.contains("bot"), "{shown}");
+        for secret in ["hunter2", "tok-123"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let env_store = Settings::resolve(None, &env(&[("KCI_BUILD_STORE", "/e")])).unwrap();
+        assert_eq!(env_store.store, PathBuf::from("/e"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (var, value) in [
+            ("KCI_BUILD_DOCKER_TIMEOUT", "soon"),
+            ("KCI_BUILD_DOCKER_TIMEOUT", "0"),
+            ("KCI_REGISTRY_CHUNK_SIZE", "4096"),
+        ] {
+            let e = Settings::resolve(None, &env(&[(var, value)])).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(var) && msg.contains(value), "{msg}");
+        }
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let s = Settings::resolve(
+            None,
+            &env(&[
+                ("KCI_STORAGE_TOKEN", "  "),
+                ("KCI_BUILD_DOCKER_TIMEOUT", ""),
+            ]),
+        )
+        .unwrap();
+        assert!(s.storage_token.is_none());
+        assert!(s.engine.request_timeout.is_none());
+    }
+
+    #[test]
+    fn finds_the_archive_in_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n".to_owned();
+        assert_eq!(
+            mirror_from_sources(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one = "deb http://mirror.example/debian-security bookworm-security main\ndeb [arch=amd64] https://m.example/debian/ bookworm main\n".to_owned();
+        assert_eq!(
+            mirror_from_sources(&[one]).as_deref(),
+            Some("https://m.example/debian")
+        );
+        assert_eq!(
+            mirror_from_sources(&["deb http://x/ubuntu jammy main".to_owned()]),
+            None
+        );
+    }
+}
