@@ -72,28 +72,42 @@ pub struct SettingError {
     pub reason: &'static str,
 }
 
-/// The environment as kci-build sees it: the variables of [`VARIABLES`] that are set and not
-/// empty, read once.
-#[derive(Debug, Clone, Default)]
-pub struct Env(BTreeMap<&'static str, String>);
+/// The environment as kci-build sees it, read once: the variables of [`VARIABLES`] and every
+/// `KCI_*` variable (the site file of `prod` names its secrets' variables), when set and not
+/// empty. Its `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Env {
     pub fn from_process() -> Env {
-        Env::from_pairs(VARIABLES.iter().filter_map(|(var, _)| {
-            let v = std::env::var_os(var)?;
-            Some((*var, v.to_string_lossy().into_owned()))
+        Env::from_pairs(std::env::vars_os().filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            let known = VARIABLES.iter().any(|(var, _)| *var == k) || k.starts_with("KCI_");
+            known.then(|| (k, v.to_string_lossy().into_owned()))
         }))
     }
 
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Env {
+    pub fn from_pairs<K: Into<String>>(pairs: impl IntoIterator<Item = (K, String)>) -> Env {
         Env(pairs
             .into_iter()
+            .map(|(k, v)| (k.into(), v))
             .filter(|(_, v)| !v.trim().is_empty())
             .collect())
     }
 
     pub fn get(&self, var: &str) -> Option<&str> {
         self.0.get(var).map(|v| v.trim())
+    }
+
+    /// A secret by its variable's name (the site file names it).
+    pub fn secret(&self, var: &str) -> Option<Secret> {
+        self.get(var).map(Secret::new)
     }
 
     fn number(&self, var: &'static str, min: u64) -> Result<Option<u64>, SettingError> {
@@ -156,6 +170,8 @@ pub struct Settings {
     pub storage_token: Option<Secret>,
     /// `NO_COLOR` is set.
     pub no_color: bool,
+    /// The environment as read, for secrets a site file names.
+    pub env: Env,
 }
 
 impl Settings {
@@ -201,6 +217,7 @@ impl Settings {
             },
             storage_token: env.get("KCI_STORAGE_TOKEN").map(Secret::new),
             no_color: env.get("NO_COLOR").is_some(),
+            env: env.clone(),
         })
     }
 }
