@@ -28,6 +28,18 @@ fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
     if let Some(e) = cause.downcast_ref::<crate::storage::StorageError>() {
         return Some(e.fault());
     }
+    if let Some(e) = cause.downcast_ref::<crate::jenkins::JenkinsError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::prod::git::GitError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::prod::commands::CommandError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::prod::site::SiteLoadError>() {
+        return Some(e.fault());
+    }
     None
 }
 

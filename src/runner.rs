@@ -154,6 +154,29 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             )
         }
         Command::Lock { .. } => finish(ctx, ops::lock::run(ctx), false),
+        Command::Prod {
+            site,
+            dry_run,
+            date,
+            json,
+            action,
+        } => {
+            let opts = ops::prod::ProdOptions {
+                site: site.clone(),
+                action: action.clone(),
+                dry_run: *dry_run,
+                date: date.clone(),
+            };
+            // Dropping the run leaves the step it was in started and not ended in the
+            // journal: the rerun starts that step again.
+            let what_now =
+                "the journal says where it stopped; run the same command again to resume";
+            finish(
+                ctx,
+                cancellable(ops::prod::run(ctx, &opts), what_now)?,
+                *json,
+            )
+        }
     }
 }
 

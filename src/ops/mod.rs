@@ -13,6 +13,7 @@ pub mod import;
 pub mod load;
 pub mod lock;
 pub mod plan;
+pub mod prod;
 pub mod push;
 pub mod rootfs;
 pub mod why;
