@@ -6,8 +6,12 @@
 //! starts again from what the remotes hold, reuses a tag already made for the same commit,
 //! and pushes only what the remotes lack.
 //!
-//! git2 does everything but `git am` (libgit2 has no mailbox applier), which runs the `git`
-//! CLI with the bot's identity in its environment and the user's configuration shut out.
+//! git2 does the local work (rebase, commits, annotated tags, checkouts, reading refs). The
+//! `git` CLI does two things libgit2 cannot here: `git am` (libgit2 has no mailbox
+//! applier), with the bot's identity and the user's configuration shut out, and everything
+//! that crosses the network (fetch, push, ls-remote, submodules: libgit2 is built without
+//! ssh and https), with the operator's own git set-up — ssh keys, credential helpers — and a
+//! token, when the site names one, handed over by an askpass helper, never on a command line.
 //! Each step takes a plain struct (what the site configuration fills in) and returns
 //! serialisable facts: commits, the tag made or found, the refspecs pushed (or, under
 //! `dry_run`, the ones it would push).
@@ -16,10 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use git2::{
-    AutotagOption, CredentialType, Direction, ErrorCode, FetchOptions, FetchPrune, Oid,
-    PushOptions, RebaseOptions, RemoteCallbacks, Repository, ResetType, Signature,
-};
+use git2::{ErrorCode, Oid, RebaseOptions, Repository, ResetType, Signature};
 use serde::Serialize;
 
 use crate::core::procedure::next_tag;
@@ -381,26 +382,14 @@ pub fn checkout(
     })?;
     clone.reset_branch(branch, oid)?;
     if submodules {
-        update_submodules(&clone.repo, credentials).map_err(|e| remote_error(url, e))?;
+        net_git(
+            Some(dir),
+            credentials,
+            &["submodule", "update", "--init", "--recursive", "--force"],
+        )
+        .map_err(|e| e.into_error(url))?;
     }
     Ok(oid.to_string())
-}
-
-/// `git submodule update --init --recursive`, with git2.
-fn update_submodules(
-    repo: &Repository,
-    credentials: Option<&Credentials>,
-) -> Result<(), git2::Error> {
-    for mut sm in repo.submodules()? {
-        let mut fetch = FetchOptions::new();
-        fetch.remote_callbacks(callbacks(credentials));
-        let mut opts = git2::SubmoduleUpdateOptions::new();
-        opts.fetch(fetch);
-        sm.update(true, Some(&mut opts))?;
-        let sub = sm.open()?;
-        update_submodules(&sub, credentials)?;
-    }
-    Ok(())
 }
 
 /// The core step: see [`CoreStep`].
@@ -729,21 +718,30 @@ impl Workdir {
             Err(_) => self.repo.remote(name, url).map(drop),
         };
         self.local(&format!("setting remote `{name}`"), set_url)?;
-        let mut refspecs: Vec<String> = branches
-            .iter()
-            .map(|b| format!("+refs/heads/{b}:refs/remotes/{name}/{b}"))
-            .collect();
+        // `git fetch` refuses a branch the remote lacks: ask first (cheap), fetch only what
+        // is there, and forget the tracking refs of what is gone.
+        let advertised = match list_remote(url, creds) {
+            Ok(refs) => refs,
+            Err(GitError::NoHead { .. }) => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        let mut refspecs = Vec::new();
+        for b in branches {
+            let tracking = format!("refs/remotes/{name}/{b}");
+            if advertised.contains_key(&format!("refs/heads/{b}")) {
+                refspecs.push(format!("+refs/heads/{b}:{tracking}"));
+            } else if let Ok(mut r) = self.repo.find_reference(&tracking) {
+                self.local("forgetting a branch the remote lost", r.delete())?;
+            }
+        }
         if tags {
             refspecs.push("+refs/tags/*:refs/tags/*".into());
         }
-        let mut remote = self.local("reading a remote", self.repo.find_remote(name))?;
-        let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(creds))
-            .download_tags(AutotagOption::None)
-            .prune(FetchPrune::On);
-        remote
-            .fetch(&refspecs, Some(&mut opts), None)
-            .map_err(|e| remote_error(url, e))?;
+        if !refspecs.is_empty() {
+            let mut args = vec!["fetch", "--quiet", "--prune", "--no-tags", name];
+            args.extend(refspecs.iter().map(String::as_str));
+            net_git(Some(&self.dir), creds, &args).map_err(|e| e.into_error(url))?;
+        }
         Ok(branches
             .iter()
             .filter_map(|b| {
@@ -984,36 +982,19 @@ impl Workdir {
             tracing::info!(url = %mask(url), ?refspecs, "dry run: not pushing");
             return Ok(Outcome::DryRun);
         }
-        let mut remote = self.local("reading a remote", self.repo.find_remote(name))?;
-        let mut rejected: Vec<String> = vec![];
-        let pushed = {
-            let mut cb = callbacks(job.credentials.as_ref());
-            cb.push_update_reference(|refname, status| {
-                if let Some(why) = status {
-                    rejected.push(format!("{refname}: {why}"));
-                }
-                Ok(())
-            });
-            let mut opts = PushOptions::new();
-            opts.remote_callbacks(cb);
-            remote.push(refspecs, Some(&mut opts))
-        };
-        let failed = |reason: String| GitError::PushFailed {
-            url: mask(url),
-            refspecs: refspecs.join(" "),
-            reason,
-        };
-        match pushed {
-            Err(e) if e.code() == ErrorCode::Auth => Err(GitError::Refused {
-                url: mask(url),
-                source: e,
-            }),
-            Err(e) => Err(failed(e.message().to_owned())),
-            Ok(()) if !rejected.is_empty() => Err(failed(rejected.join("; "))),
-            Ok(()) => {
+        let mut args = vec!["push", "--porcelain", name];
+        args.extend(refspecs.iter().map(String::as_str));
+        match net_git(Some(&self.dir), job.credentials.as_ref(), &args) {
+            Ok(_) => {
                 tracing::info!(url = %mask(url), ?refspecs, "pushed");
                 Ok(Outcome::Pushed)
             }
+            Err(e @ NetError::Refused(_)) => Err(e.into_error(url)),
+            Err(NetError::Failed(reason)) => Err(GitError::PushFailed {
+                url: mask(url),
+                refspecs: refspecs.join(" "),
+                reason,
+            }),
         }
     }
 
@@ -1073,58 +1054,121 @@ impl Workdir {
 /// The file of the pipe cleaner's bot commit.
 const TAG_FILE: &str = "kernelci.org";
 
-/// What `url` advertises: ref name → commit (tags as their tag objects).
-///
-/// git2 0.20's `Remote::list` makes a slice from libgit2's null pointer when the remote has
-/// no refs at all (undefined behaviour; a debug build aborts), so the list is read only once
-/// the remote has shown a `HEAD`; a remote without one is reported as [`GitError::NoHead`].
+/// What `url` advertises: ref name → commit (tags as their tag objects); a remote without
+/// any ref is [`GitError::NoHead`].
 fn list_remote(url: &str, creds: Option<&Credentials>) -> Result<BTreeMap<String, Oid>, GitError> {
-    let mut remote = git2::Remote::create_detached(url).map_err(|e| remote_error(url, e))?;
-    let conn = remote
-        .connect_auth(Direction::Fetch, Some(callbacks(creds)), None)
-        .map_err(|e| remote_error(url, e))?;
-    match conn.default_branch() {
-        Ok(_) => {}
-        Err(e) if e.code() == ErrorCode::NotFound => {
-            return Err(GitError::NoHead { url: mask(url) })
+    let out = net_git(None, creds, &["ls-remote", url]).map_err(|e| e.into_error(url))?;
+    let heads: BTreeMap<String, Oid> = out
+        .lines()
+        .filter_map(|l| {
+            let (oid, name) = l.split_once('\t')?;
+            Some((name.to_owned(), Oid::from_str(oid).ok()?))
+        })
+        .collect();
+    if heads.is_empty() {
+        return Err(GitError::NoHead { url: mask(url) });
+    }
+    Ok(heads)
+}
+
+/// Why a network `git` failed: the remote refused the credentials, or anything else (what
+/// git said).
+#[derive(Debug)]
+enum NetError {
+    Refused(String),
+    Failed(String),
+}
+
+impl NetError {
+    fn into_error(self, url: &str) -> GitError {
+        match self {
+            NetError::Refused(m) => GitError::Refused {
+                url: mask(url),
+                source: git2::Error::from_str(&m),
+            },
+            NetError::Failed(m) => GitError::Unreachable {
+                url: mask(url),
+                source: git2::Error::from_str(&m),
+            },
         }
-        Err(e) => return Err(remote_error(url, e)),
     }
-    let heads = conn.list().map_err(|e| remote_error(url, e))?;
-    Ok(heads
-        .iter()
-        .map(|h| (h.name().to_owned(), h.oid()))
-        .collect())
 }
 
-/// Callbacks answering a credentials request once (libgit2 asks again and again when the
-/// remote refuses them).
-fn callbacks(creds: Option<&Credentials>) -> RemoteCallbacks<'_> {
-    let mut cb = RemoteCallbacks::new();
-    if let Some(creds) = creds {
-        let mut asked = false;
-        cb.credentials(move |_url, _user, allowed| {
-            if asked || !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-                return Err(git2::Error::new(
-                    ErrorCode::Auth,
-                    git2::ErrorClass::Http,
-                    "the remote refused the credentials",
-                ));
-            }
-            asked = true;
-            git2::Cred::userpass_plaintext(&creds.username, creds.password.expose())
-        });
+/// The `git` CLI for what crosses the network (fetch, push, ls-remote, submodules), so
+/// that ssh and https remotes work with the operator's own git set-up (ssh keys and agent,
+/// credential helpers, `insteadOf`); libgit2 here is built without either transport. Never
+/// prompts. With `creds`, git asks a helper script for them, which reads the secret from
+/// its environment: it is in no command line. Returns stdout.
+fn net_git(
+    dir: Option<&Path>,
+    creds: Option<&Credentials>,
+    args: &[&str],
+) -> Result<String, NetError> {
+    let mut cmd = Command::new("git");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
     }
-    cb
-}
-
-fn remote_error(url: &str, source: git2::Error) -> GitError {
-    let url = mask(url);
-    if source.code() == ErrorCode::Auth {
-        GitError::Refused { url, source }
+    cmd.args(["-c", "core.hooksPath=/dev/null"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE");
+    let askpass = match creds {
+        Some(c) => {
+            let script = tempfile::Builder::new()
+                .prefix("kci-askpass-")
+                .tempfile()
+                .map_err(|e| NetError::Failed(format!("creating the askpass helper: {e}")))?;
+            std::fs::write(
+                script.path(),
+                "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$KCI_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$KCI_GIT_PASSWORD\" ;;\nesac\n",
+            )
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(script.path(), std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| NetError::Failed(format!("writing the askpass helper: {e}")))?;
+            cmd.env("GIT_ASKPASS", script.path())
+                .env("KCI_GIT_USERNAME", &c.username)
+                .env("KCI_GIT_PASSWORD", c.password.expose());
+            Some(script.into_temp_path())
+        }
+        None => None,
+    };
+    let out = cmd
+        .output()
+        .map_err(|e| NetError::Failed(format!("running git: {e}")))?;
+    drop(askpass);
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said = said.trim();
+    let refused = [
+        "Authentication failed",
+        "Permission denied",
+        "could not read Username",
+        "403",
+    ]
+    .iter()
+    .any(|m| said.contains(m));
+    // `push --porcelain` puts the per-ref verdicts on stdout.
+    let rejected: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('!'))
+        .collect();
+    let mut msg = said.lines().last().unwrap_or("git failed").to_owned();
+    if !rejected.is_empty() {
+        msg = format!("rejected: {}", rejected.join("; "));
+    }
+    Err(if refused {
+        NetError::Refused(msg)
     } else {
-        GitError::Unreachable { url, source }
-    }
+        NetError::Failed(msg)
+    })
 }
 
 fn local<'a>(action: &'a str, path: &'a Path) -> impl FnOnce(git2::Error) -> GitError + 'a {
