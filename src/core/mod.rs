@@ -16,3 +16,4 @@ pub mod rootfs_merge;
 pub mod rootfs_recipe;
 pub mod schedule;
 pub mod site;
+pub mod verdict;

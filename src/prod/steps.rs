@@ -329,7 +329,7 @@ async fn kernel(p: &mut Procedure<'_>) -> anyhow::Result<Facts> {
     };
     let f = blocking(move || git::update_kernel(&step)).await?;
     p.printer.status(
-        "Pipe cleaner",
+        "Kernel",
         format!("{} at {} ({})", f.tag.name, f.commit, f.outcome.describe()),
     );
     Ok(facts([
