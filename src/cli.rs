@@ -269,7 +269,7 @@ pub enum Command {
     },
     /// The Monday production update of KernelCI, as one resumable, journalled plan:
     /// pause → restart → update (core, dsl, backend, frontend, website, test-definitions,
-    /// docker, kernel) → trigger.
+    /// docker, kernel) → trigger → verify.
     ///
     /// The site (Jenkins, the repositories, ansible, the web root…) is described by
     /// `production.toml` (see production.example.toml); secrets come from the variables or
@@ -277,7 +277,7 @@ pub enum Command {
     /// a journal under the site's state directory; a rerun resumes after the last finished
     /// step, and a failed or interrupted step starts again from its beginning.
     #[command(
-        after_help = "The Monday in five commands:\n  kci-build prod run --dry-run     what would be done, call by call\n  kci-build prod pause             stop new revisions, drain the pipeline (about 1 h)\n  kci-build prod restart           restart Jenkins, wait for the new instance\n  kci-build prod update            the nine update steps, ending with the pipe cleaner's trigger\n  kci-build prod status            the journal, step by step\n\n`kci-build prod run` does all of it in order, and resumes where it stopped when run again.\n\nExit codes: 0 done, 1 bad input (site file, a step's git or job failure), 2 environment (Jenkins, a remote, a command unreachable or failing), 130 interrupted (rerun to resume)."
+        after_help = "The Monday, command by command:\n  kci-build prod run --dry-run     what would be done, call by call\n  kci-build prod pause             stop new revisions, drain the pipeline (about 1 h)\n  kci-build prod restart           restart Jenkins, wait for the new instance\n  kci-build prod update            the nine update steps, ending with the pipe cleaner's trigger\n  kci-build prod verify --wait     judge the pipe cleaner against the previous revisions\n  kci-build prod status            the journal, step by step\n\n`kci-build prod run` does all of it in order, and resumes where it stopped when run again.\n\nExit codes: 0 done, 1 bad input (site file, a step's git or job failure), 2 environment (Jenkins, a remote, a command unreachable or failing), 3 not settled (verify), 130 interrupted (rerun to resume)."
     )]
     Prod {
         /// The site file [default: ./production.toml].
@@ -293,35 +293,8 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
-        action: ProdAction,
+        action: crate::ops::prod::ProdAction,
     },
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum ProdAction {
-    /// The whole Monday in order, resuming an unfinished run.
-    Run {
-        /// Start a new run even if the last one did not finish.
-        #[arg(long)]
-        new: bool,
-    },
-    /// Disable the monitor, abort trigger builds that have no artifacts, wait for the
-    /// pipeline to drain, stop bisections.
-    Pause,
-    /// Restart Jenkins (the site's restart command, or safeRestart) and wait for the new
-    /// instance: a new X-Jenkins-Session, not quieting down, credentials, jobs and agents.
-    Restart,
-    /// update's steps (all nine when none are named, skipping those done in this run; named
-    /// steps run again).
-    Update {
-        /// Steps: core, dsl, backend, frontend, website, test-definitions, docker, kernel,
-        /// trigger.
-        steps: Vec<crate::core::procedure::Step>,
-    },
-    /// Trigger the pipe cleaner's build (of the kernel step's tag) and follow it.
-    Trigger,
-    /// The current (or last) run's journal as a table.
-    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,9 @@
 //! Errors that decide the exit code, and the one place that renders errors for people.
 //!
 //! Exit codes: 0 success, 130 interrupted, 1 bad input (recipe, lockfile, a failed build step, `--locked`
-//! refusing a change, credentials the far end refuses), 2 environment (Docker, a registry or
-//! the storage API unreachable or failing, mmdebstrap missing, store I/O).
+//! refusing a change, registry credentials refused; a pipe cleaner judged different),
+//! 2 environment (Docker, a registry or the storage API unreachable or failing, mmdebstrap
+//! missing, store I/O, a Jenkins or kernelci-backend token refused), 3 not settled (`prod verify`: results still arriving; ask later).
 //!
 //! Every typed error knows its own [`Fault`] where it is defined; this module imports
 //! nothing of the crate, and the top floor (`ops::exit_code`) lists the types it looks for.
@@ -43,12 +44,22 @@ pub struct Interrupted {
     pub what_now: &'static str,
 }
 
+/// Results are still arriving: a verdict now would be premature (exit 3, so a script can
+/// ask again later).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}")]
+pub struct NotSettled {
+    pub what: String,
+}
+
 /// Exit codes scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
     Ok = 0,
     BadInput = 1,
     Environment = 2,
+    /// `prod verify`: the revision's results are still arriving.
+    NotSettled = 3,
     /// As a shell reports a process stopped by SIGINT.
     Interrupted = 130,
 }
@@ -64,6 +75,17 @@ pub fn classify(
         .any(|c| c.downcast_ref::<Interrupted>().is_some())
     {
         return ExitCode::Interrupted;
+    }
+    let environment_fault = err.chain().any(|cause| {
+        cause.downcast_ref::<EnvironmentError>().is_some()
+            || fault_of(cause) == Some(Fault::Environment)
+    });
+    if !environment_fault
+        && err
+            .chain()
+            .any(|c| c.downcast_ref::<NotSettled>().is_some())
+    {
+        return ExitCode::NotSettled;
     }
     let environment = err.chain().any(|cause| {
         cause.downcast_ref::<EnvironmentError>().is_some()

@@ -28,6 +28,9 @@ fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
     if let Some(e) = cause.downcast_ref::<crate::storage::StorageError>() {
         return Some(e.fault());
     }
+    if let Some(e) = cause.downcast_ref::<crate::backend::BackendError>() {
+        return Some(e.fault());
+    }
     if let Some(e) = cause.downcast_ref::<crate::jenkins::JenkinsError>() {
         return Some(e.fault());
     }

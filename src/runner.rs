@@ -166,6 +166,7 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
                 action: action.clone(),
                 dry_run: *dry_run,
                 date: date.clone(),
+                json: *json,
             };
             // Dropping the run leaves the step it was in started and not ended in the
             // journal: the rerun starts that step again.

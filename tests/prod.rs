@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::backend::{BackendDouble, RevisionSpec, Shape, TOKEN as BACKEND_TOKEN};
 use common::jenkins::{BuildSpec, JenkinsDouble, JobSpec, TOKEN, USER};
 use common::registry::{Auth, Registry};
 
@@ -40,6 +41,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 struct Prod {
     dir: tempfile::TempDir,
     jenkins: JenkinsDouble,
+    backend: BackendDouble,
     _registry: Registry,
     registry: String,
 }
@@ -84,7 +86,9 @@ impl Prod {
             _registry: registry,
             dir,
             jenkins,
+            backend: BackendDouble::start(),
         };
+        p.seed_backend();
         p.seed_jenkins();
         p.seed_repositories();
         p.seed_images();
@@ -128,6 +132,27 @@ impl Prod {
                 ..BuildSpec::default()
             },
         );
+    }
+
+    /// The pipe cleaners of the five previous Mondays, and this one's results (healthy).
+    fn seed_backend(&self) {
+        let t0 = 1_764_547_200_000u64;
+        let week = 7 * 24 * 3_600_000u64;
+        for w in 0..5u64 {
+            let kernel = format!("kernelci-202611{:02}.0", 2 + 7 * w);
+            self.backend.add(&RevisionSpec::healthy(
+                &kernel,
+                t0 + w * week,
+                w,
+                Shape::default(),
+            ));
+        }
+        self.backend.add(&RevisionSpec::healthy(
+            TAG,
+            t0 + 5 * week,
+            99,
+            Shape::default(),
+        ));
     }
 
     fn seed_repositories(&self) {
@@ -292,8 +317,12 @@ registry = "{registry}"
 parameters = {{ KERNEL_URL = "{{fork}}", KERNEL_BRANCH = "{{branch}}", COMMIT_ID = "{{commit}}", KERNEL_DESCRIBE = "{{tag}}" }}
 
 [backend-api]
-url = "http://127.0.0.1:9/"
+url = "{backend_api}"
 token-env = "KCI_BACKEND_TOKEN"
+
+[verify]
+settle-seconds = 1
+wait-minutes = 1
 "#,
             jenkins = self.jenkins.url(),
             core = self.url("kernelci-core"),
@@ -307,6 +336,7 @@ token-env = "KCI_BACKEND_TOKEN"
             frontend = self.url("kernelci-frontend"),
             project = self.url("kernelci-project"),
             registry = self.registry,
+            backend_api = self.backend.url(),
         );
         self.write("production.toml", &site);
     }
@@ -316,7 +346,7 @@ token-env = "KCI_BACKEND_TOKEN"
         cmd.current_dir(self.dir.path())
             .env("KCI_BUILD_STORE", self.path("store"))
             .env("KCI_JENKINS_TOKEN", TOKEN)
-            .env("KCI_BACKEND_TOKEN", "backend-secret-0123")
+            .env("KCI_BACKEND_TOKEN", BACKEND_TOKEN)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env_remove("KCI_REGISTRY")
@@ -462,6 +492,10 @@ fn assert_monday_done(p: &Prod) {
         journal.contains(&format!("\"build\":\"{}\"", triggered[0].number)),
         "{journal}"
     );
+    // verify: the pipe cleaner judged against the five previous revisions, charted
+    assert!(journal.contains(r#""verdict":"similar""#), "{journal}");
+    let chart = std::fs::read_to_string(p.path(&format!("state/verify/{TAG}.svg"))).unwrap();
+    assert!(chart.contains(&format!("data-kernel=\"{TAG}\"")), "{chart}");
 }
 
 /// A GET with curl (the tests' registry speaks plain HTTP on loopback).
@@ -471,7 +505,7 @@ fn reqwest_blocking_get(url: &str) -> String {
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for secret in [TOKEN, "backend-secret-0123"] {
+    for secret in [TOKEN, BACKEND_TOKEN] {
         assert!(!text.contains(secret), "a secret is in {what}:\n{text}");
     }
 }

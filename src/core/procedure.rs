@@ -28,11 +28,12 @@ pub enum Step {
     Docker,
     Kernel,
     Trigger,
+    Verify,
 }
 
 impl Step {
     /// The whole Monday, in order.
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::Pause,
         Step::Restart,
         Step::Core,
@@ -44,6 +45,7 @@ impl Step {
         Step::Docker,
         Step::Kernel,
         Step::Trigger,
+        Step::Verify,
     ];
 
     /// `update`'s steps (PROCEDURE.md §2), in order; `trigger` is the last.
@@ -72,6 +74,7 @@ impl Step {
             Step::Docker => "docker",
             Step::Kernel => "kernel",
             Step::Trigger => "trigger",
+            Step::Verify => "verify",
         }
     }
 
@@ -89,6 +92,7 @@ impl Step {
             Step::Docker => "build the toolchain images and push them (reusing what exists)",
             Step::Kernel => "push a new pipe-cleaner revision to KernelCI's linux fork",
             Step::Trigger => "trigger the pipe cleaner's build and follow it to its build number",
+            Step::Verify => "wait for the pipe cleaner's results to settle and compare them with the previous revisions",
         }
     }
 }
@@ -432,6 +436,16 @@ pub fn describe(step: Step, site: &super::site::Site, date: &str) -> Vec<String>
                 format!("GET {url}/queue/item/<N>/api/json until it has a build number"),
             ]
         }
+        Step::Verify => {
+            let v = &site.verify;
+            let api = site.backend_api.url.trim_end_matches('/');
+            vec![
+                format!("GET {url}/job/{}/<n>/api/json until the pipe cleaner's build has finished", j.trigger_job),
+                format!("GET {api}/job?job={}&git_branch={}&sort=created_on&sort_order=-1&limit={}", v.job, v.branch, v.previous + 1),
+                format!("GET {api}/build, /test/group, /test/case?kernel=<kernel>…; GET {api}/count/test_regression?kernel=<kernel>"),
+                format!("again until the counts have not changed for {} s (at most {} min); compare with the previous {}", v.settle_seconds, v.wait_minutes, v.previous),
+            ]
+        }
     }
 }
 
@@ -500,7 +514,7 @@ mod tests {
         assert_eq!(j.summary(Step::Core).error.as_deref(), Some("boom"));
         let todo = j.todo(&Step::ALL);
         assert_eq!(todo.first(), Some(&Step::Restart));
-        assert_eq!(todo.len(), 10);
+        assert_eq!(todo.len(), 11);
         assert!(!j.finished());
         // Asked out of order, steps run in procedure order.
         assert_eq!(

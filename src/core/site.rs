@@ -260,6 +260,36 @@ pub struct TriggerSite {
     pub parameters: BTreeMap<String, String>,
 }
 
+/// How `verify` judges the pipe cleaner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct VerifySite {
+    /// The backend's `job` and `git_branch` of the pipe cleaners.
+    pub job: String,
+    pub branch: String,
+    /// How many previous revisions make the baseline.
+    pub previous: usize,
+    /// Results count as settled when the revision's counts have not changed for this long
+    /// (and its trigger build has finished).
+    pub settle_seconds: u64,
+    /// How long `--wait` (and `prod run`) waits for the results to settle.
+    pub wait_minutes: u64,
+    pub thresholds: super::verdict::Thresholds,
+}
+
+impl Default for VerifySite {
+    fn default() -> Self {
+        VerifySite {
+            job: "kernelci".into(),
+            branch: "kernelci.org".into(),
+            previous: 5,
+            settle_seconds: 1800,
+            wait_minutes: 360,
+            thresholds: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BackendApi {
@@ -285,7 +315,7 @@ impl Default for Identity {
 }
 
 /// The whole site file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Site {
     /// Journals and working clones (relative to the site file).
@@ -312,6 +342,8 @@ pub struct Site {
     #[serde(default = "d_trigger_site")]
     pub trigger: TriggerSite,
     pub backend_api: BackendApi,
+    #[serde(default)]
+    pub verify: VerifySite,
 }
 
 fn d_state() -> PathBuf {
@@ -407,6 +439,12 @@ impl Site {
                     ));
                 }
             }
+        }
+        if self.verify.previous == 0 {
+            return Err(bad("verify.previous", "must be at least 1"));
+        }
+        if let Err(e) = self.verify.thresholds.validate() {
+            return Err(bad(&format!("verify.thresholds.{}", e.field), &e.reason));
         }
         if self.website.hugo.is_empty() {
             return Err(bad("website.hugo", "must name a command"));

@@ -5,12 +5,74 @@
 use std::path::PathBuf;
 
 use super::{Context, Report};
-use crate::cli::ProdAction;
 use crate::core::procedure::{self, Step, StepSummary};
+use crate::core::verdict;
 use crate::printer::Printer;
 use crate::prod::journal::{self, JournalFile, Which};
 use crate::prod::site::LoadedSite;
+use crate::prod::verify::{OnFail, Verified, VerifyOptions};
 use crate::prod::Procedure;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyFormat {
+    Text,
+    Markdown,
+}
+
+/// What `kci-build prod` is asked to do (the command line's subcommands).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ProdAction {
+    /// The whole Monday in order, resuming an unfinished run.
+    Run {
+        /// Start a new run even if the last one did not finish.
+        #[arg(long)]
+        new: bool,
+    },
+    /// Disable the monitor, abort trigger builds that have no artifacts, wait for the
+    /// pipeline to drain, stop bisections.
+    Pause,
+    /// Restart Jenkins (the site's restart command, or safeRestart) and wait for the new
+    /// instance: a new X-Jenkins-Session, not quieting down, credentials, jobs and agents.
+    Restart,
+    /// update's steps (all nine when none are named, skipping those done in this run; named
+    /// steps run again).
+    Update {
+        /// Steps: core, dsl, backend, frontend, website, test-definitions, docker, kernel,
+        /// trigger.
+        steps: Vec<Step>,
+    },
+    /// Trigger the pipe cleaner's build (of the kernel step's tag) and follow it.
+    Trigger,
+    /// Judge the pipe cleaner: its builds, tests, pass rates and regressions against the
+    /// previous revisions of the branch (median and spread), naming every difference and
+    /// threshold crossed; writes an SVG chart. Exit 0 similar, 1 different, 2 environment,
+    /// 3 not settled yet (results still arriving).
+    #[command(
+        after_help = "Examples:\n  kci-build prod verify                          this run's pipe cleaner (else the newest revision)\n  kci-build prod verify --wait                   wait until its results stop arriving, then judge\n  kci-build prod verify kernelci-20261207.0 --format markdown > report.md\n  kci-build prod verify --on-fail disable-monitor   stop new revisions when it differs"
+    )]
+    Verify {
+        /// The revision, as the backend's `kernel` (e.g. kernelci-20261207.0) [default: this
+        /// run's pipe cleaner, else the newest revision of the branch].
+        revision: Option<String>,
+        /// Previous revisions in the baseline [default: the site's verify.previous, 5].
+        #[arg(long)]
+        previous: Option<usize>,
+        /// Poll (bounded by verify.wait-minutes) until the results have settled.
+        #[arg(long)]
+        wait: bool,
+        /// `text`: a table on stderr; `markdown`: a report to paste, on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        format: VerifyFormat,
+        /// Where to write the SVG chart [default: <state>/verify/<revision>.svg].
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// What to do when the results differ.
+        #[arg(long, value_enum)]
+        on_fail: Option<OnFail>,
+    },
+    /// The current (or last) run's journal as a table.
+    Status,
+}
 
 #[derive(Debug, Clone)]
 pub struct ProdOptions {
@@ -18,6 +80,8 @@ pub struct ProdOptions {
     pub action: ProdAction,
     pub dry_run: bool,
     pub date: Option<String>,
+    /// `--json`: the report is the data on stdout (no Markdown there).
+    pub json: bool,
 }
 
 /// The run's journal, summarised step by step (and the plan, for `--dry-run`).
@@ -30,6 +94,12 @@ pub struct ProdReport {
     /// `--dry-run`: what each step would do, call by call.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<(Step, Vec<String>)>,
+    /// What the verify step found in this invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verified>,
+    /// Show the verdict as Markdown on stdout.
+    #[serde(skip)]
+    pub markdown: bool,
 }
 
 impl Report for ProdReport {
@@ -47,6 +117,33 @@ impl Report for ProdReport {
         }
         if let Some(run) = &self.run {
             printer.table(&table(run, &self.steps));
+        }
+        if let Some(v) = &self.verify {
+            if self.markdown {
+                print!("{}", verdict::markdown(&v.comparison));
+            } else {
+                printer.table(verdict::table(&v.comparison).trim_end());
+            }
+        }
+    }
+
+    /// A pipe cleaner judged different fails the command (exit 1), with the reasons.
+    fn verdict(&self) -> anyhow::Result<()> {
+        match &self.verify {
+            Some(v) if !v.comparison.similar() => {
+                let reasons: Vec<String> = v
+                    .comparison
+                    .reasons
+                    .iter()
+                    .map(|r| format!("  {r}"))
+                    .collect();
+                anyhow::bail!(
+                    "the pipe cleaner {} differs from the previous revisions:\n{}",
+                    v.comparison.kernel,
+                    reasons.join("\n")
+                )
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -103,6 +200,7 @@ fn wanted(action: &ProdAction) -> (Vec<Step>, bool) {
         ProdAction::Update { steps } if steps.is_empty() => (Step::UPDATE.to_vec(), true),
         ProdAction::Update { steps } => (steps.clone(), false),
         ProdAction::Trigger => (vec![Step::Trigger], false),
+        ProdAction::Verify { .. } => (vec![Step::Verify], false),
         ProdAction::Status => (Vec::new(), true),
     }
 }
@@ -127,6 +225,8 @@ pub async fn run(ctx: &Context, opts: &ProdOptions) -> anyhow::Result<ProdReport
                     journal: None,
                     steps: Vec::new(),
                     plan: Vec::new(),
+                    verify: None,
+                    markdown: false,
                 }
             }
         });
@@ -161,8 +261,34 @@ pub async fn run(ctx: &Context, opts: &ProdOptions) -> anyhow::Result<ProdReport
     ctx.printer
         .status("Journal", format!("run {} ({})", j.id, j.path().display()));
     let mut procedure = Procedure::new(&site, j, &ctx.settings, &ctx.printer, ctx.verbose);
+    if let ProdAction::Verify {
+        revision,
+        previous,
+        wait,
+        chart,
+        on_fail,
+        ..
+    } = &opts.action
+    {
+        procedure.verify = VerifyOptions {
+            revision: revision.clone(),
+            previous: *previous,
+            wait: *wait,
+            chart: chart.clone(),
+            on_fail: *on_fail,
+        };
+    }
     let result = procedure.run(&steps, skip_done).await;
-    let report = summarise(procedure.journal());
+    let mut report = summarise(procedure.journal());
+    report.markdown = !opts.json
+        && matches!(
+            opts.action,
+            ProdAction::Verify {
+                format: VerifyFormat::Markdown,
+                ..
+            }
+        );
+    report.verify = procedure.verified.take();
     if result.is_err() {
         // The error is rendered by the runner; the journal says where the run stands.
         report.show(&ctx.printer);
@@ -176,5 +302,7 @@ fn summarise(j: &JournalFile) -> ProdReport {
         journal: Some(j.path().to_owned()),
         steps: Step::ALL.iter().map(|s| j.journal.summary(*s)).collect(),
         plan: Vec::new(),
+        verify: None,
+        markdown: false,
     }
 }

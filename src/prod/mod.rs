@@ -23,6 +23,7 @@ pub mod restart;
 pub mod site;
 pub mod steps;
 pub mod trigger;
+pub mod verify;
 
 use journal::JournalFile;
 use site::LoadedSite;
@@ -37,6 +38,10 @@ pub struct Procedure<'a> {
     pub settings: &'a Settings,
     pub printer: &'a Printer,
     pub verbose: bool,
+    /// How the verify step judges (`prod verify`'s options; `prod run` waits).
+    pub verify: verify::VerifyOptions,
+    /// What the verify step found in this invocation.
+    pub verified: Option<verify::Verified>,
 }
 
 impl<'a> Procedure<'a> {
@@ -53,6 +58,11 @@ impl<'a> Procedure<'a> {
             settings,
             printer,
             verbose,
+            verify: verify::VerifyOptions {
+                wait: true,
+                ..Default::default()
+            },
+            verified: None,
         }
     }
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 
 use super::commands::{self, CommandLine};
 use super::{git, pause, restart, trigger, Facts, Procedure};
+use crate::backend::BackendApi;
 use crate::core::procedure::{Event, Step};
 use crate::jenkins::{Credential, HttpJenkins, JenkinsApi, Params};
 
@@ -25,6 +26,7 @@ pub async fn run(p: &mut Procedure<'_>, step: Step) -> anyhow::Result<Facts> {
         Step::Backend => deploy_app(p, Step::Backend).await,
         Step::Frontend => deploy_app(p, Step::Frontend).await,
         Step::Website => website(p).await,
+        Step::Verify => verify_step(p).await,
     }
 }
 
@@ -532,6 +534,103 @@ fn replace_contents(src: &std::path::Path, dest: &std::path::Path) -> anyhow::Re
         std::fs::remove_dir(&staging).with_context(|| ctx("removing", &staging))?;
     }
     Ok(files)
+}
+
+/// Judges the pipe cleaner (this run's, unless another revision is named) once its results
+/// have settled; with `--on-fail disable-monitor`, a difference disables the monitor job.
+async fn verify_step(p: &mut Procedure<'_>) -> anyhow::Result<Facts> {
+    let site = &p.site.site;
+    let token = p.site.backend_secret()?;
+    let var = site
+        .backend_api
+        .secret
+        .env
+        .clone()
+        .unwrap_or_else(|| "the backend token file".into());
+    let backend = crate::backend::HttpBackend::new(&site.backend_api.url, token, &var)?;
+    let opts = p.verify.clone();
+    let kernel = match opts
+        .revision
+        .clone()
+        .or_else(|| p.fact(Step::Kernel, "tag"))
+    {
+        Some(k) => k,
+        None => {
+            let newest = backend
+                .revisions(&site.verify.job, &site.verify.branch, 1)
+                .await?;
+            newest.first().map(|d| d.kernel.clone()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "kernelci-backend has no revision of {} {}",
+                    site.verify.job,
+                    site.verify.branch
+                )
+            })?
+        }
+    };
+    // The trigger build of this run's pipe cleaner, when this is it.
+    let jenkins = p.jenkins().ok();
+    let build = match (p.fact(Step::Kernel, "tag"), p.fact(Step::Trigger, "build")) {
+        (Some(tag), Some(n)) if tag == kernel => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    let trigger_job = p
+        .fact(Step::Trigger, "job")
+        .unwrap_or_else(|| site.jenkins.trigger_job.clone());
+    let trigger = match (&jenkins, build) {
+        (Some(j), Some(n)) => Some((j, trigger_job.as_str(), n)),
+        _ => None,
+    };
+    let judge = super::verify::Judge {
+        state: p.site.state_dir(),
+        backend,
+        site: &site.verify,
+        poll: p.poll(),
+        printer: p.printer,
+    };
+    let previous = opts.previous.unwrap_or(site.verify.previous).max(1);
+    let (new, before) = judge.judge(&kernel, previous, opts.wait, trigger).await?;
+    let chart = opts
+        .chart
+        .clone()
+        .unwrap_or_else(|| super::verify::default_chart(&p.site.state_dir(), &kernel));
+    let comparison = super::verify::conclude(&new, &before, &site.verify.thresholds, &chart)?;
+    let similar = comparison.similar();
+    let mut monitor_disabled = false;
+    if !similar && opts.on_fail == Some(super::verify::OnFail::DisableMonitor) {
+        let j = p.jenkins()?;
+        j.disable(&site.jenkins.monitor_job).await?;
+        monitor_disabled = true;
+        p.progress(
+            Step::Verify,
+            facts([("monitor-disabled", site.jenkins.monitor_job.clone())]),
+        )?;
+        p.printer.warn(format!(
+            "disabled {}: no new revision is built until it is enabled again",
+            site.jenkins.monitor_job
+        ));
+    }
+    p.printer.status("Chart", chart.display());
+    let f = facts([
+        ("kernel", kernel.clone()),
+        (
+            "verdict",
+            if similar {
+                "similar".into()
+            } else {
+                "different".into()
+            },
+        ),
+        ("reasons", comparison.reasons.len().to_string()),
+        ("baseline", comparison.baseline.join(",")),
+        ("chart", chart.display().to_string()),
+    ]);
+    p.verified = Some(super::verify::Verified {
+        comparison,
+        chart,
+        monitor_disabled,
+    });
+    Ok(f)
 }
 
 #[cfg(test)]
