@@ -242,7 +242,7 @@ pub trait BackendApi: Clone + Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("kernelci-backend URL `{url}`: {reason}")]
-    BadUrl { url: String, reason: &'static str },
+    BadUrl { url: String, reason: String },
     #[error("kernelci-backend needs a token: set {var}")]
     MissingToken { var: String },
     #[error("the token in {var} is not usable as an HTTP header value (it must be visible ASCII)")]
@@ -361,26 +361,11 @@ impl HttpBackend {
         token_var: &str,
         retry: Retry,
     ) -> Result<HttpBackend, BackendError> {
-        let bad = |reason| BackendError::BadUrl {
-            url: redact_url(url),
+        let bad = |reason: String| BackendError::BadUrl {
+            url: crate::weburl::redact(url),
             reason,
         };
-        let mut base = Url::parse(url).map_err(|_| bad("not a URL"))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(bad("not an http(s) URL"));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(bad(
-                "credentials do not belong in the URL: the token is given separately",
-            ));
-        }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(bad("a backend base URL has no query or fragment"));
-        }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
+        let base = crate::weburl::base(url, "kernelci-backend").map_err(bad)?;
         if token.expose().is_empty() {
             return Err(BackendError::MissingToken {
                 var: token_var.into(),
@@ -606,21 +591,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
-}
-
-/// `url` with any user info replaced, for a message.
-fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("***");
-                let _ = u.set_password(None);
-            }
-            u.to_string()
-        }
-        Err(_) if url.contains('@') => "<a URL with credentials>".into(),
-        Err(_) => url.to_owned(),
-    }
 }
 
 /// The documents as they travel: `$oid`, `$date`, fields that may be missing or null.

@@ -169,7 +169,7 @@ pub trait JenkinsApi: Clone + Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum JenkinsError {
     #[error("Jenkins URL `{url}`: {reason}")]
-    BadUrl { url: String, reason: &'static str },
+    BadUrl { url: String, reason: String },
     #[error("Jenkins at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("Jenkins at {url} refused the credentials{who} (HTTP {status}){hint}")]
@@ -453,28 +453,15 @@ impl HttpJenkins {
         credential: Credential,
         timeout: Duration,
     ) -> Result<HttpJenkins, JenkinsError> {
-        let bad = |reason| JenkinsError::BadUrl {
-            url: redact_url(url),
+        let bad = |reason: String| JenkinsError::BadUrl {
+            url: crate::weburl::redact(url),
             reason,
         };
-        let mut base = Url::parse(url).map_err(|_| bad("not a URL"))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(bad("not an http(s) URL"));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(bad(
-                "credentials do not belong in the URL: give the user and its token separately",
-            ));
-        }
-        if base.query().is_some() || base.fragment().is_some() {
-            return Err(bad("a Jenkins base URL has no query or fragment"));
-        }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
+        let base = crate::weburl::base(url, "Jenkins").map_err(bad)?;
         if credential.secret().expose().is_empty() || user.is_empty() {
-            return Err(bad("the user and its token or password must not be empty"));
+            return Err(bad(
+                "the user and its token or password must not be empty".into()
+            ));
         }
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -703,21 +690,6 @@ fn cookies_of(headers: &HeaderMap) -> String {
         .filter(|kv| kv.contains('='))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// `url` with any user info replaced, for a message.
-fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("***");
-                let _ = u.set_password(None);
-            }
-            u.to_string()
-        }
-        Err(_) if url.contains('@') => "<a URL with credentials>".into(),
-        Err(_) => url.to_owned(),
-    }
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {

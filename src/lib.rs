@@ -5,7 +5,7 @@
 //! its own floor and those below, and a command never uses another command:
 //!
 //! 0. [`core`]: pure models, keys, plans, schedules, lockfiles and diffs.
-//! 1. foundations: [`error`], [`settings`], [`fsutil`], [`printer`], [`store`], [`lockedit`], [`context`],
+//! 1. foundations: [`error`], [`settings`], [`weburl`], [`fsutil`], [`printer`], [`store`], [`lockedit`], [`context`],
 //!    [`layer`], [`layerdiff`], [`image`], [`dpkg`].
 //! 2. services: [`engine`], [`registry`], [`storage`], [`bootstrap`].
 //! 3. engines: [`workspace`], [`imagebuild`], [`publish`], [`rootfs`], [`exit`].
@@ -38,4 +38,5 @@ pub mod runner;
 pub mod settings;
 pub mod storage;
 pub mod store;
+pub mod weburl;
 pub mod workspace;

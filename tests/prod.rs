@@ -10,32 +10,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::backend::{BackendDouble, RevisionSpec, Shape, TOKEN as BACKEND_TOKEN};
+use common::git::git;
 use common::jenkins::{BuildSpec, JenkinsDouble, JobSpec, TOKEN, USER};
 use common::registry::{Auth, Registry};
 
 const DAY: &str = "20261207";
 const TAG: &str = "kernelci-20261207.0";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// KernelCI's production in a directory: remotes, a site file, a web root, an image tree.
 struct Prod {

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+#[path = "common/git.rs"]
+mod gitcli;
+
+use gitcli::git;
 use kci_build::error::Fault;
 use kci_build::prod::git::{
     self, CoreStep, GitError, Job, KernelStep, Outcome, TagFacts, TestDefinitionsStep,
@@ -13,30 +16,6 @@ use kci_build::prod::git::{
 
 const DAY: &str = "20240108";
 const BOT: &str = "kernelci.org bot <bot@kernelci.org>";
-
-/// `git` in `dir` with a developer's identity and no system or user configuration; its
-/// stdout, trimmed. Panics with git's stderr when it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.org")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.org")
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A scratch directory of remotes, developers' checkouts and the steps' state.
 struct Site {

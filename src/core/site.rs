@@ -298,6 +298,7 @@ pub struct BackendApi {
     pub secret: SecretRef,
 }
 
+/// Who commits and tags (default: the procedure's bot, "kernelci.org bot").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Identity {

@@ -28,20 +28,7 @@ use crate::error::Fault;
 use crate::settings::Secret;
 
 /// Who commits and tags: the procedure's bot unless the site says otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Identity {
-    pub name: String,
-    pub email: String,
-}
-
-impl Default for Identity {
-    fn default() -> Self {
-        Identity {
-            name: "kernelci.org bot".into(),
-            email: "bot@kernelci.org".into(),
-        }
-    }
-}
+pub use crate::core::site::Identity;
 
 /// A user name and a password or token for HTTPS remotes; the token never prints.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod git;
 pub mod jenkins;
 pub mod registry;
 pub mod storage_server;
