@@ -154,31 +154,37 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             )
         }
         Command::Lock { .. } => finish(ctx, ops::lock::run(ctx), false),
-        Command::Prod {
-            site,
-            dry_run,
-            date,
-            json,
-            action,
-        } => {
-            let opts = ops::prod::ProdOptions {
-                site: site.clone(),
-                action: action.clone(),
-                dry_run: *dry_run,
-                date: date.clone(),
-                json: *json,
-            };
-            // Dropping the run leaves the step it was in started and not ended in the
-            // journal: the rerun starts that step again.
-            let what_now =
-                "the journal says where it stopped; run the same command again to resume";
-            finish(
-                ctx,
-                cancellable(ops::prod::run(ctx, &opts), what_now)?,
-                *json,
-            )
-        }
+        Command::Prod { .. } => prod(ctx, cli),
     }
+}
+
+/// `kci-build prod …`: the options, and the journal's word on an interrupted run.
+fn prod(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::Prod {
+        site,
+        dry_run,
+        date,
+        json,
+        action,
+    } = &cli.command
+    else {
+        unreachable!("called for prod only")
+    };
+    let opts = ops::prod::ProdOptions {
+        site: site.clone(),
+        action: action.clone(),
+        dry_run: *dry_run,
+        date: date.clone(),
+        json: *json,
+    };
+    // Dropping the run leaves the step it was in started and not ended in the journal: the
+    // rerun starts that step again.
+    let what_now = "the journal says where it stopped; run the same command again to resume";
+    finish(
+        ctx,
+        cancellable(ops::prod::run(ctx, &opts), what_now)?,
+        *json,
+    )
 }
 
 fn import_args(what: &ImportWhat, cli: &Cli) -> ops::import::ImportArgs {

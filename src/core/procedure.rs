@@ -294,37 +294,22 @@ pub fn next_tag<'a>(
 /// and command, with `<…>` where a value is only known when the step runs. Nothing here is
 /// done; the lines are the plan.
 pub fn describe(step: Step, site: &super::site::Site, date: &str) -> Vec<String> {
+    let tag = format!("{}{date}.<N>", site.tag_prefix);
+    match step {
+        Step::Pause | Step::Restart | Step::Dsl | Step::Trigger | Step::Verify => {
+            describe_jenkins(step, site, &tag)
+        }
+        Step::Core | Step::TestDefinitions | Step::Kernel | Step::Website => {
+            describe_git(step, site, &tag)
+        }
+        Step::Backend | Step::Frontend | Step::Docker => describe_deploy(step, site),
+    }
+}
+
+/// The steps that talk to Jenkins (and, for verify, kernelci-backend).
+fn describe_jenkins(step: Step, site: &super::site::Site, tag: &str) -> Vec<String> {
     let j = &site.jenkins;
     let url = j.url.trim_end_matches('/');
-    let tag = format!("{}{date}.<N>", site.tag_prefix);
-    let ansible = |app: &super::site::AppSite| {
-        let key = site
-            .ansible
-            .private_key
-            .as_ref()
-            .map(|k| format!(" --private-key {}", k.display()))
-            .unwrap_or_default();
-        vec![
-            format!(
-                "git fetch {} {} (fast-forward the checkout)",
-                app.config_repo, app.config_branch
-            ),
-            format!("git ls-remote {} {} -> <rev>", app.app_repo, app.app_branch),
-            format!(
-                "{} {} -i {} -l {} -D -b --skip-tags=secrets -t app{key} -e git_head=<rev>",
-                site.ansible.command, site.ansible.playbook, site.ansible.inventory, app.host
-            ),
-        ]
-    };
-    let push = |url: &str, branches: &[String]| {
-        let heads: Vec<String> = branches.iter().map(|b| format!("HEAD:{b}")).collect();
-        format!(
-            "if it changed: git tag -a {tag}; git push --force {url} {} {tag}",
-            heads.join(" ")
-        )
-    };
-    let core = &site.core;
-    let fork = &site.test_definitions;
     match step {
         Step::Pause => vec![
             format!("POST {url}/job/{}/disable", j.monitor_job),
@@ -362,66 +347,12 @@ pub fn describe(step: Step, site: &super::site::Site, date: &str) -> Vec<String>
                 format!("GET {url}/whoAmI/api/json; GET {url}/computer/api/json"),
             ]
         }
-        Step::Core => vec![
-            format!("git fetch {} {} {}", core.url, core.branch, core.base),
-            format!(
-                "git rebase {} onto origin/{} (as {})",
-                core.branch, core.base, site.bot.name
-            ),
-            push(&core.url, std::slice::from_ref(&core.branch)),
-        ],
-        Step::TestDefinitions => vec![
-            format!(
-                "git fetch {} {}; git fetch {} {}",
-                fork.url, fork.branch, fork.upstream, fork.upstream_branch
-            ),
-            format!(
-                "git rebase {} onto upstream/{} (as {})",
-                fork.branch, fork.upstream_branch, site.bot.name
-            ),
-            push(&fork.url, &fork.push_to),
-        ],
         Step::Dsl => vec![
             format!("POST {url}/job/{}/build", j.dsl_job),
             format!("GET {url}/queue/item/<N>/api/json until it has a build number"),
         ],
-        Step::Backend => ansible(&site.backend),
-        Step::Frontend => ansible(&site.frontend),
-        Step::Website => vec![
-            format!(
-                "git fetch {} {}; git submodule update --init --recursive",
-                site.website.repo, site.website.branch
-            ),
-            format!("run {} (in the checkout)", site.website.hugo.join(" ")),
-            format!(
-                "replace the contents of {} with public/",
-                site.website.web_root.display()
-            ),
-        ],
-        Step::Docker => vec![format!(
-            "kci-build build --push --registry {} --jobs {} (images {}, lockfile {})",
-            site.docker.registry.as_deref().unwrap_or("$KCI_REGISTRY"),
-            site.docker.jobs,
-            site.docker.images.display(),
-            site.docker.lockfile.display()
-        )],
-        Step::Kernel => vec![
-            format!(
-                "git fetch {} {}",
-                site.linux.stable, site.linux.stable_branch
-            ),
-            format!("git am {}/*", site.linux.patches.display()),
-            format!(
-                "git commit (as {}): a file `kernelci.org` holding {tag}",
-                site.bot.name
-            ),
-            format!(
-                "git tag -a {tag}; git push --force {} HEAD:{} {tag}",
-                site.linux.fork, site.linux.branch
-            ),
-        ],
         Step::Trigger => {
-            let (job, params) = site.trigger_for(&tag, "<commit>");
+            let (job, params) = site.trigger_for(tag, "<commit>");
             let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let call = if query.is_empty() {
                 format!("POST {url}/job/{job}/build")
@@ -446,6 +377,103 @@ pub fn describe(step: Step, site: &super::site::Site, date: &str) -> Vec<String>
                 format!("again until the counts have not changed for {} s (at most {} min); compare with the previous {}", v.settle_seconds, v.wait_minutes, v.previous),
             ]
         }
+        _ => unreachable!("not a Jenkins step"),
+    }
+}
+
+/// The steps that rebase, tag and push, or check out and publish.
+fn describe_git(step: Step, site: &super::site::Site, tag: &str) -> Vec<String> {
+    let push = |url: &str, branches: &[String]| {
+        let heads: Vec<String> = branches.iter().map(|b| format!("HEAD:{b}")).collect();
+        format!(
+            "if it changed: git tag -a {tag}; git push --force {url} {} {tag}",
+            heads.join(" ")
+        )
+    };
+    let core = &site.core;
+    let fork = &site.test_definitions;
+    match step {
+        Step::Core => vec![
+            format!("git fetch {} {} {}", core.url, core.branch, core.base),
+            format!(
+                "git rebase {} onto origin/{} (as {})",
+                core.branch, core.base, site.bot.name
+            ),
+            push(&core.url, std::slice::from_ref(&core.branch)),
+        ],
+        Step::TestDefinitions => vec![
+            format!(
+                "git fetch {} {}; git fetch {} {}",
+                fork.url, fork.branch, fork.upstream, fork.upstream_branch
+            ),
+            format!(
+                "git rebase {} onto upstream/{} (as {})",
+                fork.branch, fork.upstream_branch, site.bot.name
+            ),
+            push(&fork.url, &fork.push_to),
+        ],
+        Step::Kernel => vec![
+            format!(
+                "git fetch {} {}",
+                site.linux.stable, site.linux.stable_branch
+            ),
+            format!("git am {}/*", site.linux.patches.display()),
+            format!(
+                "git commit (as {}): a file `kernelci.org` holding {tag}",
+                site.bot.name
+            ),
+            format!(
+                "git tag -a {tag}; git push --force {} HEAD:{} {tag}",
+                site.linux.fork, site.linux.branch
+            ),
+        ],
+        Step::Website => vec![
+            format!(
+                "git fetch {} {}; git submodule update --init --recursive",
+                site.website.repo, site.website.branch
+            ),
+            format!("run {} (in the checkout)", site.website.hugo.join(" ")),
+            format!(
+                "replace the contents of {} with public/",
+                site.website.web_root.display()
+            ),
+        ],
+        _ => unreachable!("not a git step"),
+    }
+}
+
+/// The steps that deploy: ansible and the images.
+fn describe_deploy(step: Step, site: &super::site::Site) -> Vec<String> {
+    let ansible = |app: &super::site::AppSite| {
+        let key = site
+            .ansible
+            .private_key
+            .as_ref()
+            .map(|k| format!(" --private-key {}", k.display()))
+            .unwrap_or_default();
+        vec![
+            format!(
+                "git fetch {} {} (fast-forward the checkout)",
+                app.config_repo, app.config_branch
+            ),
+            format!("git ls-remote {} {} -> <rev>", app.app_repo, app.app_branch),
+            format!(
+                "{} {} -i {} -l {} -D -b --skip-tags=secrets -t app{key} -e git_head=<rev>",
+                site.ansible.command, site.ansible.playbook, site.ansible.inventory, app.host
+            ),
+        ]
+    };
+    match step {
+        Step::Backend => ansible(&site.backend),
+        Step::Frontend => ansible(&site.frontend),
+        Step::Docker => vec![format!(
+            "kci-build build --push --registry {} --jobs {} (images {}, lockfile {})",
+            site.docker.registry.as_deref().unwrap_or("$KCI_REGISTRY"),
+            site.docker.jobs,
+            site.docker.images.display(),
+            site.docker.lockfile.display()
+        )],
+        _ => unreachable!("not a deploy step"),
     }
 }
 

@@ -1300,7 +1300,12 @@ pub fn markdown(c: &Comparison) -> String {
             out.push_str(&format!("- {}\n", md_cell(&r.to_string())));
         }
     }
-    let d = &c.differences;
+    markdown_differences(&mut out, &c.differences, has_baseline);
+    out
+}
+
+/// The "Differences by name" section of [`markdown`].
+fn markdown_differences(out: &mut String, d: &Differences, has_baseline: bool) {
     out.push_str("\n#### Differences by name\n\n");
     if d.is_empty() {
         out.push_str(if has_baseline {
@@ -1308,7 +1313,7 @@ pub fn markdown(c: &Comparison) -> String {
         } else {
             "None to name without previous revisions.\n"
         });
-        return out;
+        return;
     }
     let mut section = |title: &str, lines: Vec<String>| {
         if !lines.is_empty() {
@@ -1388,7 +1393,6 @@ pub fn markdown(c: &Comparison) -> String {
             })
             .collect(),
     );
-    out
 }
 
 // --- the chart ---------------------------------------------------------------------------
@@ -1542,52 +1546,10 @@ fn y_axis(values: &[f64], rate: bool) -> (f64, f64, f64) {
 pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
     let mut revs: Vec<&Revision> = revisions.iter().collect();
     revs.sort_by_key(|r| r.created_ms);
-    let n = revs.len();
-    let is_new = |r: &Revision| r.kernel == new_kernel;
-    let has_new = revs.iter().any(|r| is_new(r));
-    let plot_w = SVG_W - PLOT_LEFT - PLOT_RIGHT;
-    let x = |i: usize| {
-        if n <= 1 {
-            PLOT_LEFT + plot_w / 2.0
-        } else {
-            PLOT_LEFT + PLOT_INSET + (plot_w - 2.0 * PLOT_INSET) * i as f64 / (n - 1) as f64
-        }
-    };
-    let bottom = PANEL_TOP + PANEL_STEP * (PANELS.len() - 1) as f64 + PANEL_H;
-    let height = bottom + LABELS_H;
-
+    let chart = Chart::new(revs, new_kernel);
     let mut s = String::new();
-    s.push_str(&format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{height:.0}\" \
-         viewBox=\"0 0 {w:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n",
-        w = SVG_W
-    ));
-    let title = if has_new {
-        format!(
-            "Pipe cleaner {new_kernel} and the {} before it",
-            plural(n - 1, "revision", "revisions")
-        )
-    } else {
-        format!("The last {}", plural(n, "revision", "revisions"))
-    };
-    s.push_str(&format!(
-        "<title>{t}</title>\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n\
-         <text class=\"title\" x=\"{:.1}\" y=\"32\" text-anchor=\"middle\" font-size=\"18\" \
-         font-weight=\"bold\">{t}</text>\n",
-        SVG_W / 2.0,
-        t = xml(&title)
-    ));
-    if has_new {
-        s.push_str(&format!(
-            "<g class=\"legend\"><circle cx=\"{:.1}\" cy=\"56\" r=\"6\" fill=\"#ffffff\" \
-             stroke=\"{HIGHLIGHT}\" stroke-width=\"2.5\"/><text x=\"{:.1}\" y=\"60\">{}: the \
-             new revision</text></g>\n",
-            SVG_W / 2.0 - 120.0,
-            SVG_W / 2.0 - 108.0,
-            xml(new_kernel)
-        ));
-    }
-    if n == 0 {
+    chart.head(&mut s);
+    if chart.revs.is_empty() {
         s.push_str(&format!(
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no revisions</text>\n</svg>\n",
             SVG_W / 2.0,
@@ -1595,14 +1557,91 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
         ));
         return s;
     }
-
     for (p, panel) in PANELS.iter().enumerate() {
-        let top = PANEL_TOP + PANEL_STEP * p as f64;
+        chart.panel(&mut s, PANEL_TOP + PANEL_STEP * p as f64, panel);
+    }
+    chart.x_axis(&mut s);
+    s
+}
+
+/// The chart's geometry: revisions oldest first, the new one among them (or not).
+struct Chart<'a> {
+    revs: Vec<&'a Revision>,
+    new_kernel: &'a str,
+    plot_w: f64,
+    bottom: f64,
+    height: f64,
+}
+
+impl<'a> Chart<'a> {
+    fn new(revs: Vec<&'a Revision>, new_kernel: &'a str) -> Chart<'a> {
+        let bottom = PANEL_TOP + PANEL_STEP * (PANELS.len() - 1) as f64 + PANEL_H;
+        Chart {
+            revs,
+            new_kernel,
+            plot_w: SVG_W - PLOT_LEFT - PLOT_RIGHT,
+            bottom,
+            height: bottom + LABELS_H,
+        }
+    }
+
+    fn is_new(&self, r: &Revision) -> bool {
+        r.kernel == self.new_kernel
+    }
+
+    fn x(&self, i: usize) -> f64 {
+        let n = self.revs.len();
+        if n <= 1 {
+            PLOT_LEFT + self.plot_w / 2.0
+        } else {
+            PLOT_LEFT + PLOT_INSET + (self.plot_w - 2.0 * PLOT_INSET) * i as f64 / (n - 1) as f64
+        }
+    }
+
+    /// The opening tag, the title and the legend of the new revision.
+    fn head(&self, s: &mut String) {
+        let (n, new_kernel, height) = (self.revs.len(), self.new_kernel, self.height);
+        let has_new = self.revs.iter().any(|r| self.is_new(r));
+        s.push_str(&format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{height:.0}\" \
+             viewBox=\"0 0 {w:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n",
+            w = SVG_W
+        ));
+        let title = if has_new {
+            format!(
+                "Pipe cleaner {new_kernel} and the {} before it",
+                plural(n - 1, "revision", "revisions")
+            )
+        } else {
+            format!("The last {}", plural(n, "revision", "revisions"))
+        };
+        s.push_str(&format!(
+            "<title>{t}</title>\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n\
+             <text class=\"title\" x=\"{:.1}\" y=\"32\" text-anchor=\"middle\" font-size=\"18\" \
+             font-weight=\"bold\">{t}</text>\n",
+            SVG_W / 2.0,
+            t = xml(&title)
+        ));
+        if has_new {
+            s.push_str(&format!(
+                "<g class=\"legend\"><circle cx=\"{:.1}\" cy=\"56\" r=\"6\" fill=\"#ffffff\" \
+                 stroke=\"{HIGHLIGHT}\" stroke-width=\"2.5\"/><text x=\"{:.1}\" y=\"60\">{}: the \
+                 new revision</text></g>\n",
+                SVG_W / 2.0 - 120.0,
+                SVG_W / 2.0 - 108.0,
+                xml(new_kernel)
+            ));
+        }
+    }
+
+    /// One panel: its title, legend, highlight band, grid, frame, axis label and series.
+    fn panel(&self, s: &mut String, top: f64, panel: &Panel) {
+        let plot_w = self.plot_w;
         let rate = panel.series.iter().any(|se| se.metric.is_rate());
         let values: Vec<f64> = panel
             .series
             .iter()
-            .flat_map(|se| revs.iter().filter_map(|r| se.metric.value(r)))
+            .flat_map(|se| self.revs.iter().filter_map(|r| se.metric.value(r)))
             .collect();
         let (lo, hi, step) = y_axis(&values, rate);
         let y = |v: f64| top + PANEL_H * (1.0 - (v - lo) / (hi - lo));
@@ -1613,7 +1652,7 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
         ));
         s.push_str(&format!(
             "<text class=\"panel-title\" x=\"{PLOT_LEFT:.1}\" y=\"{:.1}\" font-size=\"14\" \
-             font-weight=\"bold\">{}</text>\n",
+                 font-weight=\"bold\">{}</text>\n",
             top - 12.0,
             panel.title
         ));
@@ -1623,7 +1662,7 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
             lx -= 8.0 * se.label.len() as f64 + 34.0;
             s.push_str(&format!(
                 "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\" \
-                 stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+                     stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
                 lx,
                 top - 16.0,
                 lx + 20.0,
@@ -1634,11 +1673,11 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
                 se.label
             ));
         }
-        if let Some(i) = revs.iter().position(|r| is_new(r)) {
+        if let Some(i) = self.revs.iter().position(|r| self.is_new(r)) {
             s.push_str(&format!(
                 "<rect class=\"highlight\" x=\"{:.1}\" y=\"{top:.1}\" width=\"28\" \
-                 height=\"{PANEL_H:.1}\" fill=\"#fde0dc\"/>\n",
-                x(i) - 14.0
+                     height=\"{PANEL_H:.1}\" fill=\"#fde0dc\"/>\n",
+                self.x(i) - 14.0
             ));
         }
         // Grid and tick labels.
@@ -1652,9 +1691,9 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
             };
             s.push_str(&format!(
                 "<line class=\"grid\" x1=\"{PLOT_LEFT:.1}\" y1=\"{yy:.1}\" x2=\"{:.1}\" \
-                 y2=\"{yy:.1}\" stroke=\"#e5e5e5\"/><text class=\"tick\" x=\"{:.1}\" \
-                 y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
-                PLOT_LEFT + plot_w,
+                     y2=\"{yy:.1}\" stroke=\"#e5e5e5\"/><text class=\"tick\" x=\"{:.1}\" \
+                     y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
+                PLOT_LEFT + self.plot_w,
                 PLOT_LEFT - 8.0,
                 y(v) + 4.0,
                 yy = y(v)
@@ -1662,107 +1701,114 @@ pub fn svg(revisions: &[Revision], new_kernel: &str) -> String {
         }
         s.push_str(&format!(
             "<rect class=\"frame\" x=\"{PLOT_LEFT:.1}\" y=\"{top:.1}\" width=\"{plot_w:.1}\" \
-             height=\"{PANEL_H:.1}\" fill=\"none\" stroke=\"#999999\"/>\n"
+                 height=\"{PANEL_H:.1}\" fill=\"none\" stroke=\"#999999\"/>\n"
         ));
         let ay = top + PANEL_H / 2.0;
         s.push_str(&format!(
             "<text class=\"axis-label\" x=\"24\" y=\"{ay:.1}\" text-anchor=\"middle\" \
-             transform=\"rotate(-90 24 {ay:.1})\">{}</text>\n",
+                 transform=\"rotate(-90 24 {ay:.1})\">{}</text>\n",
             panel.axis
         ));
         for se in panel.series {
-            // The line, broken where a revision has no value.
-            let mut d = String::new();
-            let mut pen_down = false;
-            for (i, r) in revs.iter().enumerate() {
-                match se.metric.value(r) {
-                    Some(v) => {
-                        let cmd = if pen_down { 'L' } else { 'M' };
-                        if !d.is_empty() {
-                            d.push(' ');
-                        }
-                        d.push_str(&format!("{cmd}{:.1},{:.1}", x(i), y(v)));
-                        pen_down = true;
-                    }
-                    None => pen_down = false,
-                }
-            }
-            s.push_str(&format!(
-                "<path class=\"line\" data-series=\"{}\" d=\"{d}\" fill=\"none\" \
-                 stroke=\"{}\" stroke-width=\"2\"/>\n",
-                se.id, se.colour
-            ));
-            for (i, r) in revs.iter().enumerate() {
-                let Some(v) = se.metric.value(r) else {
-                    continue;
-                };
-                let value = data_value(se.metric, v);
-                let kernel = xml(&r.kernel);
-                let (class, style) = if is_new(r) {
-                    (
-                        "point new",
-                        format!(
-                            "r=\"6.5\" fill=\"{}\" stroke=\"{HIGHLIGHT}\" stroke-width=\"3\"",
-                            se.colour
-                        ),
-                    )
-                } else {
-                    (
-                        "point",
-                        format!(
-                            "r=\"3.5\" fill=\"{}\" stroke=\"#ffffff\" stroke-width=\"1\"",
-                            se.colour
-                        ),
-                    )
-                };
-                s.push_str(&format!(
-                    "<circle class=\"{class}\" data-series=\"{}\" data-kernel=\"{kernel}\" \
-                     data-value=\"{value}\" cx=\"{:.1}\" cy=\"{:.1}\" {style}><title>{kernel}: \
-                     {} {}</title></circle>\n",
-                    se.id,
-                    x(i),
-                    y(v),
-                    se.label,
-                    cell_value(se.metric, Some(v))
-                ));
-                if is_new(r) {
-                    s.push_str(&format!(
-                        "<text class=\"new-label\" x=\"{:.1}\" y=\"{:.1}\" fill=\"{HIGHLIGHT}\" \
-                         font-weight=\"bold\">{}</text>\n",
-                        x(i) + 10.0,
-                        y(v) - 8.0,
-                        cell_value(se.metric, Some(v))
-                    ));
-                }
-            }
+            self.series(s, se, &y);
         }
         s.push_str("</g>\n");
     }
 
-    // Revisions along the bottom, oldest first.
-    s.push_str("<g class=\"x-axis\">\n");
-    for (i, r) in revs.iter().enumerate() {
-        let ly = bottom + 16.0;
-        let (weight, fill, text) = if is_new(r) {
-            ("bold", HIGHLIGHT, format!("{} (new)", xml(&r.kernel)))
-        } else {
-            ("normal", "#333333", xml(&r.kernel))
-        };
+    /// One series of a panel: its line (broken where a revision has no value) and points.
+    fn series(&self, s: &mut String, se: &Series, y: &dyn Fn(f64) -> f64) {
+        // The line, broken where a revision has no value.
+        let mut d = String::new();
+        let mut pen_down = false;
+        for (i, r) in self.revs.iter().enumerate() {
+            match se.metric.value(r) {
+                Some(v) => {
+                    let cmd = if pen_down { 'L' } else { 'M' };
+                    if !d.is_empty() {
+                        d.push(' ');
+                    }
+                    d.push_str(&format!("{cmd}{:.1},{:.1}", self.x(i), y(v)));
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
         s.push_str(&format!(
-            "<text class=\"x-label\" data-kernel=\"{}\" x=\"{xx:.1}\" y=\"{ly:.1}\" \
-             text-anchor=\"end\" font-weight=\"{weight}\" fill=\"{fill}\" \
-             transform=\"rotate(-30 {xx:.1} {ly:.1})\">{text}</text>\n",
-            xml(&r.kernel),
-            xx = x(i)
+            "<path class=\"line\" data-series=\"{}\" d=\"{d}\" fill=\"none\" \
+             stroke=\"{}\" stroke-width=\"2\"/>\n",
+            se.id, se.colour
+        ));
+        for (i, r) in self.revs.iter().enumerate() {
+            let Some(v) = se.metric.value(r) else {
+                continue;
+            };
+            let value = data_value(se.metric, v);
+            let kernel = xml(&r.kernel);
+            let (class, style) = if self.is_new(r) {
+                (
+                    "point new",
+                    format!(
+                        "r=\"6.5\" fill=\"{}\" stroke=\"{HIGHLIGHT}\" stroke-width=\"3\"",
+                        se.colour
+                    ),
+                )
+            } else {
+                (
+                    "point",
+                    format!(
+                        "r=\"3.5\" fill=\"{}\" stroke=\"#ffffff\" stroke-width=\"1\"",
+                        se.colour
+                    ),
+                )
+            };
+            s.push_str(&format!(
+                "<circle class=\"{class}\" data-series=\"{}\" data-kernel=\"{kernel}\" \
+                 data-value=\"{value}\" cx=\"{:.1}\" cy=\"{:.1}\" {style}><title>{kernel}: \
+                 {} {}</title></circle>\n",
+                se.id,
+                self.x(i),
+                y(v),
+                se.label,
+                cell_value(se.metric, Some(v))
+            ));
+            if self.is_new(r) {
+                s.push_str(&format!(
+                    "<text class=\"new-label\" x=\"{:.1}\" y=\"{:.1}\" fill=\"{HIGHLIGHT}\" \
+                     font-weight=\"bold\">{}</text>\n",
+                    self.x(i) + 10.0,
+                    y(v) - 8.0,
+                    cell_value(se.metric, Some(v))
+                ));
+            }
+        }
+    }
+
+    /// The revisions along the bottom, oldest first.
+    fn x_axis(&self, s: &mut String) {
+        // Revisions along the bottom, oldest first.
+        s.push_str("<g class=\"x-axis\">\n");
+        for (i, r) in self.revs.iter().enumerate() {
+            let ly = self.bottom + 16.0;
+            let (weight, fill, text) = if self.is_new(r) {
+                ("bold", HIGHLIGHT, format!("{} (new)", xml(&r.kernel)))
+            } else {
+                ("normal", "#333333", xml(&r.kernel))
+            };
+            s.push_str(&format!(
+                "<text class=\"x-label\" data-kernel=\"{}\" x=\"{xx:.1}\" y=\"{ly:.1}\" \
+                 text-anchor=\"end\" font-weight=\"{weight}\" fill=\"{fill}\" \
+                 transform=\"rotate(-30 {xx:.1} {ly:.1})\">{text}</text>\n",
+                xml(&r.kernel),
+                xx = self.x(i)
+            ));
+        }
+        s.push_str(&format!(
+            "<text class=\"axis-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">revisions, \
+             oldest to newest</text>\n</g>\n</svg>\n",
+            PLOT_LEFT + self.plot_w / 2.0,
+            self.height - 12.0
         ));
     }
-    s.push_str(&format!(
-        "<text class=\"axis-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">revisions, \
-         oldest to newest</text>\n</g>\n</svg>\n",
-        PLOT_LEFT + plot_w / 2.0,
-        height - 12.0
-    ));
-    s
 }
 
 #[cfg(test)]
