@@ -170,6 +170,8 @@ fn a_missing_lab_is_named() {
     let lab = lab_names(4)[1].clone();
     let v = Verify::with(|r| r.without_lab(&lab));
     let (code, verify, err) = v.judge(&[]);
+    // The table, for `cargo test --test verify -- --nocapture`.
+    eprintln!("$ kci-build prod verify {NEW} --wait\n{err}");
     assert_eq!(code, 1, "{err}");
     assert_eq!(verify["comparison"]["verdict"], "different");
     let reasons = reason_kinds(&verify);

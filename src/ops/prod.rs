@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{Context, Report};
 use crate::core::procedure::{self, Step, StepSummary};
 use crate::core::verdict;
-use crate::printer::Printer;
+use crate::printer::{Printer, Tone};
 use crate::prod::journal::{self, JournalFile, Which};
 use crate::prod::site::LoadedSite;
 use crate::prod::verify::{OnFail, Verified, VerifyOptions};
@@ -100,6 +100,9 @@ pub struct ProdReport {
     /// Show the verdict as Markdown on stdout.
     #[serde(skip)]
     pub markdown: bool,
+    /// `prod verify`: the verdict is the answer, the run's table is not shown.
+    #[serde(skip)]
+    pub verify_only: bool,
 }
 
 impl Report for ProdReport {
@@ -115,10 +118,25 @@ impl Report for ProdReport {
             printer.table(out.trim_end());
             return;
         }
-        if let Some(run) = &self.run {
+        if let Some(run) = self.run.as_ref().filter(|_| !self.verify_only) {
             printer.table(&table(run, &self.steps));
         }
         if let Some(v) = &self.verify {
+            let (tone, word) = match v.comparison.verdict {
+                verdict::Verdict::Different => (Tone::Bad, "different"),
+                verdict::Verdict::Similar => (Tone::Good, "similar"),
+                verdict::Verdict::NoBaseline => (Tone::Warn, "nothing to compare with"),
+            };
+            printer.line(
+                tone,
+                "Verdict",
+                format!(
+                    "{} is {word} ({} reasons; chart {})",
+                    v.comparison.kernel,
+                    v.comparison.reasons.len(),
+                    v.chart.display()
+                ),
+            );
             if self.markdown {
                 print!("{}", verdict::markdown(&v.comparison));
             } else {
@@ -227,6 +245,7 @@ pub async fn run(ctx: &Context, opts: &ProdOptions) -> anyhow::Result<ProdReport
                     plan: Vec::new(),
                     verify: None,
                     markdown: false,
+                    verify_only: false,
                 }
             }
         });
@@ -289,6 +308,7 @@ pub async fn run(ctx: &Context, opts: &ProdOptions) -> anyhow::Result<ProdReport
             }
         );
     report.verify = procedure.verified.take();
+    report.verify_only = matches!(opts.action, ProdAction::Verify { .. });
     if result.is_err() {
         // The error is rendered by the runner; the journal says where the run stands.
         report.show(&ctx.printer);
@@ -304,5 +324,6 @@ fn summarise(j: &JournalFile) -> ProdReport {
         plan: Vec::new(),
         verify: None,
         markdown: false,
+        verify_only: false,
     }
 }
