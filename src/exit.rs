@@ -1,7 +1,8 @@
-//! The exit code of an error: the one list of kci-build's typed errors, each asked whose
-//! fault it is ([`Fault`], decided where the error is defined). Above every module that
-//! defines one, below everything that needs an exit decision (the runner, the build
-//! scheduler stopping on an environment fault).
+//! The exit code of an error: the list of the services' typed errors (store, engine,
+//! bootstrap, registry, storage, Jenkins, kernelci-backend), each asked whose fault it is
+//! ([`Fault`], decided where the error is defined). Above every module that defines one,
+//! below what needs an exit decision (the build scheduler stopping on an environment fault);
+//! `ops::exit_code` adds the procedure's errors (`prod`, on this floor) for the runner.
 
 use crate::error::{ExitCode, Fault};
 
@@ -11,8 +12,9 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
     crate::error::classify(err, fault_of)
 }
 
-/// The fault of one error of the chain, when its type is one of kci-build's.
-fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
+/// The fault of one error of the chain, when its type is one of the services' (floors 1–2;
+/// `ops::exit_code` adds the procedure's, which live beside this module on floor 3).
+pub fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
     if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
         return Some(e.fault());
     }
@@ -32,15 +34,6 @@ fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
         return Some(e.fault());
     }
     if let Some(e) = cause.downcast_ref::<crate::jenkins::JenkinsError>() {
-        return Some(e.fault());
-    }
-    if let Some(e) = cause.downcast_ref::<crate::prod::git::GitError>() {
-        return Some(e.fault());
-    }
-    if let Some(e) = cause.downcast_ref::<crate::prod::commands::CommandError>() {
-        return Some(e.fault());
-    }
-    if let Some(e) = cause.downcast_ref::<crate::prod::site::SiteLoadError>() {
         return Some(e.fault());
     }
     None

@@ -81,7 +81,7 @@ pub enum ContainerState {
 
 /// What a builder container is made of. Every one runs with CAP_SYS_ADMIN, no seccomp or
 /// AppArmor profile, the host's network, an anonymous volume per `volumes` entry and a tmpfs
-/// per `tmpfs` entry (see `crate::rootfs::builder::start` for why).
+/// per `tmpfs` entry (the rootfs builder says why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub image: String,

@@ -125,4 +125,23 @@ impl Report for Done {
     fn show(&self, _: &Printer) {}
 }
 
-pub use crate::exit::exit_code;
+/// The exit code of a command's error: the services' typed errors ([`crate::exit`]) and the
+/// procedure's (`prod`: git, commands, the site file), each asked its fault.
+pub fn exit_code(err: &anyhow::Error) -> crate::error::ExitCode {
+    crate::error::classify(err, |cause| {
+        crate::exit::fault_of(cause).or_else(|| prod_fault_of(cause))
+    })
+}
+
+fn prod_fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<crate::error::Fault> {
+    if let Some(e) = cause.downcast_ref::<crate::prod::git::GitError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::prod::commands::CommandError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::prod::site::SiteLoadError>() {
+        return Some(e.fault());
+    }
+    None
+}
