@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{self, HttpBackend};
+use crate::backend::{self, BackendApi, HttpBackend};
 use crate::core::verdict::{self, Comparison, Metric, Revision};
 use crate::error::NotSettled;
 use crate::fsutil;
@@ -189,14 +189,25 @@ impl Judge<'_> {
 
     /// The `n` revisions of the branch created before `new`, most recent first.
     async fn previous_of(&self, new: &Revision, n: usize) -> anyhow::Result<Vec<Revision>> {
-        // The newest ones, enough to reach past `new` when newer revisions exist.
-        let all =
-            backend::history(&self.backend, &self.site.job, &self.site.branch, n + 10).await?;
-        Ok(all
+        // The newest `/job` documents (one cheap request), enough to reach past `new` when
+        // newer revisions exist; only the `n` compared with are read in full.
+        let docs = self
+            .backend
+            .revisions(&self.site.job, &self.site.branch, n + 10)
+            .await?;
+        let mut before: Vec<_> = docs
             .into_iter()
-            .filter(|r| r.created_ms < new.created_ms && r.kernel != new.kernel)
-            .take(n)
-            .collect())
+            .filter(|d| d.created_ms < new.created_ms && d.kernel != new.kernel)
+            .collect();
+        before.sort_by_key(|d| std::cmp::Reverse(d.created_ms));
+        let mut out = Vec::with_capacity(n);
+        for d in before.into_iter().take(n) {
+            out.push(
+                backend::revision(&self.backend, &self.site.job, &self.site.branch, &d.kernel)
+                    .await?,
+            );
+        }
+        Ok(out)
     }
 }
 
