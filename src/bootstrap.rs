@@ -47,15 +47,32 @@ impl BootstrapError {
     }
 }
 
-/// Runs mmdebstrap into `out` (a tarball), streaming its output lines to `log`.
+/// One mmdebstrap run: the mirror written into the image's sources, the apt cache's proxy
+/// every download goes through (`http_proxy`, so it is not written anywhere), the clock and
+/// the tarball to write.
+pub struct Run<'a> {
+    pub mirror: &'a str,
+    pub proxy: &'a str,
+    pub sde: u64,
+    pub out: &'a Path,
+    /// The recipe's keyring, resolved in its directory.
+    pub keyring: Option<&'a Path>,
+}
+
+/// Runs mmdebstrap into `run.out` (a tarball), streaming its output lines to `log`.
 pub async fn mmdebstrap(
     b: &Bootstrap,
     platform: &Platform,
-    mirror: &str,
-    sde: u64,
-    out: &Path,
+    run: &Run<'_>,
     mut log: impl FnMut(&str),
 ) -> Result<(), BootstrapError> {
+    let Run {
+        mirror,
+        proxy,
+        sde,
+        out,
+        ..
+    } = *run;
     let arch = debian_arch(platform).ok_or_else(|| EnvironmentError {
         message: format!("no Debian architecture for platform {platform}"),
         hint: "use a platform Debian supports".into(),
@@ -69,9 +86,15 @@ pub async fn mmdebstrap(
     if !b.packages.is_empty() {
         cmd.arg(format!("--include={}", b.packages.join(",")));
     }
+    if let Some(k) = run.keyring {
+        cmd.arg(format!("--keyring={}", k.display()));
+    }
     cmd.arg(&b.suite).arg(out).arg(mirror);
     cmd.env("SOURCE_DATE_EPOCH", sde.to_string())
         .env("LC_ALL", "C.UTF-8")
+        .env("http_proxy", proxy)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
         .env_remove("TMPDIR");
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+use crate::core::apt::SuiteId;
 use crate::core::names::TargetName;
 use crate::printer::ColorChoice;
 
@@ -261,11 +262,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the lockfile against the recipes (for CI).
+    /// Check the lockfile against the recipes (for CI), or move its apt index pins.
+    ///
+    /// Every Debian suite the recipes install from is pinned in the lockfile by the sha256
+    /// of its `InRelease` (`[apt-index."debian/bookworm"]`); every build is served from that
+    /// snapshot through kci-build's apt cache, so nothing moves when the mirror does.
+    /// `--refresh` (the `cargo update` of kci-build) pins today's index: the keys of every
+    /// target change, and the next build installs today's packages.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["check", "refresh"]))]
     Lock {
         /// Exit 1 when the lockfile does not match the recipes.
-        #[arg(long, required = true)]
+        #[arg(long)]
         check: bool,
+        /// Pin today's index of these suites (`debian/bookworm`) in the images and rootfs
+        /// lockfiles; all the recipes install from when none are given.
+        #[arg(long, num_args = 0.., value_name = "SUITE")]
+        refresh: Option<Vec<SuiteId>>,
+        /// The rootfs recipes directory (for --refresh).
+        #[arg(long, default_value = "recipes")]
+        recipes: PathBuf,
+        /// The rootfs lockfile (for --refresh; skipped when it does not exist).
+        #[arg(long, default_value = "lockfiles/rootfs.lock")]
+        rootfs_lockfile: PathBuf,
+    },
+    /// Fill the apt cache for the lockfile without building: the pinned indexes and every
+    /// `.deb` the targets were built from, verified. A later build then needs no mirror
+    /// (`KCI_APT_UPSTREAM=http://127.0.0.1:1` proves it).
+    Fetch {
+        /// Targets whose packages to fetch; all when none are given.
+        targets: Vec<TargetName>,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// The Monday production update of KernelCI, as one resumable, journalled plan:
     /// pause → restart → update (core, dsl, backend, frontend, website, test-definitions,

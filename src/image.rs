@@ -201,6 +201,7 @@ pub fn store_index(
         layers: Vec::new(),
         packages: Default::default(),
         members: sorted.iter().map(|(_, m)| m.manifest.clone()).collect(),
+        debs: Default::default(),
     };
     store.record(&img)?;
     Ok(img)

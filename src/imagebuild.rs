@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::aptcache::AptCache;
 use crate::bootstrap;
 use crate::context::{self, ContextEntry};
 use crate::core::key::KeyInputs;
@@ -91,6 +92,8 @@ pub struct BuildReport {
     pub push: Option<push::PushReport>,
     /// Targets in the selection.
     pub total: usize,
+    /// What the apt cache served: files from the cache, bytes fetched upstream.
+    pub apt: crate::aptcache::AptStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,20 +112,25 @@ pub struct TargetsFailed {
 
 /// Builds into the workspace's store.
 pub async fn build(
-    ws: &Workspace,
+    ws: &mut Workspace,
     opts: &BuildOptions,
     printer: &Printer,
 ) -> anyhow::Result<BuildReport> {
-    run_in(ws, &Store::open(ws.store.root())?, opts, printer).await
+    let store = Store::open(ws.store.root())?;
+    run_in(ws, &store, opts, printer).await
 }
 
 /// Builds into `store`, which need not be the workspace's.
 pub async fn run_in(
-    ws: &Workspace,
+    ws: &mut Workspace,
     store: &Store,
     opts: &BuildOptions,
     printer: &Printer,
 ) -> anyhow::Result<BuildReport> {
+    let suites = crate::aptpins::image_suites(ws)?;
+    let locked = opts.lock == LockMode::Locked;
+    crate::aptpins::pin_missing(ws, &suites, locked, printer).await?;
+    let ws = &*ws;
     let registry = opts
         .registry
         .as_deref()
@@ -180,6 +188,7 @@ async fn schedule<E: Engine>(
         contexts: &contexts,
         sel: &sel,
         maker,
+        apt: crate::aptpins::cache(ws),
         progress: Progress::default(),
         out: Scheduled::default(),
         running: JoinSet::new(),
@@ -219,10 +228,17 @@ fn record(
         new_lock.targets.retain(|n, _| ws.graph.get(n).is_some());
     }
     for (name, (inputs, img)) in &scheduled.done {
-        new_lock
-            .targets
-            .insert(name.clone(), lock_entry(inputs, img));
+        let mut entry = lock_entry(inputs, img);
+        // An image pulled from a registry does not carry the list of `.deb`s it was built
+        // from: the lockfile's list for the same key still describes it.
+        if let Some(locked) = ws.lock.targets.get(name) {
+            if entry.deb.is_empty() && locked.key == entry.key {
+                entry.deb = locked.deb.clone();
+            }
+        }
+        new_lock.targets.insert(name.clone(), entry);
     }
+    new_lock.apt_index = ws.lock.apt_index.clone();
     let text = new_lock.to_text();
     let edit = LockfileEdit::from_text(&ws.paths.lockfile, ws.lock_text.clone());
     let changed = edit.would_change(&text);
@@ -275,6 +291,7 @@ pub struct Job {
     sde: u64,
     mirror: Option<String>,
     store: Store,
+    apt: AptCache,
     printer: Printer,
     verbose: bool,
 }
@@ -334,18 +351,44 @@ impl Job {
             spinner: self.printer.spinner(self.recipe.name.as_str()),
             tail: Default::default(),
         };
+        let proxy = self
+            .apt
+            .serve()
+            .await
+            .context("starting the apt cache's proxy")?;
         let result = match &self.recipe.kind {
-            TargetKind::Bootstrap(_) => self.bootstrap(&mut log).await,
-            TargetKind::Dockerfile { .. } => self.dockerfile(engine, &mut log).await,
+            TargetKind::Bootstrap(_) => self.bootstrap(&proxy.url(), &mut log).await,
+            TargetKind::Dockerfile { .. } => self.dockerfile(engine, &proxy.url(), &mut log).await,
             TargetKind::Index { .. } => unreachable!("indexes are assembled without a job"),
         };
-        result.map_err(|e| {
-            let tail = log.tail();
-            e.context(format!("log: {}\n{tail}", log_path.display()))
-        })
+        let errors = proxy.errors();
+        let served = proxy.served();
+        drop(proxy);
+        match result {
+            Ok(img) if img.debs != served => {
+                let img = StoredImage {
+                    debs: served,
+                    ..img
+                };
+                self.store.record(&img)?;
+                Ok(img)
+            }
+            Ok(img) => Ok(img),
+            Err(e) => {
+                let tail = log.tail();
+                let e = e.context(format!("log: {}\n{tail}", log_path.display()));
+                Err(match errors.is_empty() {
+                    true => e,
+                    false => e.context(format!(
+                        "the apt cache could not serve:\n  {}",
+                        errors.join("\n  ")
+                    )),
+                })
+            }
+        }
     }
 
-    async fn bootstrap(&self, log: &mut LogSink) -> anyhow::Result<StoredImage> {
+    async fn bootstrap(&self, proxy: &str, log: &mut LogSink) -> anyhow::Result<StoredImage> {
         let TargetKind::Bootstrap(b) = &self.recipe.kind else {
             unreachable!()
         };
@@ -354,10 +397,15 @@ impl Job {
             .ok_or_else(|| anyhow!("no Debian mirror (set KCI_DEBIAN_MIRROR)"))?;
         let tmp = tempfile::tempdir_in(self.store.tmp_dir())?;
         let tarball = tmp.path().join("rootfs.tar");
-        bootstrap::mmdebstrap(b, &self.recipe.platform, mirror, self.sde, &tarball, |l| {
-            log.line(l)
-        })
-        .await?;
+        let keyring = b.keyring.as_ref().map(|k| self.recipe.context_dir.join(k));
+        let run = bootstrap::Run {
+            mirror,
+            proxy,
+            sde: self.sde,
+            out: &tarball,
+            keyring: keyring.as_deref(),
+        };
+        bootstrap::mmdebstrap(b, &self.recipe.platform, &run, |l| log.line(l)).await?;
         let history = vec![HistoryLine {
             created_by: format!(
                 "kci-build bootstrap: mmdebstrap --variant={} --include={} {}",
@@ -392,6 +440,7 @@ impl Job {
                 layers,
                 packages: status.map(|s| dpkg::installed(&s)).unwrap_or_default(),
                 members: Vec::new(),
+                debs: Default::default(),
             };
             store.record(&img)?;
             drop(tmp);
@@ -403,6 +452,7 @@ impl Job {
     async fn dockerfile<E: Engine>(
         &self,
         engine: &E,
+        proxy: &str,
         log: &mut LogSink,
     ) -> anyhow::Result<StoredImage> {
         let TargetKind::Dockerfile {
@@ -414,6 +464,9 @@ impl Job {
         let mut build_args: HashMap<String, String> =
             args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         build_args.insert("SOURCE_DATE_EPOCH".into(), self.sde.to_string());
+        // One of Docker's predefined proxy arguments: apt reaches the archive through the
+        // apt cache, and the value is kept out of the image's history and config.
+        build_args.insert("http_proxy".into(), proxy.to_owned());
         if let Some(p) = &self.parent {
             ensure_loaded(engine, &self.store, p).await?;
             build_args.insert("PARENT".into(), p.config.to_string());
@@ -552,6 +605,7 @@ fn canonical_from_saved(
         layers,
         packages,
         members: Vec::new(),
+        debs: Default::default(),
     })
 }
 
@@ -567,6 +621,7 @@ fn lock_entry(inputs: &KeyInputs, img: &StoredImage) -> LockedTarget {
             members: img.members.clone(),
         },
         package: img.packages.clone(),
+        deb: img.debs.clone(),
     }
 }
 

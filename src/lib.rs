@@ -12,6 +12,8 @@
 //! 4. commands: [`ops`], one module per command, one contract.
 //! 5. entry: [`cli`], [`runner`] (and `main.rs`).
 
+pub mod aptcache;
+pub mod aptpins;
 pub mod backend;
 pub mod bootstrap;
 pub mod cli;

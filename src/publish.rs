@@ -293,6 +293,7 @@ pub async fn fetch(
             layers: vec![],
             packages: Default::default(),
             members,
+            debs: Default::default(),
         };
         store.record(&img)?;
         return Ok(Some(img));
@@ -340,6 +341,7 @@ pub async fn fetch(
         layers,
         packages,
         members: Vec::new(),
+        debs: Default::default(),
     };
     store.record(&img)?;
     Ok(Some(img))

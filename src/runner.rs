@@ -153,7 +153,31 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
                 false,
             )
         }
-        Command::Lock { .. } => finish(ctx, ops::lock::run(ctx), false),
+        Command::Lock { refresh: None, .. } => finish(ctx, ops::lock::run(ctx), false),
+        Command::Lock {
+            refresh: Some(suites),
+            recipes,
+            rootfs_lockfile,
+            ..
+        } => {
+            ctx.lock_images_lockfile()?;
+            ctx.lock_lockfile(rootfs_lockfile)?;
+            ctx.share_store()?;
+            let opts = ops::lock::RefreshOptions {
+                suites: suites.clone(),
+                recipes: recipes.clone(),
+                rootfs_lockfile: rootfs_lockfile.clone(),
+            };
+            let what_now = "the lockfiles were not written; run the same command again";
+            let report = cancellable(ops::lock::refresh(ctx, &opts), what_now)?;
+            finish(ctx, report, false)
+        }
+        Command::Fetch { targets, json } => {
+            ctx.share_store()?;
+            let what_now = "fetched files stay in the cache; run the same command again";
+            let report = cancellable(ops::fetch::run(ctx, targets), what_now)?;
+            finish(ctx, report, *json)
+        }
         Command::Prod { .. } => prod(ctx, cli),
     }
 }

@@ -27,6 +27,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "the Debian mirror for `mirror = \"auto\"` (default: the machine's apt sources)",
     ),
     (
+        "KCI_APT_UPSTREAM",
+        "where kci-build's apt cache fetches what it lacks: `URL` for every archive, or `ORIGIN=URL` per archive host, several separated by spaces (default: the URL apt asked for; a closed port makes builds offline)",
+    ),
+    (
         "KCI_REGISTRY_USER",
         "registry user name (with the password)",
     ),
@@ -157,6 +161,52 @@ impl Default for RegistrySettings {
     }
 }
 
+/// Where the apt cache fetches what it lacks, by the origin (`scheme://host[:port]`) apt
+/// asked for. Only the origin is replaced: the archive path and the file stay the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AptUpstream {
+    /// `ORIGIN=URL` entries.
+    pub by_origin: BTreeMap<String, String>,
+    /// A bare `URL`: every other origin.
+    pub every: Option<String>,
+}
+
+impl AptUpstream {
+    pub fn parse(text: &str) -> Result<AptUpstream, SettingError> {
+        let mut out = AptUpstream::default();
+        let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        for entry in text.split([' ', ',', '\n']).filter(|e| !e.is_empty()) {
+            let bad = || SettingError {
+                var: "KCI_APT_UPSTREAM",
+                value: entry.to_owned(),
+                reason: "`URL` or `ORIGIN=URL` entries (http:// or https://), separated by spaces",
+            };
+            match entry.split_once('=') {
+                Some((origin, url)) if is_url(origin) && is_url(url) => {
+                    out.by_origin.insert(
+                        origin.trim_end_matches('/').to_owned(),
+                        url.trim_end_matches('/').to_owned(),
+                    );
+                }
+                None if is_url(entry) => out.every = Some(entry.trim_end_matches('/').to_owned()),
+                _ => return Err(bad()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The URL to fetch for `origin` + `path` (`path` starts with `/`).
+    pub fn url(&self, origin: &str, path: &str) -> String {
+        let base = self
+            .by_origin
+            .get(origin.trim_end_matches('/'))
+            .or(self.every.as_ref())
+            .map(String::as_str)
+            .unwrap_or(origin);
+        format!("{}{path}", base.trim_end_matches('/'))
+    }
+}
+
 /// Everything kci-build takes from its environment.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -166,6 +216,8 @@ pub struct Settings {
     /// The mirror for `mirror = "auto"`: `$KCI_DEBIAN_MIRROR`, else the first Debian archive
     /// of the machine's apt sources; `None` when there is neither.
     pub debian_mirror: Option<String>,
+    /// `$KCI_APT_UPSTREAM`: where the apt cache fetches from.
+    pub apt_upstream: AptUpstream,
     pub registry: RegistrySettings,
     pub storage_token: Option<Secret>,
     /// `NO_COLOR` is set.
@@ -207,6 +259,7 @@ impl Settings {
                     .map(Duration::from_secs),
             },
             debian_mirror,
+            apt_upstream: AptUpstream::parse(env.get("KCI_APT_UPSTREAM").unwrap_or(""))?,
             registry: RegistrySettings {
                 credentials,
                 docker_config: env

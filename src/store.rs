@@ -46,9 +46,17 @@ pub struct StoredImage {
     /// and no layers of its own; `config` then names the index itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Digest>,
+    /// The `.deb`s the apt cache served to build it: `<archive>/<pool path>` → sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub debs: BTreeMap<String, Digest>,
 }
 
 impl StoreError {
+    /// An I/O error of `store` while doing `context`.
+    pub fn io(store: &Store, context: &str, source: io::Error) -> StoreError {
+        (store.err(context))(source)
+    }
+
     /// The store is the machine's disk: always an environment fault.
     pub fn fault(&self) -> crate::error::Fault {
         crate::error::Fault::Environment
@@ -436,6 +444,21 @@ impl Write for BlobWriter<'_> {
 }
 
 impl BlobWriter<'_> {
+    /// Moves the blob into `blobs/` only if its digest is `expected`; otherwise nothing is
+    /// kept and the digest it had is returned as `Err` (verify, then rename).
+    pub fn commit_expecting(
+        mut self,
+        expected: &Digest,
+    ) -> Result<Result<u64, Digest>, StoreError> {
+        self.out.flush().map_err(self.store.err("flushing blob"))?;
+        let (d, size) = self.out.digest();
+        if d != *expected {
+            return Ok(Err(d));
+        }
+        let _ = size;
+        self.commit().map(|(_, size)| Ok(size))
+    }
+
     /// Moves the blob to `blobs/sha256/<digest>` and returns its digest and size.
     pub fn commit(mut self) -> Result<(Digest, u64), StoreError> {
         self.out.flush().map_err(self.store.err("flushing blob"))?;
@@ -469,6 +492,7 @@ mod tests {
             layers: vec![],
             packages: BTreeMap::new(),
             members: vec![],
+            debs: Default::default(),
         };
         s.record(&img).unwrap();
         assert_eq!(s.lookup(&key), Some(img));
@@ -503,6 +527,7 @@ mod tests {
             layers: vec![],
             packages: BTreeMap::new(),
             members: vec![],
+            debs: Default::default(),
         };
         s.record(&img).unwrap();
         let rootfs = Digest::of(b"rootfs key");

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::context::{self, ContextEntry};
+use crate::core::apt::SuiteId;
 use crate::core::graph::Graph;
 use crate::core::lockfile::Lockfile;
-use crate::core::names::TargetName;
-use crate::core::plan::{self as core_plan, ContextFingerprint, PlannedTarget};
+use crate::core::names::{Digest, TargetName};
+use crate::core::plan::{self as core_plan, ContextFingerprint, PlannedTarget, Sources};
 use crate::core::recipe::{self, Settings, TargetRecipe};
 use crate::fsutil;
 use crate::printer::Printer;
@@ -55,6 +56,9 @@ pub struct Workspace {
     /// What the environment gave: engine, Debian mirror, registry settings.
     pub env: crate::settings::Settings,
     pub store: Store,
+    /// The apt index pins keys are computed with: the lockfile's, plus any
+    /// [`crate::aptpins`] resolved for this run.
+    pub pins: BTreeMap<SuiteId, Digest>,
 }
 
 impl Workspace {
@@ -81,7 +85,9 @@ impl Workspace {
             None => Lockfile::default(),
         };
         let store = Store::at(&paths.store);
+        let pins = lock.pins();
         Ok(Workspace {
+            pins,
             paths: paths.clone(),
             settings,
             graph,
@@ -90,6 +96,14 @@ impl Workspace {
             env: env.clone(),
             store,
         })
+    }
+
+    /// What decides keys beyond the recipes: the machine's mirror and the pins.
+    pub fn sources(&self) -> Sources<'_> {
+        Sources {
+            mirror: self.env.debian_mirror.as_deref(),
+            apt_index: &self.pins,
+        }
     }
 
     /// The requested targets and their ancestors, in dependency order.
@@ -127,7 +141,7 @@ impl Workspace {
             targets,
             &self.settings,
             &fps,
-            self.env.debian_mirror.as_deref(),
+            self.sources(),
             &self.lock,
             |k| self.store.lookup(k).map(|i| i.manifest),
         )?)

@@ -1,14 +1,17 @@
 //! The real image set: a Debian base bootstrapped with mmdebstrap from the machine's
 //! mirror, KernelCI's build-base and the x86 gcc image, built twice from clean state
-//! (fresh store, loaded images removed from the daemon) — same digests, real packages.
+//! (fresh store, loaded images removed from the daemon) — same digests, real packages. The
+//! second build runs with the upstream mirror unreachable (`KCI_APT_UPSTREAM` at a closed
+//! port) after `kci-build fetch` filled its empty store's apt cache from the lockfile.
 
 mod common;
 
 use common::*;
 
-fn build_real_gcc(ws: &Workspace) -> serde_json::Value {
-    let images = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
-    ws.kci(&["--images", images, "build", "gcc-12:x86", "--json"])
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
+
+fn build_real_gcc(ws: &Workspace, env: &[(&str, &str)]) -> serde_json::Value {
+    ws.kci_env(&["--images", IMAGES, "build", "gcc-12:x86", "--json"], env)
         .ok()
         .json()
 }
@@ -18,7 +21,7 @@ fn real_base_build_base_and_gcc_reproduce_from_clean_state() {
     let _g = daemon_lock();
     remove_loaded_images("kci-build.local/");
     let ws = Workspace::new();
-    let first = build_real_gcc(&ws);
+    let first = build_real_gcc(&ws, &[]);
     assert_eq!(
         actions(&first).into_iter().collect::<Vec<_>>(),
         [
@@ -63,9 +66,28 @@ fn real_base_build_base_and_gcc_reproduce_from_clean_state() {
         "the parent digest is an input"
     );
 
+    assert!(
+        lock.contains("[apt-index.\"debian/bookworm\"]\ninrelease = \"sha256:"),
+        "the suite is pinned"
+    );
+    assert!(
+        gcc.contains("deb.\"debian/pool/main/g/gcc-12/gcc-12_12.2.0-")
+            && base.contains("deb.\"debian/pool/main/g/glibc/libc6_2.36-"),
+        "the .debs each target installed are locked"
+    );
+
+    // Another machine: an empty store, this lockfile, the mirror only for `fetch`.
     remove_loaded_images("kci-build.local/");
     let ws2 = Workspace::new();
-    let second = build_real_gcc(&ws2);
+    std::fs::create_dir_all(ws2.lockfile().parent().unwrap()).unwrap();
+    std::fs::write(ws2.lockfile(), &lock).unwrap();
+    let fetched = ws2
+        .kci(&["--images", IMAGES, "fetch", "gcc-12:x86", "--json"])
+        .ok()
+        .json();
+    assert!(fetched["debs"].as_u64().unwrap() > 200, "{fetched}");
+    let offline = [("KCI_APT_UPSTREAM", "http://127.0.0.1:1")];
+    let second = build_real_gcc(&ws2, &offline);
     assert_eq!(
         manifests(&second),
         manifests(&first),

@@ -28,6 +28,7 @@ fn lockfile(configs: &[(&str, &str, &[&str])], base: &str) -> String {
             .unwrap()
     };
     let lock = RootfsLockfile {
+        apt_index: Default::default(),
         configs: configs
             .iter()
             .map(|(config, version, files)| {

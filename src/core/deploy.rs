@@ -524,6 +524,7 @@ file_systems:
     fn lock(configs: &[(&str, &str, &[&str])]) -> RootfsLockfile {
         let key = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         RootfsLockfile {
+            apt_index: Default::default(),
             configs: configs
                 .iter()
                 .map(|(c, v, arches)| {

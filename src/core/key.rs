@@ -15,6 +15,7 @@
 //!                 | { "bootstrap":  { "suite": …, "variant": …, "components": […],
 //!                                     "packages": […], "mirror-sha256": "sha256:…" } }
 //!                 | { "index": { "members": ["<target>", …] } },
+//!   "apt-index":    { "debian/bookworm": "sha256:…", … },      // pinned InRelease per suite
 //!   "source-date-epoch": 1717200000,
 //!   "target":       "gcc-12:arm64" }
 //! ```
@@ -58,6 +59,10 @@ pub struct KeyInputs {
     /// so single-platform keys are unchanged by the field's existence).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<TargetName, Digest>,
+    /// The pinned `InRelease` of every suite of the lockfile (`core::apt`), for every target
+    /// that may install packages (absent when nothing is pinned, and for indexes).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub apt_index: BTreeMap<String, Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -214,6 +219,7 @@ mod tests {
                 manifest: Digest::of(&[p]),
             }),
             members: BTreeMap::new(),
+            apt_index: BTreeMap::new(),
         }
     }
 

@@ -42,12 +42,24 @@ pub fn image_entries(lock: &Lockfile) -> BTreeMap<String, Entry> {
                 Entry {
                     key: t.key.to_string(),
                     input: t.input.clone(),
-                    package: t.package.clone(),
+                    package: match t.package.is_empty() {
+                        true => packages_of_debs(&t.deb),
+                        false => t.package.clone(),
+                    },
                     primary: t.output.manifest.to_string(),
                     outputs,
                 },
             )
         })
+        .collect()
+}
+
+/// `name:arch` → version of the `.deb`s a target was built from, for a target without a
+/// dpkg database to read (an `extract` bootstrap); the version is the file name's (no epoch).
+fn packages_of_debs(debs: &BTreeMap<String, super::names::Digest>) -> BTreeMap<String, String> {
+    debs.keys()
+        .filter_map(|p| super::apt::deb_file_parts(p))
+        .map(|(name, version, arch)| (format!("{name}:{arch}"), version.to_owned()))
         .collect()
 }
 
@@ -428,6 +440,7 @@ mod tests {
                 .iter()
                 .map(|(p, v)| (p.to_string(), v.to_string()))
                 .collect(),
+            deb: BTreeMap::new(),
         }
     }
 
@@ -549,6 +562,7 @@ mod tests {
                 artifact,
             };
             RootfsLockfile {
+                apt_index: Default::default(),
                 configs: BTreeMap::from([(
                     "bookworm".to_owned(),
                     LockedConfig {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::apt::SuiteId;
 use super::names::{Digest, TargetName};
 
 pub const LOCKFILE_VERSION: u32 = 1;
@@ -23,7 +24,44 @@ const HEADER: &str = "\
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lockfile {
+    /// The index snapshot of every Debian suite the builds install from (`core::apt`).
+    pub apt_index: BTreeMap<SuiteId, LockedIndex>,
     pub targets: BTreeMap<TargetName, LockedTarget>,
+}
+
+/// One suite's pin: the sha256 of its `InRelease`, and the `Date:` it carries (for people).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedIndex {
+    pub inrelease: Digest,
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+impl Lockfile {
+    /// The pins alone, as keys and the apt cache take them.
+    pub fn pins(&self) -> BTreeMap<SuiteId, Digest> {
+        pins_of(&self.apt_index)
+    }
+}
+
+/// The digests of a set of locked indexes.
+pub fn pins_of(index: &BTreeMap<SuiteId, LockedIndex>) -> BTreeMap<SuiteId, Digest> {
+    index
+        .iter()
+        .map(|(s, i)| (s.clone(), i.inrelease.clone()))
+        .collect()
+}
+
+/// Writes the `[apt-index."<suite>"]` sections.
+pub(crate) fn write_apt_index(out: &mut String, index: &BTreeMap<SuiteId, LockedIndex>) {
+    for (suite, i) in index {
+        let _ = writeln!(out, "\n[apt-index.{}]", quote(&suite.to_string()));
+        let _ = writeln!(out, "inrelease = {}", quote(i.inrelease.as_str()));
+        if let Some(d) = &i.date {
+            let _ = writeln!(out, "date = {}", quote(d));
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,6 +75,9 @@ pub struct LockedTarget {
     /// Installed Debian packages: `name:arch` → version, read from dpkg's status file.
     #[serde(default)]
     pub package: BTreeMap<String, String>,
+    /// The `.deb`s apt fetched to build it: `<archive>/<pool path>` → sha256.
+    #[serde(default)]
+    pub deb: BTreeMap<String, Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -65,6 +106,8 @@ pub struct LockfileError {
 #[serde(deny_unknown_fields)]
 struct RawLockfile {
     version: u32,
+    #[serde(default, rename = "apt-index")]
+    apt_index: BTreeMap<SuiteId, LockedIndex>,
     #[serde(default)]
     target: BTreeMap<TargetName, LockedTarget>,
 }
@@ -84,6 +127,7 @@ impl Lockfile {
             )));
         }
         Ok(Lockfile {
+            apt_index: raw.apt_index,
             targets: raw.target,
         })
     }
@@ -92,6 +136,7 @@ impl Lockfile {
     pub fn to_text(&self) -> String {
         let mut out = String::from(HEADER);
         let _ = writeln!(out, "version = {LOCKFILE_VERSION}");
+        write_apt_index(&mut out, &self.apt_index);
         for (name, t) in &self.targets {
             let _ = writeln!(out, "\n[target.{}]", quote(name.as_str()));
             let _ = writeln!(out, "key = {}", quote(t.key.as_str()));
@@ -118,6 +163,9 @@ impl Lockfile {
             }
             for (k, v) in &t.package {
                 let _ = writeln!(out, "package.{} = {}", quote(k), quote(v));
+            }
+            for (k, v) in &t.deb {
+                let _ = writeln!(out, "deb.{} = {}", quote(k), quote(v.as_str()));
             }
         }
         out
@@ -172,6 +220,10 @@ mod tests {
                     ("gcc-12:amd64".into(), "12.2.0-14+deb12u1".into()),
                     ("bc:amd64".into(), "1.07.1-3+b1".into()),
                 ]),
+                deb: BTreeMap::from([(
+                    "debian/pool/main/b/bc/bc_1.07.1-3+b1_amd64.deb".into(),
+                    d(10),
+                )]),
             },
         );
         l.targets.insert(
@@ -186,6 +238,14 @@ mod tests {
                     members: vec![],
                 },
                 package: BTreeMap::new(),
+                deb: BTreeMap::new(),
+            },
+        );
+        l.apt_index.insert(
+            "debian/bookworm".parse().unwrap(),
+            LockedIndex {
+                inrelease: d(11),
+                date: Some("Sat, 08 Nov 2025 09:00:00 UTC".into()),
             },
         );
         l

@@ -1,6 +1,7 @@
 //! The pure core: recipes → graph → plan → cache keys, and the lockfile model.
 //! Nothing in here touches the file system, the network or the Docker daemon.
 
+pub mod apt;
 pub mod debversion;
 pub mod deploy;
 pub mod graph;

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use super::apt::SuiteId;
 use super::key::{KeyInputs, ParentInput, RecipeInputs, KEY_FORMAT, OUTPUT_FORMAT};
 use super::lockfile::{LockedTarget, Lockfile};
 use super::names::{Digest, TargetName};
@@ -82,11 +83,19 @@ pub const UNKNOWN_PARENT: &str =
 
 /// The key inputs of one target; `deps` holds the manifest digests of its dependencies
 /// (parent or index members) that are known — a missing one enters as [`UNKNOWN_PARENT`].
+/// What decides a key beyond the recipes: the mirror of `mirror = "auto"` and the apt index
+/// pins of the lockfile.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    pub mirror: Option<&'a str>,
+    pub apt_index: &'a BTreeMap<SuiteId, Digest>,
+}
+
 pub fn key_inputs(
     t: &TargetRecipe,
     settings: &Settings,
     context: &ContextFingerprint,
-    mirror: Option<&str>,
+    sources: Sources<'_>,
     deps: &BTreeMap<TargetName, Digest>,
 ) -> Result<KeyInputs, RecipeError> {
     let unknown = || -> Digest { UNKNOWN_PARENT.parse().expect("valid digest") };
@@ -98,7 +107,7 @@ pub fn key_inputs(
             args: args.clone(),
         },
         TargetKind::Bootstrap(b) => {
-            let mirror = b.mirror_url(mirror).ok_or_else(|| {
+            let mirror = b.mirror_url(sources.mirror).ok_or_else(|| {
                 RecipeError::new(
                     &t.recipe_file,
                     format!("target ({}).bootstrap.mirror", t.name),
@@ -128,6 +137,14 @@ pub fn key_inputs(
             .collect(),
         _ => BTreeMap::new(),
     };
+    let apt_index = match &t.kind {
+        TargetKind::Index { .. } => BTreeMap::new(),
+        _ => sources
+            .apt_index
+            .iter()
+            .map(|(s, d)| (s.to_string(), d.clone()))
+            .collect(),
+    };
     Ok(KeyInputs {
         key_format: KEY_FORMAT,
         output_format: OUTPUT_FORMAT.to_owned(),
@@ -138,6 +155,7 @@ pub fn key_inputs(
         context: context.clone(),
         parent,
         members,
+        apt_index,
     })
 }
 
@@ -147,7 +165,7 @@ pub fn plan<'g>(
     targets: &[&'g TargetRecipe],
     settings: &Settings,
     contexts: &BTreeMap<TargetName, ContextFingerprint>,
-    mirror: Option<&str>,
+    sources: Sources<'_>,
     lock: &Lockfile,
     stored: impl Fn(&Digest) -> Option<Digest>,
 ) -> Result<Vec<PlannedTarget<'g>>, RecipeError> {
@@ -173,7 +191,7 @@ pub fn plan<'g>(
             t,
             settings,
             contexts.get(&t.name).unwrap_or(&empty),
-            mirror,
+            sources,
             &deps,
         )?;
         let key = parent_known.then(|| inputs.key());
@@ -283,6 +301,45 @@ parent = "build-base"
 args = { V = "12" }
 "#;
 
+    static NO_PINS: BTreeMap<SuiteId, Digest> = BTreeMap::new();
+
+    fn src(mirror: Option<&'static str>) -> Sources<'static> {
+        Sources {
+            mirror,
+            apt_index: &NO_PINS,
+        }
+    }
+
+    #[test]
+    fn a_new_apt_index_pin_changes_every_key_but_an_index() {
+        let g = graph(G).unwrap();
+        let sel = g.closure(&[]).unwrap();
+        let ctx = BTreeMap::new();
+        let lock = Lockfile::default();
+        let keyed = |pins: &BTreeMap<SuiteId, Digest>| {
+            let sources = Sources {
+                mirror: Some("http://m/debian"),
+                apt_index: pins,
+            };
+            plan(&sel, &settings(), &ctx, sources, &lock, |_| None).unwrap()[0]
+                .inputs
+                .clone()
+        };
+        let suite: SuiteId = "debian/bookworm".parse().unwrap();
+        let a = keyed(&BTreeMap::from([(suite.clone(), Digest::of(b"a"))]));
+        let b = keyed(&BTreeMap::from([(suite, Digest::of(b"b"))]));
+        assert_ne!(a.key(), b.key());
+        assert_eq!(
+            a.facts()["apt-index.debian/bookworm"],
+            Digest::of(b"a").to_string()
+        );
+        assert_eq!(keyed(&NO_PINS).key(), {
+            let mut none = a.clone();
+            none.apt_index.clear();
+            none.key()
+        });
+    }
+
     fn settings() -> Settings {
         Settings {
             prefix: "kernelci/".into(),
@@ -301,7 +358,7 @@ args = { V = "12" }
             &sel,
             &settings(),
             &ctx,
-            Some("http://mirror/debian"),
+            src(Some("http://mirror/debian")),
             &lock,
             |_| None,
         )
@@ -318,7 +375,7 @@ args = { V = "12" }
             &sel,
             &settings(),
             &ctx,
-            Some("http://mirror/debian"),
+            src(Some("http://mirror/debian")),
             &lock,
             |k| (k == &root_key).then(|| m.clone()),
         )
@@ -338,7 +395,7 @@ args = { V = "12" }
             &sel,
             &settings(),
             &ctx,
-            Some("http://m"),
+            src(Some("http://m")),
             &Lockfile::default(),
             |_| None,
         )
@@ -356,9 +413,18 @@ args = { V = "12" }
                     members: vec![],
                 },
                 package: BTreeMap::new(),
+                deb: BTreeMap::new(),
             },
         );
-        let p1 = plan(&sel, &settings(), &ctx, Some("http://m"), &lock, |_| None).unwrap();
+        let p1 = plan(
+            &sel,
+            &settings(),
+            &ctx,
+            src(Some("http://m")),
+            &lock,
+            |_| None,
+        )
+        .unwrap();
         assert_eq!(p1[0].lock, LockState::Same);
         assert_eq!(
             p1[1].status,
@@ -366,9 +432,14 @@ args = { V = "12" }
             "child keyed from the locked parent digest"
         );
         // Another mirror: the root's key changes, so the lock no longer vouches for its digest.
-        let p2 = plan(&sel, &settings(), &ctx, Some("http://other"), &lock, |_| {
-            None
-        })
+        let p2 = plan(
+            &sel,
+            &settings(),
+            &ctx,
+            src(Some("http://other")),
+            &lock,
+            |_| None,
+        )
         .unwrap();
         assert_eq!(p2[0].lock, LockState::Changed);
         assert_eq!(p2[1].status, Status::AfterParent);
@@ -382,7 +453,7 @@ args = { V = "12" }
             &sel,
             &settings(),
             &BTreeMap::new(),
-            None,
+            src(None),
             &Lockfile::default(),
             |_| None,
         )

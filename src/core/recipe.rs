@@ -110,6 +110,10 @@ pub struct Bootstrap {
     /// Anything else is used as given.
     #[serde(default = "default_mirror")]
     pub mirror: String,
+    /// An OpenPGP keyring file in the target's directory (so part of its key) that apt
+    /// trusts instead of the host's Debian keyring: for an archive other than Debian's.
+    #[serde(default)]
+    pub keyring: Option<String>,
 }
 
 impl Bootstrap {
@@ -297,6 +301,17 @@ fn bootstrap_kind(at: &Field<'_>, mut b: Bootstrap) -> Result<TargetKind, Recipe
             format!("`{p}` is not a Debian package name"),
         ));
     }
+    if let Some(k) = &b.keyring {
+        let plain = !k.is_empty()
+            && !k.starts_with('/')
+            && k.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain {
+            return Err(at.error(
+                "bootstrap.keyring",
+                format!("`{k}` is not a file in the target's directory"),
+            ));
+        }
+    }
     b.packages.sort();
     b.packages.dedup();
     Ok(TargetKind::Bootstrap(b))
@@ -375,6 +390,7 @@ bootstrap = { suite = "bookworm", packages = ["zlib1g", "ca-certificates", "zlib
             ("[[target]]\nname = \"a\"\nplatform = \"linux/vax\"\n", "unknown architecture"),
             ("[[target]]\nname = \"a\"\nbootstrap = { suite = \"bookworm\", variant = \"huge\" }\n", "target[0] (a).bootstrap.variant"),
             ("[[target]]\nname = \"a\"\nparent = \"b\"\nbootstrap = { suite = \"bookworm\" }\n", "target[0] (a).parent"),
+            ("[[target]]\nname = \"a\"\nbootstrap = { suite = \"bookworm\", keyring = \"../k.gpg\" }\n", "target[0] (a).bootstrap.keyring"),
             ("[[target]]\nname = \"a\"\ndockerfile = \"../x\"\n", "target[0] (a).dockerfile"),
             ("target = []\n", "declares no [[target]]"),
         ];

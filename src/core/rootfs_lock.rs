@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::lockfile::{quote, LockfileError};
+use super::apt::SuiteId;
+use super::lockfile::{quote, LockedIndex, LockfileError};
 use super::names::Digest;
 pub use super::rootfs_recipe::valid_config_name;
 use super::rootfs_recipe::DEBIAN_ARCHES;
@@ -47,6 +48,8 @@ const HEADER: &str = "\
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootfsLockfile {
+    /// The index snapshot of every Debian suite the configs install from (`core::apt`).
+    pub apt_index: BTreeMap<SuiteId, LockedIndex>,
     /// Config name (`bookworm`, `bookworm-kselftest`) → what was built for it.
     pub configs: BTreeMap<String, LockedConfig>,
 }
@@ -89,6 +92,8 @@ pub struct LockedArtifact {
 #[serde(deny_unknown_fields)]
 struct RawRootfsLockfile {
     version: u32,
+    #[serde(default, rename = "apt-index")]
+    apt_index: BTreeMap<SuiteId, LockedIndex>,
     #[serde(default)]
     rootfs: BTreeMap<String, LockedConfig>,
 }
@@ -125,6 +130,7 @@ impl RootfsLockfile {
             }
         }
         Ok(RootfsLockfile {
+            apt_index: raw.apt_index,
             configs: raw.rootfs,
         })
     }
@@ -133,6 +139,7 @@ impl RootfsLockfile {
     pub fn to_text(&self) -> String {
         let mut out = String::from(HEADER);
         let _ = writeln!(out, "version = {ROOTFS_LOCKFILE_VERSION}");
+        super::lockfile::write_apt_index(&mut out, &self.apt_index);
         for (name, config) in &self.configs {
             let _ = writeln!(out, "\n[rootfs.{}]", quote(name));
             let _ = writeln!(out, "version = {}", quote(&config.version));
@@ -220,6 +227,7 @@ mod tests {
             },
         );
         RootfsLockfile {
+            apt_index: Default::default(),
             configs: BTreeMap::from([(
                 "bookworm".into(),
                 LockedConfig {

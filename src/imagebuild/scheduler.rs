@@ -90,6 +90,8 @@ pub(super) struct Scheduled {
     pub outcomes: Vec<Outcome>,
     /// The selection's targets, dependencies first.
     pub selection: Vec<TargetName>,
+    /// What the apt cache served the builds.
+    pub apt: crate::aptcache::AptStats,
 }
 
 impl Scheduled {
@@ -112,7 +114,20 @@ impl Scheduled {
                 human_secs(started.elapsed().as_secs_f64())
             ),
         );
+        let apt = self.apt;
+        if apt.hits + apt.misses > 0 {
+            printer.status(
+                "Apt",
+                format!(
+                    "{} files from the cache, {} fetched upstream ({} files)",
+                    apt.hits,
+                    crate::aptcache::human_bytes(apt.upstream_bytes),
+                    apt.misses
+                ),
+            );
+        }
         BuildReport {
+            apt,
             targets: self.outcomes,
             failed: self
                 .failed
@@ -140,6 +155,8 @@ pub(super) struct Scheduler<'w, E> {
     pub contexts: &'w BTreeMap<TargetName, Vec<ContextEntry>>,
     pub sel: &'w [&'w TargetRecipe],
     pub maker: EngineMaker<E>,
+    /// Where every build's apt goes: the cache over the store, with the run's pins.
+    pub apt: crate::aptcache::AptCache,
     pub progress: Progress,
     pub out: Scheduled,
     pub running: JoinSet<TaskResult>,
@@ -168,6 +185,7 @@ impl<E: Engine> Scheduler<'_, E> {
                 joined.map_err(|e| anyhow!("a build task panicked: {e}"))?;
             self.settle(name, inputs, result, secs)?;
         }
+        self.out.apt = self.apt.stats();
         Ok(self.out)
     }
 
@@ -205,7 +223,7 @@ impl<E: Engine> Scheduler<'_, E> {
             t,
             &self.ws.settings,
             &context::fingerprint(&self.contexts[&t.name]),
-            self.ws.env.debian_mirror.as_deref(),
+            self.ws.sources(),
             &dep_manifests,
         )?;
         let key = inputs.key();
@@ -282,6 +300,7 @@ impl<E: Engine> Scheduler<'_, E> {
             sde: self.ws.settings.source_date_epoch,
             mirror: self.ws.env.debian_mirror.clone(),
             store: self.store.clone(),
+            apt: self.apt.clone(),
             printer: self.printer.clone(),
             verbose: self.opts.verbose,
         };

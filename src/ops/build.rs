@@ -8,9 +8,9 @@ use crate::store::Store;
 pub use crate::imagebuild::{BuildOptions, BuildReport, LockMode};
 
 pub async fn run(ctx: &Context, opts: &BuildOptions) -> anyhow::Result<BuildReport> {
-    let ws = ctx.workspace()?;
+    let mut ws = ctx.workspace()?;
     let store = Store::open(ws.store.root())?;
-    crate::imagebuild::run_in(&ws, &store, opts, &ctx.printer).await
+    crate::imagebuild::run_in(&mut ws, &store, opts, &ctx.printer).await
 }
 
 impl Report for BuildReport {

@@ -46,9 +46,9 @@ impl Report for CheckReport {
 }
 
 pub async fn run(ctx: &Context, opts: &CheckOptions) -> anyhow::Result<CheckReport> {
-    let ws = ctx.workspace()?;
+    let mut ws = ctx.workspace()?;
     let (text, reproduced) = rebuild_and_compare(
-        &ws,
+        &mut ws,
         &opts.targets,
         opts.jobs,
         ctx.verbose,
@@ -64,7 +64,7 @@ pub async fn run(ctx: &Context, opts: &CheckOptions) -> anyhow::Result<CheckRepo
 }
 
 async fn rebuild_and_compare(
-    ws: &Workspace,
+    ws: &mut Workspace,
     targets: &[TargetName],
     jobs: usize,
     verbose: bool,
@@ -97,6 +97,8 @@ async fn rebuild_and_compare(
         push: false,
     };
     let report = build::run_in(ws, &scratch, &opts, printer).await?;
+    // A target that could not be rebuilt is not reproduced (the summary said why).
+    report.into_result()?;
     let mut out = String::new();
     let mut all_ok = true;
     for o in &report.targets {

@@ -1,7 +1,15 @@
 //! `kci-build lock --check`: for CI, fail when the lockfile does not describe the recipes.
+//! `kci-build lock --refresh [SUITE…]`: move the apt index pins to today's index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use super::{Context, Report, Workspace};
+use crate::core::apt::{SuiteId, SuiteSource};
+use crate::core::lockfile::LockedIndex;
+use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
+use crate::store::Store;
 
 /// What `lock --check` found.
 #[derive(Debug, serde::Serialize)]
@@ -52,4 +60,196 @@ fn problems(ws: &Workspace) -> anyhow::Result<Vec<String>> {
     let planned = ws.plan_for(&[])?;
     let drift = crate::core::plan::drift(&ws.lock, &planned, true);
     Ok(drift.iter().map(ToString::to_string).collect())
+}
+
+/// What `lock --refresh` is asked.
+#[derive(Debug, Clone)]
+pub struct RefreshOptions {
+    /// Suites to refresh; all when empty.
+    pub suites: Vec<SuiteId>,
+    pub recipes: PathBuf,
+    pub rootfs_lockfile: PathBuf,
+}
+
+/// One suite's pin before and after `lock --refresh`, in one lockfile.
+#[derive(Debug, serde::Serialize)]
+pub struct Refreshed {
+    pub lockfile: PathBuf,
+    pub suite: String,
+    pub old: Option<String>,
+    pub new: String,
+    pub date: Option<String>,
+}
+
+/// What `lock --refresh` did.
+#[derive(Debug, serde::Serialize)]
+pub struct RefreshReport {
+    pub suites: Vec<Refreshed>,
+    /// The lockfiles written.
+    pub changed: Vec<PathBuf>,
+}
+
+impl Report for RefreshReport {
+    fn show(&self, printer: &Printer) {
+        for r in &self.suites {
+            let date = r.date.as_deref().unwrap_or("no date");
+            let file = r.lockfile.display();
+            match &r.old {
+                Some(old) if *old == r.new => {
+                    printer.status("Unchanged", format!("{} in {file} ({date})", r.suite))
+                }
+                Some(old) => printer.status(
+                    "Refreshed",
+                    format!(
+                        "{} in {file}: {} -> {} ({date})",
+                        r.suite,
+                        short(old),
+                        short(&r.new)
+                    ),
+                ),
+                None => printer.status(
+                    "Pinned",
+                    format!("{} in {file}: {} ({date})", r.suite, short(&r.new)),
+                ),
+            }
+        }
+        for f in &self.changed {
+            printer.status(
+                "Locking",
+                format!(
+                    "{}: its keys changed; the next build installs the new index's packages",
+                    f.display()
+                ),
+            );
+        }
+    }
+}
+
+fn short(d: &str) -> &str {
+    d.strip_prefix("sha256:")
+        .map_or(d, |h| &h[..12.min(h.len())])
+}
+
+/// `lock --refresh [SUITE…]`: pins today's `InRelease` of the named suites (all the recipes
+/// install from when none are named) in the images lockfile and, when it exists, the rootfs
+/// lockfile; a pin no recipe uses any more is dropped.
+pub async fn refresh(ctx: &Context, opts: &RefreshOptions) -> anyhow::Result<RefreshReport> {
+    let ws = ctx.workspace()?;
+    Store::open(ws.store.root())?; // the apt cache lives in it
+    let image_suites = crate::aptpins::image_suites(&ws)?;
+    let rootfs = LockfileEdit::read(&opts.rootfs_lockfile)?;
+    let rootfs_lock = rootfs
+        .text()
+        .is_some()
+        .then(|| rootfs.rootfs())
+        .transpose()?;
+    let rootfs_suites = match &rootfs_lock {
+        Some(_) => rootfs_suites(&ws, &opts.recipes)?,
+        None => Vec::new(),
+    };
+    for s in &opts.suites {
+        if !image_suites
+            .iter()
+            .chain(&rootfs_suites)
+            .any(|src| &src.id == s)
+        {
+            let known: BTreeSet<String> = image_suites
+                .iter()
+                .chain(&rootfs_suites)
+                .map(|s| s.id.to_string())
+                .collect();
+            anyhow::bail!(
+                "no recipe installs from {s}; the suites are: {}",
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut today = Today::default();
+    let mut report = RefreshReport {
+        suites: Vec::new(),
+        changed: Vec::new(),
+    };
+    let mut images = ws.lock.clone();
+    images.apt_index = today
+        .refresh(
+            &ws,
+            &images.apt_index,
+            &image_suites,
+            opts,
+            &ws.paths.lockfile,
+            &mut report,
+        )
+        .await?;
+    let edit = LockfileEdit::from_text(&ws.paths.lockfile, ws.lock_text.clone());
+    if edit.write(&images.to_text(), false, "", Vec::new)? == Written::Written {
+        report.changed.push(ws.paths.lockfile.clone());
+    }
+    if let Some(mut lock) = rootfs_lock {
+        let file = &opts.rootfs_lockfile;
+        lock.apt_index = today
+            .refresh(
+                &ws,
+                &lock.apt_index,
+                &rootfs_suites,
+                opts,
+                file,
+                &mut report,
+            )
+            .await?;
+        if rootfs.write(&lock.to_text(), false, "", Vec::new)? == Written::Written {
+            report.changed.push(file.clone());
+        }
+    }
+    Ok(report)
+}
+
+/// The suites of the rootfs recipes.
+fn rootfs_suites(ws: &Workspace, recipes: &Path) -> anyhow::Result<Vec<SuiteSource>> {
+    let mut out = BTreeSet::new();
+    for r in crate::rootfs::recipes::load_recipes(recipes)? {
+        let mirror =
+            crate::rootfs::recipes::mirror_of(recipes, &r, ws.env.debian_mirror.as_deref())?;
+        out.insert(crate::aptpins::rootfs_suite(&mirror, &r)?);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Today's pins, each fetched once for both lockfiles.
+#[derive(Default)]
+struct Today(BTreeMap<SuiteId, LockedIndex>);
+
+impl Today {
+    /// `have` with today's pin of each of `suites` asked for; pins of suites no recipe uses
+    /// are dropped when every suite is refreshed.
+    async fn refresh(
+        &mut self,
+        ws: &Workspace,
+        have: &BTreeMap<SuiteId, LockedIndex>,
+        suites: &[SuiteSource],
+        opts: &RefreshOptions,
+        lockfile: &Path,
+        report: &mut RefreshReport,
+    ) -> anyhow::Result<BTreeMap<SuiteId, LockedIndex>> {
+        let mut pins = have.clone();
+        let asked = |s: &SuiteSource| opts.suites.is_empty() || opts.suites.contains(&s.id);
+        for src in suites.iter().filter(|s| asked(s)) {
+            let pin = match self.0.get(&src.id) {
+                Some(p) => p.clone(),
+                None => crate::aptpins::current(ws, src).await?,
+            };
+            self.0.insert(src.id.clone(), pin.clone());
+            report.suites.push(Refreshed {
+                lockfile: lockfile.to_owned(),
+                suite: src.id.to_string(),
+                old: have.get(&src.id).map(|o| o.inrelease.to_string()),
+                new: pin.inrelease.to_string(),
+                date: pin.date.clone(),
+            });
+            pins.insert(src.id.clone(), pin);
+        }
+        if opts.suites.is_empty() {
+            pins.retain(|s, _| suites.iter().any(|src| &src.id == s));
+        }
+        Ok(pins)
+    }
 }

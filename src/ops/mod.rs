@@ -9,6 +9,7 @@ pub mod build;
 pub mod check;
 pub mod deploy;
 pub mod diff;
+pub mod fetch;
 pub mod import;
 pub mod load;
 pub mod lock;

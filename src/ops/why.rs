@@ -176,11 +176,17 @@ fn rootfs_why(
         .and_then(|p| p.stored.clone());
     // Facts with a placeholder while the builder is not built, so the others still compare.
     let placeholder = Digest::of(BUILDER_NOT_BUILT.as_bytes());
+    let lock = LockfileEdit::read(lockfile)?.rootfs()?;
+    let suite = crate::aptpins::rootfs_suite(&mirror, r)?;
+    let source = plan::Source {
+        mirror: &mirror,
+        apt_index: lock.apt_index.get(&suite.id).map(|i| &i.inrelease),
+    };
     let mut facts = plan::facts(
         r,
         arch,
         builder.as_ref().unwrap_or(&placeholder),
-        &mirror,
+        &source,
         &inputs.key_files(),
         artifact::ROOTFS_OUTPUT_FORMAT,
     );
@@ -192,7 +198,6 @@ fn rootfs_why(
         .as_ref()
         .map(|k| ws.store.rootfs_key_dir(k))
         .filter(|d| read_manifest(d).is_some());
-    let lock = LockfileEdit::read(lockfile)?.rootfs()?;
     let changes = lock
         .configs
         .get(config)

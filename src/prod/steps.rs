@@ -359,7 +359,7 @@ async fn docker(p: &mut Procedure<'_>) -> anyhow::Result<Facts> {
         store: p.settings.store.clone(),
     };
     let lock = crate::workspace::lock_lockfile(&paths.store, &paths.lockfile, p.printer)?;
-    let ws = crate::workspace::Workspace::load(&paths, p.settings)
+    let mut ws = crate::workspace::Workspace::load(&paths, p.settings)
         .with_context(|| format!("the images of {}", paths.images.display()))?;
     let opts = crate::imagebuild::BuildOptions {
         targets: Vec::new(),
@@ -369,7 +369,7 @@ async fn docker(p: &mut Procedure<'_>) -> anyhow::Result<Facts> {
         registry: Some(registry.clone()),
         push: true,
     };
-    let report = crate::imagebuild::build(&ws, &opts, p.printer).await?;
+    let report = crate::imagebuild::build(&mut ws, &opts, p.printer).await?;
     drop(lock);
     report.into_result()?;
     let built = report

@@ -74,10 +74,11 @@ pub fn facts(
     recipe: &RootfsRecipe,
     arch: &str,
     builder_manifest: &Digest,
-    mirror: &str,
+    source: &Source<'_>,
     inputs: &[InputFile],
     output_format: &str,
 ) -> BTreeMap<String, String> {
+    let mirror = source.mirror;
     let mut f = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         f.insert(k.to_owned(), v);
@@ -113,6 +114,9 @@ pub fn facts(
     );
     put("recipe.xz-preset", recipe.xz_preset().to_string());
     put("source-date-epoch", recipe.source_date_epoch.to_string());
+    if let Some(pin) = source.apt_index {
+        put("apt-index", pin.as_str().to_owned());
+    }
     put(
         "mirror-sha256",
         Digest::of(mirror.as_bytes()).as_str().to_owned(),
@@ -134,6 +138,14 @@ pub fn key(facts: &BTreeMap<String, String>) -> Digest {
 }
 
 /// The builder's environment for a job (no secrets: everything here is in the key).
+/// Where a config's packages come from: the mirror its sources name, and the pinned
+/// `InRelease` of its suite (absent only before the lockfile pins it).
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub mirror: &'a str,
+    pub apt_index: Option<&'a Digest>,
+}
+
 pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest) -> Vec<String> {
     // A fixed file-system UUID per key: same inputs, same ext4 bytes.
     let h = key.hex();
@@ -193,6 +205,13 @@ mod tests {
         Digest::of(b"builder")
     }
 
+    fn src(mirror: &'static str) -> Source<'static> {
+        Source {
+            mirror,
+            apt_index: None,
+        }
+    }
+
     #[test]
     fn every_input_changes_the_key() {
         let r = recipe();
@@ -206,7 +225,7 @@ mod tests {
             &r,
             "amd64",
             &builder(),
-            "http://m/debian",
+            &src("http://m/debian"),
             std::slice::from_ref(&file),
             "f1",
         ));
@@ -215,7 +234,7 @@ mod tests {
                 &r,
                 "arm64",
                 &builder(),
-                "http://m/debian",
+                &src("http://m/debian"),
                 std::slice::from_ref(&file),
                 "f1",
             )),
@@ -223,7 +242,7 @@ mod tests {
                 &r,
                 "amd64",
                 &Digest::of(b"x"),
-                "http://m/debian",
+                &src("http://m/debian"),
                 std::slice::from_ref(&file),
                 "f1",
             )),
@@ -231,7 +250,7 @@ mod tests {
                 &r,
                 "amd64",
                 &builder(),
-                "http://n/debian",
+                &src("http://n/debian"),
                 std::slice::from_ref(&file),
                 "f1",
             )),
@@ -239,7 +258,7 @@ mod tests {
                 &r,
                 "amd64",
                 &builder(),
-                "http://m/debian",
+                &src("http://m/debian"),
                 &[],
                 "f1",
             )),
@@ -247,7 +266,7 @@ mod tests {
                 &r,
                 "amd64",
                 &builder(),
-                "http://m/debian",
+                &src("http://m/debian"),
                 std::slice::from_ref(&file),
                 "f2",
             )),
@@ -258,7 +277,7 @@ mod tests {
             &r,
             "amd64",
             &builder(),
-            "http://m/debian",
+            &src("http://m/debian"),
             &[executable],
             "f1",
         )));
@@ -268,7 +287,7 @@ mod tests {
             &r2,
             "amd64",
             &builder(),
-            "http://m/debian",
+            &src("http://m/debian"),
             std::slice::from_ref(&file),
             "f1",
         )));
@@ -278,7 +297,20 @@ mod tests {
             &r3,
             "amd64",
             &builder(),
-            "http://m/debian",
+            &src("http://m/debian"),
+            std::slice::from_ref(&file),
+            "f1",
+        )));
+        let pin = Digest::of(b"InRelease");
+        let pinned = Source {
+            mirror: "http://m/debian",
+            apt_index: Some(&pin),
+        };
+        variants.push(key(&facts(
+            &r,
+            "amd64",
+            &builder(),
+            &pinned,
             std::slice::from_ref(&file),
             "f1",
         )));
@@ -288,7 +320,7 @@ mod tests {
             &r4,
             "amd64",
             &builder(),
-            "http://m/debian",
+            &src("http://m/debian"),
             std::slice::from_ref(&file),
             "f1",
         )));
@@ -300,7 +332,7 @@ mod tests {
                 &r,
                 "amd64",
                 &builder(),
-                "http://m/debian",
+                &src("http://m/debian"),
                 &[file],
                 "f1"
             )),
@@ -314,7 +346,7 @@ mod tests {
             &recipe(),
             "amd64",
             &builder(),
-            "http://m.example/debian",
+            &src("http://m.example/debian"),
             &[],
             "f",
         );

@@ -1,6 +1,7 @@
 //! Shared fixtures: a throw-away recipe tree and store, and a way to run the real binary.
 #![allow(dead_code)]
 
+pub mod aptrepo;
 pub mod backend;
 pub mod git;
 pub mod jenkins;

@@ -26,7 +26,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::{Context, Report, Workspace};
+use crate::aptcache::AptCache;
+use crate::aptpins;
+use crate::core::apt::SuiteSource;
 use crate::core::lockdiff::{self, LockKind};
+use crate::core::lockfile::pins_of;
 use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
@@ -93,22 +97,51 @@ impl Report for RootfsReport {
 /// The images lockfile's lock, when the runner took it, is released once the builder target
 /// is built, so a `kci-build build` does not wait for every rootfs.
 pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsReport> {
-    let ws = &ctx.workspace()?;
+    let mut ws = ctx.workspace()?;
     let printer = &ctx.printer;
     let recipes = load_recipes(&opts.recipes)?;
     let selected = select::select(&recipes, &opts.recipes, &opts.configs, &opts.arches)?;
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
-    let scanned = prepare::scan(ws, &opts.recipes, selected)?;
-    let builder_image = build_builder(ctx, ws, opts.locked).await?;
+    let scanned = prepare::scan(&ws, &opts.recipes, selected)?;
+    let builder_image = build_builder(ctx, &mut ws, opts.locked).await?;
     ctx.release_images_lock();
-    let prepared = prepare::plan(scanned, &builder_image.manifest, &opts.arches)?;
+    let ws = &ws;
+    let suites: Vec<SuiteSource> = scanned.iter().map(|s| s.suite.clone()).collect();
+    let pins = aptpins::resolve(
+        ws,
+        &old_lock.apt_index,
+        &suites,
+        opts.locked,
+        &opts.lockfile,
+        printer,
+    )
+    .await?;
+    let prepared = prepare::plan(
+        scanned,
+        &builder_image.manifest,
+        &opts.arches,
+        &pins_of(&pins),
+    )?;
 
     std::fs::create_dir_all(store_dir(ws))
         .with_context(|| format!("creating {}", store_dir(ws).display()))?;
     let storage = open_storage(opts.storage.as_ref(), ws.env.storage_token.as_ref())?;
     let mut c = classify::classify(&store_dir(ws), &prepared, storage.as_ref(), printer).await?;
     if !c.todo.is_empty() {
+        // Every container's apt goes through the cache (host network: the loopback proxy).
+        let apt = AptCache::new(
+            ws.store.clone(),
+            ws.env.apt_upstream.clone(),
+            pins_of(&pins),
+        );
+        let proxy = apt
+            .serve()
+            .await
+            .context("starting the apt cache's proxy")?;
+        for t in &mut c.todo {
+            t.env.push(format!("http_proxy={}", proxy.url()));
+        }
         let engine = DockerEngine::connect(&ws.env.engine).await?;
         build::ensure_loaded(&engine, &ws.store, &builder_image).await?;
         let ctx = jobs::JobCtx {
@@ -131,7 +164,8 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         Some(s) => publish::publish(&store_dir(ws), &prepared, &c.made, s, printer).await?,
         None => publish::Published::default(),
     };
-    let new_lock = lock(&old_lock, &recipes, &prepared, &c.made, &published.urls);
+    let mut new_lock = lock(&old_lock, &recipes, &prepared, &c.made, &published.urls);
+    new_lock.apt_index = pins;
     let written = edit.write(&new_lock.to_text(), opts.locked, "", || {
         let entries = |l: &RootfsLockfile| lockdiff::rootfs_entries(l);
         lockdiff::diff_kind(LockKind::Rootfs, &entries(&old_lock), &entries(&new_lock))
@@ -155,7 +189,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
 /// The builder image, built (or found) like any other target, as stored.
 async fn build_builder(
     ctx: &Context,
-    ws: &Workspace,
+    ws: &mut Workspace,
     locked: bool,
 ) -> anyhow::Result<crate::store::StoredImage> {
     let build_opts = BuildOptions {

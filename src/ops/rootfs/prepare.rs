@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::core::apt::{SuiteId, SuiteSource};
 use crate::core::names::{Digest, TargetName};
 use crate::core::rootfs_lock::config_version;
 use crate::ops::Workspace;
@@ -18,6 +19,8 @@ use crate::rootfs::{artifact, inputs, RootfsRecipe, BUILDER_TARGET};
 pub(super) struct Scanned {
     recipe: RootfsRecipe,
     mirror: String,
+    /// The suite it installs from, pinned in the rootfs lockfile.
+    pub suite: SuiteSource,
     inputs: inputs::RecipeInputs,
 }
 
@@ -57,10 +60,12 @@ pub(super) fn scan(
         .into_iter()
         .map(|recipe| {
             let mirror = mirror_of(recipes_dir, &recipe, ws.env.debian_mirror.as_deref())?;
+            let suite = crate::aptpins::rootfs_suite(&mirror, &recipe)?;
             let inputs = inputs::scan(recipes_dir, &recipe)?;
             Ok(Scanned {
                 recipe,
                 mirror,
+                suite,
                 inputs,
             })
         })
@@ -77,19 +82,30 @@ pub(super) fn plan(
     scanned: Vec<Scanned>,
     builder_manifest: &Digest,
     arches: &[String],
+    pins: &BTreeMap<SuiteId, Digest>,
 ) -> anyhow::Result<Vec<Prepared>> {
     scanned
         .into_iter()
-        .map(|s| plan_one(s, builder_manifest, arches))
+        .map(|s| plan_one(s, builder_manifest, arches, pins))
         .collect()
 }
 
-fn plan_one(s: Scanned, builder: &Digest, arches: &[String]) -> anyhow::Result<Prepared> {
+fn plan_one(
+    s: Scanned,
+    builder: &Digest,
+    arches: &[String],
+    pins: &BTreeMap<SuiteId, Digest>,
+) -> anyhow::Result<Prepared> {
     let Scanned {
         recipe: r,
         mirror,
+        suite,
         inputs,
     } = s;
+    let source = plan::Source {
+        mirror: &mirror,
+        apt_index: pins.get(&suite.id),
+    };
     let files = inputs.key_files();
     let mut jobs = Vec::new();
     let mut env = BTreeMap::new();
@@ -98,7 +114,7 @@ fn plan_one(s: Scanned, builder: &Digest, arches: &[String]) -> anyhow::Result<P
             &r,
             arch,
             builder,
-            &mirror,
+            &source,
             &files,
             artifact::ROOTFS_OUTPUT_FORMAT,
         );
