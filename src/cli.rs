@@ -289,8 +289,15 @@ pub enum Command {
     /// `.deb` the targets were built from, verified. A later build then needs no mirror
     /// (`KCI_APT_UPSTREAM=http://127.0.0.1:1` proves it).
     Fetch {
-        /// Targets whose packages to fetch; all when none are given.
+        /// Targets whose packages to fetch (with their parents); all when none are given.
         targets: Vec<TargetName>,
+        /// Pull the cache from this registry first (an OCI artifact `{prefix}apt-cache:apt-…`
+        /// named by the lockfile's pins and packages); fetch only what it lacks.
+        #[arg(long, env = "KCI_REGISTRY")]
+        registry: Option<String>,
+        /// Push the cache to --registry afterwards (blobs it lacks, then the artifact).
+        #[arg(long, requires = "registry")]
+        push: bool,
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,

@@ -14,6 +14,7 @@
 
 pub mod aptcache;
 pub mod aptpins;
+pub mod aptshare;
 pub mod backend;
 pub mod bootstrap;
 pub mod cli;

@@ -172,10 +172,20 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
             let report = cancellable(ops::lock::refresh(ctx, &opts), what_now)?;
             finish(ctx, report, false)
         }
-        Command::Fetch { targets, json } => {
+        Command::Fetch {
+            targets,
+            registry,
+            push,
+            json,
+        } => {
             ctx.share_store()?;
+            let opts = ops::fetch::FetchOptions {
+                targets: targets.clone(),
+                registry: registry.clone(),
+                push: *push,
+            };
             let what_now = "fetched files stay in the cache; run the same command again";
-            let report = cancellable(ops::fetch::run(ctx, targets), what_now)?;
+            let report = cancellable(ops::fetch::run(ctx, &opts), what_now)?;
             finish(ctx, report, *json)
         }
         Command::Prod { .. } => prod(ctx, cli),

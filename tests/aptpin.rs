@@ -235,3 +235,56 @@ fn flip_if_present(p: &Path) {
         std::fs::write(p, bytes).unwrap();
     }
 }
+
+#[test]
+fn the_cache_travels_through_a_registry_to_a_machine_without_the_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = AptRepo::new(tmp.path());
+    publish(&repo, "1.0");
+    let server = FileServer::serve(&repo.root);
+    let reg = common::registry::Registry::start(common::registry::Auth::None);
+    let ws = hello_workspace(&repo);
+
+    // Machine A: build, then fetch and push its cache.
+    let store_a = tmp.path().join("store-a");
+    let first = kci(&ws, &store_a, &server.url, &["build", "--json"]).ok();
+    let m1 = manifests(&first.json())["hello"].clone();
+    let pushed = kci(
+        &ws,
+        &store_a,
+        &server.url,
+        &["fetch", "--registry", &reg.addr(), "--push", "--json"],
+    )
+    .ok();
+    assert!(pushed.json()["pushed"].as_u64().unwrap() >= 3, "{}", pushed.stdout);
+    // Again: everything is in the registry already.
+    let again = kci(
+        &ws,
+        &store_a,
+        &server.url,
+        &["fetch", "--registry", &reg.addr(), "--push", "--json"],
+    )
+    .ok();
+    assert_eq!(again.json()["pushed"], 0, "{}", again.stdout);
+
+    // Machine B: an empty store, the lockfile, the registry — and no mirror at all.
+    let store_b = tmp.path().join("store-b");
+    let closed = "http://127.0.0.1:1";
+    let pulled = kci(
+        &ws,
+        &store_b,
+        closed,
+        &["fetch", "--registry", &reg.addr(), "--json"],
+    )
+    .ok();
+    let report = pulled.json();
+    assert!(report["pulled"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["stats"]["upstream_bytes"], 0, "{report}");
+    let check = kci(&ws, &store_b, closed, &["check"]).ok();
+    assert!(
+        check.stdout.contains(&format!("hello: reproduced {m1}")),
+        "{}\n{}",
+        check.stdout,
+        check.stderr
+    );
+}

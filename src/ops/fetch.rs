@@ -1,7 +1,9 @@
 //! `kci-build fetch [TARGET…]`: fill the apt cache for the lockfile without building, so
 //! the next build needs no mirror: the pinned `InRelease` of every suite, its `Packages` and
 //! `Translation-en` indexes for the targets' architectures, and every `.deb` the targets
-//! were built from — each verified against the pins (see [`crate::aptcache`]).
+//! were built from — each verified against the pins (see [`crate::aptcache`]). With
+//! `--registry`, the cache is first pulled from there and, with `--push`, pushed to it
+//! ([`crate::aptshare`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,10 +12,22 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::{Context, Report};
 use crate::aptcache::{AptCache, AptError, AptStats};
+use crate::aptshare;
 use crate::core::apt::{deb_file_parts, SuiteSource};
 use crate::core::names::{Digest, TargetName};
 use crate::printer::Printer;
+use crate::registry::Registry;
 use crate::store::Store;
+
+/// What `fetch` is asked.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    pub targets: Vec<TargetName>,
+    /// Pull the cache from this registry first.
+    pub registry: Option<String>,
+    /// Push the cache to the registry after.
+    pub push: bool,
+}
 
 /// What `fetch` did.
 #[derive(Debug, serde::Serialize)]
@@ -22,12 +36,16 @@ pub struct FetchReport {
     pub index_files: usize,
     pub debs: usize,
     pub stats: AptStats,
+    /// Blobs downloaded from the registry's cache (`None`: not asked, or it had none).
+    pub pulled: Option<usize>,
+    /// Blobs uploaded to the registry (`None`: not asked).
+    pub pushed: Option<usize>,
 }
 
 impl Report for FetchReport {
     fn show(&self, printer: &Printer) {
         printer.status(
-            "Fetched",
+            "Cached",
             format!(
                 "{} suites, {} index files, {} packages: {} from upstream ({} files), {} cached",
                 self.suites,
@@ -41,17 +59,36 @@ impl Report for FetchReport {
     }
 }
 
-pub async fn run(ctx: &Context, targets: &[TargetName]) -> anyhow::Result<FetchReport> {
+pub async fn run(ctx: &Context, opts: &FetchOptions) -> anyhow::Result<FetchReport> {
     let ws = ctx.workspace()?;
-    Store::open(ws.store.root())?; // the apt cache lives in it
+    let store = Store::open(ws.store.root())?; // the apt cache lives in it
     let sources = crate::aptpins::image_suites(&ws)?;
-    let wanted = locked_debs(&ws.lock, targets)?;
     if ws.pins.is_empty() {
         bail!(
             "{} pins no apt index: run `kci-build lock --refresh` (or a build) first",
             ws.paths.lockfile.display()
         );
     }
+    // The targets and everything they are built on: a rebuild needs the parents' packages.
+    let closure: Vec<TargetName> = match opts.targets.is_empty() {
+        true => Vec::new(),
+        false => ws
+            .selection(&opts.targets)?
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+    };
+    let wanted = locked_debs(&ws.lock, &closure)?;
+    let registry = opts
+        .registry
+        .as_deref()
+        .map(|r| Registry::new(r, &ws.env.registry))
+        .transpose()?;
+    let at = aptshare::address(&ws.settings.prefix, &ws.pins, &wanted);
+    let pulled = match &registry {
+        Some(reg) => pull(reg, &store, &at, &ctx.printer).await?,
+        None => None,
+    };
     let cache = crate::aptpins::cache(&ws);
     let mut arches: BTreeSet<String> = wanted
         .keys()
@@ -59,21 +96,73 @@ pub async fn run(ctx: &Context, targets: &[TargetName]) -> anyhow::Result<FetchR
         .filter(|a| a != "all")
         .collect();
     for t in ws.graph.targets() {
-        if targets.is_empty() || targets.contains(&t.name) {
+        if closure.is_empty() || closure.contains(&t.name) {
             arches.extend(crate::bootstrap::debian_arch(&t.platform).map(str::to_owned));
         }
     }
-    let index_files = fetch_indexes(&cache, &sources, &arches, &ctx.printer).await?;
+    let mut files = fetch_indexes(&cache, &sources, &arches, &ctx.printer).await?;
+    let index_files = files.len() - cache.pins().len();
     let debs = fetch_debs(&cache, &sources, &wanted).await?;
+    files.extend(wanted.clone());
+    let pushed = match (&registry, opts.push) {
+        (Some(reg), true) => {
+            let n = aptshare::push(reg, &store, &at, &files).await?;
+            ctx.printer.status(
+                "Pushed",
+                format!(
+                    "the apt cache ({} files, {n} new) to {}/{}:{}",
+                    files.len(),
+                    reg.host(),
+                    at.repo,
+                    at.tag
+                ),
+            );
+            Some(n)
+        }
+        _ => None,
+    };
     Ok(FetchReport {
         suites: cache.pins().len(),
         index_files,
         debs,
         stats: cache.stats(),
+        pulled,
+        pushed,
     })
 }
 
-/// The `.deb`s of the selected targets (all when none are given) and their locked digests.
+/// The registry's copy of this cache, when it has one.
+async fn pull(
+    reg: &Registry,
+    store: &Store,
+    at: &aptshare::Address,
+    printer: &Printer,
+) -> anyhow::Result<Option<usize>> {
+    Ok(match aptshare::pull(reg, store, at).await? {
+        Some((files, n)) => {
+            let what = format!("{}/{}:{}", reg.host(), at.repo, at.tag);
+            printer.status(
+                "Pulled",
+                format!("the apt cache from {what} ({} files, {n} new)", files.len()),
+            );
+            Some(n)
+        }
+        None => {
+            printer.status(
+                "Missing",
+                format!(
+                    "no apt cache {}:{} in {}: fetching from the mirror",
+                    at.repo,
+                    at.tag,
+                    reg.host()
+                ),
+            );
+            None
+        }
+    })
+}
+
+/// The `.deb`s of the given targets (all when none are given) and their locked digests.
 fn locked_debs(
     lock: &crate::core::lockfile::Lockfile,
     targets: &[TargetName],
@@ -99,14 +188,16 @@ async fn fetch_indexes(
     sources: &[SuiteSource],
     arches: &BTreeSet<String>,
     printer: &Printer,
-) -> anyhow::Result<usize> {
-    let mut n = 0;
-    for suite in cache.pins().keys() {
+) -> anyhow::Result<aptshare::CacheFiles> {
+    let mut out = aptshare::CacheFiles::new();
+    for (suite, pin) in cache.pins() {
         let Some(src) = sources.iter().find(|s| &s.id == suite) else {
             printer.warn(format!("{suite} is pinned but no recipe installs from it"));
             continue;
         };
         let release = cache.release(&src.origin, suite).await?;
+        let dists = format!("{}/dists/{}", suite.archive(), suite.suite());
+        out.insert(format!("{dists}/InRelease"), pin.clone());
         let files: BTreeSet<&str> = arches
             .iter()
             .flat_map(|a| release.index_files_for(a))
@@ -114,13 +205,15 @@ async fn fetch_indexes(
             .collect();
         for path in files {
             match cache.index_file(&src.origin, suite, path).await {
-                Ok(_) => n += 1,
+                Ok(d) => {
+                    out.insert(format!("{dists}/{path}"), d);
+                }
                 Err(AptError::Gone { .. }) => tracing::debug!(%suite, path, "not on the mirror"),
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// Every wanted `.deb`, eight at a time; a pinned index that vouches for other bytes than

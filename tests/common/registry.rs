@@ -88,7 +88,7 @@ impl Registry {
             .expect("docker-registry (Debian package docker-registry)");
         // From here on, dropping the Registry kills and reaps the process.
         let registry = Registry { port, child, dir };
-        for _ in 0..100 {
+        for _ in 0..400 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return registry;
             }
