@@ -427,7 +427,19 @@ impl AptCache {
 
     /// Starts a proxy for one build on a free loopback port.
     pub async fn serve(&self) -> std::io::Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        self.serve_at(None).await
+    }
+
+    /// Starts a proxy on `preferred` when it is free (a resumed rootfs container still
+    /// names the port of the run that started it), else on a free loopback port.
+    pub async fn serve_at(&self, preferred: Option<SocketAddr>) -> std::io::Result<Proxy> {
+        let listener = match preferred {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            },
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
         let addr = listener.local_addr()?;
         let session = Arc::new(Session::default());
         let (cache, s) = (self.clone(), session.clone());
@@ -565,6 +577,10 @@ impl Proxy {
     /// `http://127.0.0.1:<port>`: the value of `http_proxy` for the build.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The `.deb`s served so far: `<archive>/<pool path>` → sha256.

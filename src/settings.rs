@@ -320,6 +320,27 @@ pub fn mirror_from_sources(texts: &[String]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn apt_upstream_replaces_the_origin_only() {
+        let none = AptUpstream::parse("").unwrap();
+        assert_eq!(
+            none.url("http://deb.example", "/debian/dists/x/InRelease"),
+            "http://deb.example/debian/dists/x/InRelease"
+        );
+        let u = AptUpstream::parse("http://a.example=http://127.0.0.1:8080/ http://127.0.0.1:1")
+            .unwrap();
+        assert_eq!(
+            u.url("http://a.example", "/repo/pool/x.deb"),
+            "http://127.0.0.1:8080/repo/pool/x.deb"
+        );
+        assert_eq!(u.url("http://b.example", "/d"), "http://127.0.0.1:1/d");
+        let e = AptUpstream::parse("ftp://x").unwrap_err().to_string();
+        assert!(
+            e.contains("KCI_APT_UPSTREAM") && e.contains("ftp://x"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     fn env(pairs: &[(&'static str, &str)]) -> Env {

@@ -84,24 +84,51 @@ fn lock_text(ws: &Workspace) -> String {
     std::fs::read_to_string(ws.lockfile()).unwrap()
 }
 
+/// A signed repository with kci-hello 1.0, served, and a workspace whose target installs it.
+struct Fixture {
+    ws: Workspace,
+    server: FileServer,
+    repo: AptRepo,
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = AptRepo::new(tmp.path());
+        publish(&repo, "1.0");
+        let server = FileServer::serve(&repo.root);
+        let ws = hello_workspace(&repo);
+        Fixture {
+            ws,
+            server,
+            repo,
+            tmp,
+        }
+    }
+
+    /// `kci-build build --json` into `store`, the mirror reachable: the run and the manifest.
+    fn build(&self, store: &Path) -> (Run, String) {
+        let run = kci(&self.ws, store, &self.server.url, &["build", "--json"]).ok();
+        let manifest = manifests(&run.json())["hello"].clone();
+        (run, manifest)
+    }
+}
+
 #[test]
 fn a_moved_mirror_changes_nothing_until_lock_refresh() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = AptRepo::new(tmp.path());
-    publish(&repo, "1.0");
-    let server = FileServer::serve(&repo.root);
-    let ws = hello_workspace(&repo);
+    let f = Fixture::new();
+    let (ws, repo, server, tmp) = (&f.ws, &f.repo, &f.server, &f.tmp);
     let store = ws.store();
 
     // First build: the suite gets pinned to today's InRelease, the .deb is recorded.
-    let first = kci(&ws, &store, &server.url, &["build", "--json"]).ok();
+    let (first, m1) = f.build(&store);
     assert!(
         first.stderr.contains("Pinning repo/stable"),
         "{}",
         first.stderr
     );
-    let m1 = manifests(&first.json())["hello"].clone();
-    let lock1 = lock_text(&ws);
+    let lock1 = lock_text(ws);
     let pin1 = repo.inrelease_sha256();
     assert!(
         lock1.contains(&format!(
@@ -122,24 +149,24 @@ fn a_moved_mirror_changes_nothing_until_lock_refresh() {
 
     // The mirror moves on: 1.1 replaces 1.0, the index is re-signed.
     repo.remove_package("kci-hello", "1.0");
-    publish(&repo, "1.1");
+    publish(repo, "1.1");
     assert_ne!(repo.inrelease_sha256(), pin1);
 
     // The locked target rebuilds from scratch (check's scratch store) out of the cache, bit
     // for bit, and the mirror's new index is never asked for.
     let served_before = server.requests().len();
-    let check = kci(&ws, &store, &server.url, &["check"]).ok();
+    let check = kci(ws, &store, &server.url, &["check"]).ok();
     assert!(
         check.stdout.contains(&format!("hello: reproduced {m1}")),
         "{}",
         check.stdout
     );
     assert_eq!(server.requests().len(), served_before, "all from the cache");
-    assert_eq!(lock_text(&ws), lock1);
+    assert_eq!(lock_text(ws), lock1);
 
     // A store without the cache cannot: the pinned index is gone from the mirror.
     let bare = tmp.path().join("bare-store");
-    let gone = kci(&ws, &bare, &server.url, &["build"]);
+    let gone = kci(ws, &bare, &server.url, &["build"]);
     assert_eq!(gone.code, 1, "a failed build step:\n{}", gone.stderr);
     assert!(
         gone.stderr.contains(&format!(
@@ -152,18 +179,18 @@ fn a_moved_mirror_changes_nothing_until_lock_refresh() {
     // Refresh: the pin moves, the key changes, the rebuild installs 1.1, diff says so.
     let before = tmp.path().join("before.lock");
     std::fs::write(&before, &lock1).unwrap();
-    let refresh = kci(&ws, &store, &server.url, &["lock", "--refresh"]).ok();
+    let refresh = kci(ws, &store, &server.url, &["lock", "--refresh"]).ok();
     assert!(
         refresh.stderr.contains("Refreshed repo/stable"),
         "{}",
         refresh.stderr
     );
-    let second = kci(&ws, &store, &server.url, &["build", "--json"]).ok();
+    let second = kci(ws, &store, &server.url, &["build", "--json"]).ok();
     assert_eq!(actions(&second.json())["hello"], "built");
     let m2 = manifests(&second.json())["hello"].clone();
     assert_ne!(m2, m1);
     assert_eq!(installed_greeting(&store, &m2), greeting("1.1"));
-    let lock2 = lock_text(&ws);
+    let lock2 = lock_text(ws);
     assert!(lock2.contains(&repo.inrelease_sha256()), "{lock2}");
     assert!(lock2.contains("kci-hello_1.1_all.deb"), "{lock2}");
     let diff = ws
@@ -182,15 +209,11 @@ fn a_moved_mirror_changes_nothing_until_lock_refresh() {
 
 #[test]
 fn corrupt_cached_bytes_are_evicted_and_fetched_again_or_named_offline() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = AptRepo::new(tmp.path());
-    publish(&repo, "1.0");
-    let server = FileServer::serve(&repo.root);
-    let ws = hello_workspace(&repo);
+    let f = Fixture::new();
+    let (ws, server) = (&f.ws, &f.server);
     let store = ws.store();
-    let first = kci(&ws, &store, &server.url, &["build", "--json"]).ok();
-    let m1 = manifests(&first.json())["hello"].clone();
-    let lock = lock_text(&ws);
+    let (_, m1) = f.build(&store);
+    let lock = lock_text(ws);
     let deb_sha = lock
         .lines()
         .find(|l| l.starts_with("deb."))
@@ -209,7 +232,7 @@ fn corrupt_cached_bytes_are_evicted_and_fetched_again_or_named_offline() {
 
     // Offline, a flipped byte is detected and the build fails naming the package.
     flip();
-    let offline = kci(&ws, &store, "http://127.0.0.1:1", &["check"]);
+    let offline = kci(ws, &store, "http://127.0.0.1:1", &["check"]);
     assert_ne!(offline.code, 0, "{}\n{}", offline.stdout, offline.stderr);
     assert!(
         offline.stderr.contains("kci-hello 1.0 (all)") && offline.stderr.contains(&deb_sha),
@@ -220,7 +243,7 @@ fn corrupt_cached_bytes_are_evicted_and_fetched_again_or_named_offline() {
 
     // Online, it is fetched again and the rebuild reproduces.
     flip_if_present(&cached);
-    let check = kci(&ws, &store, &server.url, &["check"]).ok();
+    let check = kci(ws, &store, &server.url, &["check"]).ok();
     assert!(
         check.stdout.contains(&format!("hello: reproduced {m1}")),
         "{}",
@@ -238,28 +261,28 @@ fn flip_if_present(p: &Path) {
 
 #[test]
 fn the_cache_travels_through_a_registry_to_a_machine_without_the_mirror() {
-    let tmp = tempfile::tempdir().unwrap();
-    let repo = AptRepo::new(tmp.path());
-    publish(&repo, "1.0");
-    let server = FileServer::serve(&repo.root);
+    let f = Fixture::new();
+    let (ws, server, tmp) = (&f.ws, &f.server, &f.tmp);
     let reg = common::registry::Registry::start(common::registry::Auth::None);
-    let ws = hello_workspace(&repo);
 
     // Machine A: build, then fetch and push its cache.
     let store_a = tmp.path().join("store-a");
-    let first = kci(&ws, &store_a, &server.url, &["build", "--json"]).ok();
-    let m1 = manifests(&first.json())["hello"].clone();
+    let (_, m1) = f.build(&store_a);
     let pushed = kci(
-        &ws,
+        ws,
         &store_a,
         &server.url,
         &["fetch", "--registry", &reg.addr(), "--push", "--json"],
     )
     .ok();
-    assert!(pushed.json()["pushed"].as_u64().unwrap() >= 3, "{}", pushed.stdout);
+    assert!(
+        pushed.json()["pushed"].as_u64().unwrap() >= 3,
+        "{}",
+        pushed.stdout
+    );
     // Again: everything is in the registry already.
     let again = kci(
-        &ws,
+        ws,
         &store_a,
         &server.url,
         &["fetch", "--registry", &reg.addr(), "--push", "--json"],
@@ -271,7 +294,7 @@ fn the_cache_travels_through_a_registry_to_a_machine_without_the_mirror() {
     let store_b = tmp.path().join("store-b");
     let closed = "http://127.0.0.1:1";
     let pulled = kci(
-        &ws,
+        ws,
         &store_b,
         closed,
         &["fetch", "--registry", &reg.addr(), "--json"],
@@ -280,7 +303,7 @@ fn the_cache_travels_through_a_registry_to_a_machine_without_the_mirror() {
     let report = pulled.json();
     assert!(report["pulled"].as_u64().unwrap() >= 3, "{report}");
     assert_eq!(report["stats"]["upstream_bytes"], 0, "{report}");
-    let check = kci(&ws, &store_b, closed, &["check"]).ok();
+    let check = kci(ws, &store_b, closed, &["check"]).ok();
     assert!(
         check.stdout.contains(&format!("hello: reproduced {m1}")),
         "{}\n{}",

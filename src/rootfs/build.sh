@@ -58,6 +58,8 @@ if [ "${1:-}" = customize ]; then
     mv "$root/kci-initrd.img" /out/initrd.img
     rm -rf "$root/usr/lib/modules/0.0.0-kci" "$root/etc/initramfs-tools/conf.d/kci-build" \
         "$root/boot/config-0.0.0-kci"
+    # The retries below are for this build's downloads, not the image's apt.
+    rm -f "$root/etc/apt/apt.conf.d/99mmdebstrap"
     exit 0
 fi
 
@@ -70,8 +72,12 @@ if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
     mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
 fi
 phase bootstrap
+# apt reaches the archive through kci-build's apt cache ($http_proxy on the host's loopback);
+# it waits out a gap of up to a minute, so a kci-build killed and resumed (`rootfs --resume`
+# serves the same port again) does not fail the build.
 # shellcheck disable=SC2086
 mmdebstrap --mode=root --variant=minbase --arch="$KCI_ARCH" --components=main \
+    --aptopt='Acquire::Retries "30"' --aptopt='Acquire::Retries::Delay::Maximum "2"' \
     --include="udev,kmod,dbus,systemd-sysv,diffutils,usbutils,initramfs-tools,patch,systemd-timesyncd${KCI_EXTRA_PACKAGES:+,$KCI_EXTRA_PACKAGES}" \
     --customize-hook='sh /kci/build.sh customize "$1"' \
     "$KCI_SUITE" "$root" "$KCI_MIRROR"

@@ -135,10 +135,18 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             ws.env.apt_upstream.clone(),
             pins_of(&pins),
         );
+        // On the port of the last run when it is free: a container it left running (which
+        // `--resume` attaches to) still has that port in its environment.
+        let port_file = ws.store.root().join("rootfs-apt-proxy.addr");
+        let last = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
         let proxy = apt
-            .serve()
+            .serve_at(last)
             .await
             .context("starting the apt cache's proxy")?;
+        crate::fsutil::atomic_write(&port_file, proxy.addr().to_string().as_bytes())
+            .with_context(|| format!("writing {}", port_file.display()))?;
         for t in &mut c.todo {
             t.env.push(format!("http_proxy={}", proxy.url()));
         }
