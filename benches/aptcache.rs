@@ -1,6 +1,6 @@
 //! Serving throughput of the apt cache: `cargo bench --bench aptcache -- <store> <lockfile>`.
 //!
-//! Every `.deb` the lockfile's targets were built from, already in `<store>`'s cache, is
+//! Every `.deb` the lockfile's targets were built from that `<store>`'s cache holds is
 //! fetched through the cache's proxy as apt fetches it (absolute-form URLs, one keep-alive
 //! connection, one file after the other), with the upstream set to a closed port so nothing
 //! can come from the mirror; then the same files are read from disk. The page cache is warm
@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         .flat_map(|t| t.deb.clone())
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_iter()
+        .filter(|(_, d)| store.has_blob(d)) // what `fetch` cached for the benchmarked targets
         .collect();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -547,8 +547,14 @@ impl AptCache {
         let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
         let body = if head {
             Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
+        } else if len <= 16 << 20 {
+            // Most packages: one read on the blocking pool, one frame.
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Full::new(Bytes::from(bytes)).map_err(|n| match n {}).boxed(),
+                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
         } else {
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
             BodyExt::boxed(StreamBody::new(stream.map_ok(Frame::data)))
         };
         hyper::Response::builder()
