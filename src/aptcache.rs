@@ -550,7 +550,9 @@ impl AptCache {
         } else if len <= 16 << 20 {
             // Most packages: one read on the blocking pool, one frame.
             match tokio::fs::read(&path).await {
-                Ok(bytes) => Full::new(Bytes::from(bytes)).map_err(|n| match n {}).boxed(),
+                Ok(bytes) => Full::new(Bytes::from(bytes))
+                    .map_err(|n| match n {})
+                    .boxed(),
                 Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         } else {
