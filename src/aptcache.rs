@@ -395,7 +395,7 @@ impl AptCache {
             .get(&url)
             .send()
             .await
-            .map_err(|e| gone(error_chain(&e)))?;
+            .map_err(|e| gone(crate::error::chain(&e)))?;
         if !resp.status().is_success() {
             return Err(gone(format!("HTTP {}", resp.status())));
         }
@@ -403,7 +403,7 @@ impl AptCache {
         let mut w = store.blob_writer()?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| gone(error_chain(&e)))?;
+            let chunk = chunk.map_err(|e| gone(crate::error::chain(&e)))?;
             self.inner
                 .upstream_bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -631,17 +631,6 @@ fn binary_arch(path: &str) -> Option<&str> {
     rest.split('/').next()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(e) = src {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        src = e.source();
-    }
-    s
-}
-
 /// Reads a compressed `Packages` index.
 fn read_packages(file: &std::path::Path, xz: bool) -> Result<Vec<Deb>, String> {
     let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
@@ -658,12 +647,3 @@ fn read_packages(file: &std::path::Path, xz: bool) -> Result<Vec<Deb>, String> {
 
 /// The pins and sources of a workspace's suites, as the proxy's users see them.
 pub type Pins = BTreeMap<SuiteId, Digest>;
-
-/// `812 B`, `3.4 KiB`, `63.9 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
-}

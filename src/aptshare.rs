@@ -118,25 +118,10 @@ pub async fn pull(
     stream::iter(
         missing
             .into_iter()
-            .map(|d| fetch_blob(reg, store, &at.repo, d)),
+            .map(|d| crate::publish::fetch_blob(reg, store, &at.repo, d)),
     )
     .buffer_unordered(4)
     .try_collect::<Vec<()>>()
     .await?;
     Ok(Some((files, n)))
-}
-
-/// One blob into the store, kept only if it has the digest it was asked for.
-async fn fetch_blob(reg: &Registry, store: &Store, repo: &str, d: &Digest) -> anyhow::Result<()> {
-    let mut w = store.blob_writer()?;
-    reg.get_blob(repo, d, &mut w)
-        .await
-        .with_context(|| format!("fetching {d} from {}/{repo}", reg.host()))?;
-    if let Err(got) = w.commit_expecting(d)? {
-        anyhow::bail!(
-            "{}/{repo} served {got} for {d}; nothing was kept",
-            reg.host()
-        );
-    }
-    Ok(())
 }

@@ -125,3 +125,15 @@ impl fmt::Display for Rendered<'_> {
         Ok(())
     }
 }
+
+/// An error and its sources on one line: `a: b: c` (for messages that travel as text).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

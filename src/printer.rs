@@ -120,9 +120,11 @@ impl Printer {
     }
 }
 
-/// A size for people: `12.3 MiB`, `4.0 KiB`.
+/// A size for people: `12.3 MiB`, `4.0 KiB`, `0 B`.
 pub fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 {
+    if n < 1024 {
+        format!("{n} B")
+    } else if n >= 1 << 20 {
         format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
     } else {
         format!("{:.1} KiB", n as f64 / 1024.0)

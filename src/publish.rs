@@ -358,11 +358,9 @@ pub async fn fetch_blob(
     reg.get_blob(repo, digest, &mut w)
         .await
         .with_context(|| format!("fetching {digest} from {}/{repo}", reg.host()))?;
-    let (got, _) = w.commit()?;
-    anyhow::ensure!(
-        &got == digest,
-        "{}/{repo} served {got} for {digest}",
-        reg.host()
-    );
+    // Verify, then rename: bytes of another digest are never kept.
+    if let Err(got) = w.commit_expecting(digest)? {
+        anyhow::bail!("{}/{repo} served {got} for {digest}", reg.host());
+    }
     Ok(())
 }

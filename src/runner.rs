@@ -153,43 +153,59 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
                 false,
             )
         }
-        Command::Lock { refresh: None, .. } => finish(ctx, ops::lock::run(ctx), false),
-        Command::Lock {
-            refresh: Some(suites),
-            recipes,
-            rootfs_lockfile,
-            ..
-        } => {
-            ctx.lock_images_lockfile()?;
-            ctx.lock_lockfile(rootfs_lockfile)?;
-            ctx.share_store()?;
-            let opts = ops::lock::RefreshOptions {
-                suites: suites.clone(),
-                recipes: recipes.clone(),
-                rootfs_lockfile: rootfs_lockfile.clone(),
-            };
-            let what_now = "the lockfiles were not written; run the same command again";
-            let report = cancellable(ops::lock::refresh(ctx, &opts), what_now)?;
-            finish(ctx, report, false)
-        }
-        Command::Fetch {
-            targets,
-            registry,
-            push,
-            json,
-        } => {
-            ctx.share_store()?;
-            let opts = ops::fetch::FetchOptions {
-                targets: targets.clone(),
-                registry: registry.clone(),
-                push: *push,
-            };
-            let what_now = "fetched files stay in the cache; run the same command again";
-            let report = cancellable(ops::fetch::run(ctx, &opts), what_now)?;
-            finish(ctx, report, *json)
-        }
+        Command::Lock { .. } => lock(ctx, cli),
+        Command::Fetch { .. } => fetch(ctx, cli),
         Command::Prod { .. } => prod(ctx, cli),
     }
+}
+
+/// `kci-build lock --check`, or `lock --refresh` under both lockfiles' locks.
+fn lock(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::Lock {
+        refresh,
+        recipes,
+        rootfs_lockfile,
+        ..
+    } = &cli.command
+    else {
+        unreachable!("dispatched on Command::Lock")
+    };
+    let Some(suites) = refresh else {
+        return finish(ctx, ops::lock::run(ctx), false);
+    };
+    ctx.lock_images_lockfile()?;
+    ctx.lock_lockfile(rootfs_lockfile)?;
+    ctx.share_store()?;
+    let opts = ops::lock::RefreshOptions {
+        suites: suites.clone(),
+        recipes: recipes.clone(),
+        rootfs_lockfile: rootfs_lockfile.clone(),
+    };
+    let what_now = "the lockfiles were not written; run the same command again";
+    let report = cancellable(ops::lock::refresh(ctx, &opts), what_now)?;
+    finish(ctx, report, false)
+}
+
+/// `kci-build fetch`: the apt cache filled (and shared) under the store's shared lock.
+fn fetch(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::Fetch {
+        targets,
+        registry,
+        push,
+        json,
+    } = &cli.command
+    else {
+        unreachable!("dispatched on Command::Fetch")
+    };
+    ctx.share_store()?;
+    let opts = ops::fetch::FetchOptions {
+        targets: targets.clone(),
+        registry: registry.clone(),
+        push: *push,
+    };
+    let what_now = "fetched files stay in the cache; run the same command again";
+    let report = cancellable(ops::fetch::run(ctx, &opts), what_now)?;
+    finish(ctx, report, *json)
 }
 
 /// `kci-build prod …`: the options, and the journal's word on an interrupted run.

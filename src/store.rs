@@ -451,11 +451,10 @@ impl BlobWriter<'_> {
         expected: &Digest,
     ) -> Result<Result<u64, Digest>, StoreError> {
         self.out.flush().map_err(self.store.err("flushing blob"))?;
-        let (d, size) = self.out.digest();
+        let (d, _) = self.out.digest();
         if d != *expected {
             return Ok(Err(d));
         }
-        let _ = size;
         self.commit().map(|(_, size)| Ok(size))
     }
 

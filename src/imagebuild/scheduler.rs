@@ -121,7 +121,7 @@ impl Scheduled {
                 format!(
                     "{} files from the cache, {} fetched upstream ({} files)",
                     apt.hits,
-                    crate::aptcache::human_bytes(apt.upstream_bytes),
+                    crate::printer::human_bytes(apt.upstream_bytes),
                     apt.misses
                 ),
             );

@@ -142,21 +142,9 @@ async fn rebuild_and_compare(
                 old.short(),
                 new.short()
             );
-            if !main.has_blob(old) {
-                if let Some(reg) = &registry {
-                    fetch_blob(reg, &main, &repository(&ws.settings.prefix, &name), old).await?;
-                } else {
-                    let _ = writeln!(out, "    the locked layer is not in the local store ({}); its contents cannot be compared (pass --registry to fetch it)", main.root().display());
-                    continue;
-                }
-            }
-            let a = layerdiff::read_layer(&main.blob_path(old))
-                .with_context(|| format!("reading layer {old}"))?;
-            let b = layerdiff::read_layer(&scratch.blob_path(new))
-                .with_context(|| format!("reading layer {new}"))?;
-            for line in layerdiff::diff(&a, &b, 20) {
-                let _ = writeln!(out, "    {line}");
-            }
+            let repo = repository(&ws.settings.prefix, &name);
+            let reg = registry.as_ref();
+            out.push_str(&explain_layer(&main, &scratch, reg, &repo, old, new).await?);
         }
         if rebuilt.is_index() {
             let _ = writeln!(
@@ -189,4 +177,30 @@ async fn rebuild_and_compare(
 
 fn names(t: &[TargetName]) -> String {
     t.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// What differs between a locked layer (in `main`, or fetched from the registry) and its
+/// rebuild (in `scratch`), one indented line each.
+async fn explain_layer(
+    main: &Store,
+    scratch: &Store,
+    registry: Option<&Registry>,
+    repo: &str,
+    old: &Digest,
+    new: &Digest,
+) -> anyhow::Result<String> {
+    if !main.has_blob(old) {
+        match registry {
+            Some(reg) => fetch_blob(reg, main, repo, old).await?,
+            None => return Ok(format!("    the locked layer is not in the local store ({}); its contents cannot be compared (pass --registry to fetch it)\n", main.root().display())),
+        }
+    }
+    let a = layerdiff::read_layer(&main.blob_path(old))
+        .with_context(|| format!("reading layer {old}"))?;
+    let b = layerdiff::read_layer(&scratch.blob_path(new))
+        .with_context(|| format!("reading layer {new}"))?;
+    Ok(layerdiff::diff(&a, &b, 20)
+        .iter()
+        .map(|line| format!("    {line}\n"))
+        .collect())
 }

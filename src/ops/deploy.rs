@@ -137,21 +137,10 @@ impl Probe for HttpProbe {
             Ok(r) => Ok(r.status() == reqwest::StatusCode::OK),
             Err(e) => Err(ProbeError {
                 url: url.to_owned(),
-                message: error_chain(&e),
+                message: crate::error::chain(&e),
             }),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 pub async fn run(ctx: &Context, args: &DeployArgs) -> anyhow::Result<DeployReport> {

@@ -51,7 +51,7 @@ impl Report for FetchReport {
                 self.suites,
                 self.index_files,
                 self.debs,
-                crate::aptcache::human_bytes(self.stats.upstream_bytes),
+                crate::printer::human_bytes(self.stats.upstream_bytes),
                 self.stats.misses,
                 self.stats.hits
             ),
