@@ -644,6 +644,3 @@ fn read_packages(file: &std::path::Path, xz: bool) -> Result<Vec<Deb>, String> {
     r.read_to_string(&mut text).map_err(|e| e.to_string())?;
     parse_packages(&text)
 }
-
-/// The pins and sources of a workspace's suites, as the proxy's users see them.
-pub type Pins = BTreeMap<SuiteId, Digest>;
