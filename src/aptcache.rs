@@ -433,6 +433,16 @@ impl AptCache {
     /// Starts a proxy on `preferred` when it is free (a resumed rootfs container still
     /// names the port of the run that started it), else on a free loopback port.
     pub async fn serve_at(&self, preferred: Option<SocketAddr>) -> std::io::Result<Proxy> {
+        self.serve_with(preferred, None).await
+    }
+
+    /// [`serve_at`](Self::serve_at), with `control` answering kci-build's own requests
+    /// (origin-form `GET /-/kci-build/…`; without it they are 404).
+    pub async fn serve_with(
+        &self,
+        preferred: Option<SocketAddr>,
+        control: Option<Control>,
+    ) -> std::io::Result<Proxy> {
         let listener = match preferred {
             Some(addr) => match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -448,11 +458,16 @@ impl AptCache {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
-                let (cache, s) = (cache.clone(), s.clone());
+                let (cache, s, control) = (cache.clone(), s.clone(), control.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (cache, s) = (cache.clone(), s.clone());
-                        async move { Ok::<_, Infallible>(cache.answer(&s, req).await) }
+                        let (cache, s, control) = (cache.clone(), s.clone(), control.clone());
+                        async move {
+                            if let Some(answer) = control_request(control.as_ref(), &req) {
+                                return Ok::<_, Infallible>(answer);
+                            }
+                            Ok::<_, Infallible>(cache.answer(&s, req).await)
+                        }
                     });
                     let io = hyper_util::rt::TokioIo::new(conn);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -609,6 +624,28 @@ impl Drop for Proxy {
 }
 
 type Response = hyper::Response<BoxBody<Bytes, std::io::Error>>;
+
+/// Answers kci-build's own requests to a proxy: `(path, query) → (status, body)`. The
+/// detached rootfs proxy takes its leases this way ([`crate::aptproxy`]).
+pub type Control = Arc<dyn Fn(&str, &str) -> (StatusCode, String) + Send + Sync>;
+
+/// Where kci-build's own requests go: a path no apt archive has.
+pub const CONTROL_PREFIX: &str = "/-/kci-build/";
+
+/// The answer to an origin-form request below [`CONTROL_PREFIX`]; `None` for apt's own.
+fn control_request<B>(control: Option<&Control>, req: &hyper::Request<B>) -> Option<Response> {
+    let uri = req.uri();
+    if uri.scheme().is_some() || !uri.path().starts_with(CONTROL_PREFIX) {
+        return None;
+    }
+    Some(match control {
+        Some(c) => {
+            let (status, body) = c(uri.path(), uri.query().unwrap_or(""));
+            text(status, &body)
+        }
+        None => text(StatusCode::NOT_FOUND, "no control requests here"),
+    })
+}
 
 fn text(status: StatusCode, message: &str) -> Response {
     hyper::Response::builder()

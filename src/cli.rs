@@ -285,6 +285,22 @@ pub enum Command {
         #[arg(long, default_value = "lockfiles/rootfs.lock")]
         rootfs_lockfile: PathBuf,
     },
+    /// The apt proxy of rootfs builds, as its own process: started and leased by `kci-build
+    /// rootfs` so that the builder containers keep their apt when kci-build is killed.
+    /// Prints its address; exits once no lease holder lives and no rootfs container of
+    /// the store runs.
+    #[command(hide = true)]
+    AptProxy {
+        /// The pid of the kci-build that holds the first lease.
+        #[arg(long)]
+        lease: u32,
+        /// `SUITE=DIGEST`: a pinned `InRelease` to serve.
+        #[arg(long = "pin")]
+        pins: Vec<String>,
+        /// The address to listen on when it is free (a resumed container still names it).
+        #[arg(long)]
+        prefer: Option<std::net::SocketAddr>,
+    },
     /// Fill the apt cache for the lockfile without building: the pinned indexes and every
     /// `.deb` the targets were built from, verified. A later build then needs no mirror
     /// (`KCI_APT_UPSTREAM=http://127.0.0.1:1` proves it).

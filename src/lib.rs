@@ -14,6 +14,7 @@
 
 pub mod aptcache;
 pub mod aptpins;
+pub mod aptproxy;
 pub mod aptshare;
 pub mod backend;
 pub mod bootstrap;

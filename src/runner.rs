@@ -155,6 +155,19 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Lock { .. } => lock(ctx, cli),
         Command::Fetch { .. } => fetch(ctx, cli),
+        Command::AptProxy {
+            lease,
+            pins,
+            prefer,
+        } => {
+            let opts = crate::aptproxy::ServeOptions {
+                pins: crate::aptproxy::parse_pins(pins).map_err(anyhow::Error::msg)?,
+                prefer: *prefer,
+                lease: *lease,
+            };
+            ctx.share_store()?;
+            cancellable(ops::apt_proxy::run(ctx, &opts), "the proxy stopped")?
+        }
         Command::Prod { .. } => prod(ctx, cli),
     }
 }

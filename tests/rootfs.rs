@@ -281,6 +281,24 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         resumed.stderr
     );
     assert!(resumed.stderr.contains("Attaching"), "{}", resumed.stderr);
+    // The killed run's apt proxy outlived it (the container it attached to still needed it)
+    // and the rerun leased it; with no holder and no container left, it goes away.
+    assert!(
+        resumed
+            .stderr
+            .contains("Leasing the apt proxy still serving"),
+        "{}",
+        resumed.stderr
+    );
+    let proxy_state = ws.store().join("rootfs-apt-proxy.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy_state.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the apt proxy still runs a minute after the last build"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(running_rootfs_containers().is_empty());
     assert!(
         std::fs::read_dir(ws.store().join("rootfs"))

@@ -5,6 +5,7 @@
 //! a driver (the Monday procedure) can call any command as a function and journal its report.
 //! Commands do not call each other: what two share lives on a floor below.
 
+pub mod apt_proxy;
 pub mod build;
 pub mod check;
 pub mod deploy;

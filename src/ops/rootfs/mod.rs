@@ -26,8 +26,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::{Context, Report, Workspace};
-use crate::aptcache::AptCache;
 use crate::aptpins;
+use crate::aptproxy;
 use crate::core::apt::SuiteSource;
 use crate::core::lockdiff::{self, LockKind};
 use crate::core::lockfile::pins_of;
@@ -129,24 +129,9 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let storage = open_storage(opts.storage.as_ref(), ws.env.storage_token.as_ref())?;
     let mut c = classify::classify(&store_dir(ws), &prepared, storage.as_ref(), printer).await?;
     if !c.todo.is_empty() {
-        // Every container's apt goes through the cache (host network: the loopback proxy).
-        let apt = AptCache::new(
-            ws.store.clone(),
-            ws.env.apt_upstream.clone(),
-            pins_of(&pins),
-        );
-        // On the port of the last run when it is free: a container it left running (which
-        // `--resume` attaches to) still has that port in its environment.
-        let port_file = ws.store.root().join("rootfs-apt-proxy.addr");
-        let last = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let proxy = apt
-            .serve_at(last)
-            .await
-            .context("starting the apt cache's proxy")?;
-        crate::fsutil::atomic_write(&port_file, proxy.addr().to_string().as_bytes())
-            .with_context(|| format!("writing {}", port_file.display()))?;
+        // Every container's apt goes through the cache (host network: a loopback proxy), in
+        // a process of its own that outlives this one as long as a container needs it.
+        let proxy = aptproxy::lease(&ws.store, &pins_of(&pins), printer).await?;
         for t in &mut c.todo {
             t.env.push(format!("http_proxy={}", proxy.url()));
         }
