@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::{Read, Write as _};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -433,16 +434,20 @@ impl AptCache {
     /// Starts a proxy on `preferred` when it is free (a resumed rootfs container still
     /// names the port of the run that started it), else on a free loopback port.
     pub async fn serve_at(&self, preferred: Option<SocketAddr>) -> std::io::Result<Proxy> {
-        self.serve_with(preferred, None).await
+        self.serve_with(Listen {
+            preferred,
+            ..Listen::default()
+        })
+        .await
     }
 
-    /// [`serve_at`](Self::serve_at), with `control` answering kci-build's own requests
-    /// (origin-form `GET /-/kci-build/…`; without it they are 404).
-    pub async fn serve_with(
-        &self,
-        preferred: Option<SocketAddr>,
-        control: Option<Control>,
-    ) -> std::io::Result<Proxy> {
+    /// A proxy set up by `listen`.
+    pub async fn serve_with(&self, listen: Listen) -> std::io::Result<Proxy> {
+        let Listen {
+            preferred,
+            control,
+            clients,
+        } = listen;
         let listener = match preferred {
             Some(addr) => match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -451,7 +456,10 @@ impl AptCache {
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         };
         let addr = listener.local_addr()?;
-        let session = Arc::new(Session::default());
+        let session = Arc::new(Session {
+            clients,
+            ..Session::default()
+        });
         let (cache, s) = (self.clone(), session.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -504,7 +512,11 @@ impl AptCache {
         };
         let path = uri.path().to_owned();
         let head = req.method() == Method::HEAD;
-        match self.resolve(&origin, &path, session).await {
+        let client = proxy_client(req.headers());
+        match self
+            .resolve(&origin, &path, session, client.as_deref())
+            .await
+        {
             Ok(digest) => self.file(&digest, head).await,
             Err(e @ AptError::NotListed { .. }) => text(StatusCode::NOT_FOUND, &e.to_string()),
             Err(e) if matches!(e, AptError::Gone { .. }) && is_index(&path) => {
@@ -528,6 +540,7 @@ impl AptCache {
         origin: &str,
         path: &str,
         session: &Session,
+        client: Option<&str>,
     ) -> Result<Digest, AptError> {
         let not_served = || AptError::NotListed {
             what: path.to_owned(),
@@ -543,11 +556,15 @@ impl AptCache {
             Request::ByHash { suite, sha256 } => self.by_hash(origin, &suite, &sha256).await,
             Request::Pool { archive, path } => {
                 let deb = self.deb(origin, &archive, &path).await?;
+                let name = format!("{archive}/{path}");
+                if let (Some(dir), Some(client)) = (&session.clients, client) {
+                    record_served(dir, client, &name, &deb.listed.sha256);
+                }
                 session
                     .served
                     .lock()
                     .unwrap()
-                    .insert(format!("{archive}/{path}"), deb.listed.sha256.clone());
+                    .insert(name, deb.listed.sha256.clone());
                 Ok(deb.listed.sha256)
             }
         }
@@ -582,11 +599,77 @@ impl AptCache {
     }
 }
 
+/// How a proxy listens and what it does besides apt.
+#[derive(Default)]
+pub struct Listen {
+    /// The address to take when it is free (a resumed rootfs container still names the
+    /// port of the run that started it), else a free loopback port.
+    pub preferred: Option<SocketAddr>,
+    /// Answers kci-build's own requests (origin-form `GET /-/kci-build/…`); 404 without.
+    pub control: Option<Control>,
+    /// Where to append, per client, the `.deb`s it was served: `<dir>/<client>.debs`, one
+    /// `<archive>/<pool path> <sha256>` line each. A client names itself as the user of its
+    /// proxy URL (`http://<client>@127.0.0.1:<port>`; apt sends it as Proxy-Authorization).
+    pub clients: Option<PathBuf>,
+}
+
 /// What one build's proxy saw.
 #[derive(Default)]
 struct Session {
     served: Mutex<BTreeMap<String, Digest>>,
     errors: Mutex<Vec<String>>,
+    clients: Option<PathBuf>,
+}
+
+/// The client a request names: the user of a `Basic` Proxy-Authorization, when it is 1–64
+/// lowercase hex digits (it names a file).
+fn proxy_client(headers: &hyper::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let value = headers
+        .get(hyper::header::PROXY_AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next()?;
+    let ok = (1..=64).contains(&user.len())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| user.to_owned())
+}
+
+/// Appends one served `.deb` to the client's list (one short `O_APPEND` write: whole lines
+/// even with concurrent requests). A list that cannot be written costs the lockfile its
+/// `deb` lines for that build, not the build.
+fn record_served(dir: &std::path::Path, client: &str, name: &str, sha256: &Digest) {
+    let line = format!("{name} {sha256}\n");
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{client}.debs")))?;
+        f.write_all(line.as_bytes())
+    };
+    if let Err(e) = write() {
+        tracing::warn!("apt cache: cannot record {name} for {client}: {e}");
+    }
+}
+
+/// The `.deb`s a client's list names (see [`Listen::clients`]); empty when there is none.
+/// Lines that do not parse are skipped.
+pub fn read_served(dir: &std::path::Path, client: &str) -> BTreeMap<String, Digest> {
+    let text = std::fs::read_to_string(dir.join(format!("{client}.debs"))).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (name, sha) = l.split_once(' ')?;
+            Some((name.to_owned(), sha.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A running proxy; it stops when dropped.
@@ -680,4 +763,65 @@ fn read_packages(file: &std::path::Path, xz: bool) -> Result<Vec<Deb>, String> {
     let mut r = r;
     r.read_to_string(&mut text).map_err(|e| e.to_string())?;
     parse_packages(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            hyper::header::PROXY_AUTHORIZATION,
+            auth.parse().expect("a header value"),
+        );
+        h
+    }
+
+    #[test]
+    fn a_client_is_the_hex_user_of_the_proxy_url_and_nothing_else() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        // What apt sends for http_proxy=http://0123abcd@127.0.0.1:PORT.
+        assert_eq!(
+            proxy_client(&headers("Basic MDEyM2FiY2Q6")).as_deref(),
+            Some("0123abcd")
+        );
+        for bad in [
+            format!("Basic {}", b64("../../etc:")),
+            format!("Basic {}", b64("ABCD:")),
+            format!("Basic {}", b64(&format!("{}:", "a".repeat(65)))),
+            format!("Basic {}", b64(":")),
+            "Bearer 0123abcd".to_owned(),
+            "Basic !!!".to_owned(),
+        ] {
+            assert_eq!(proxy_client(&headers(&bad)), None, "{bad}");
+        }
+        assert_eq!(proxy_client(&hyper::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn served_debs_are_appended_per_client_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("apt-served");
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        record_served(&served, "aa", "debian/pool/main/a/a_1_all.deb", &a);
+        record_served(&served, "aa", "debian/pool/main/b/b_2_amd64.deb", &b);
+        record_served(&served, "bb", "debian/pool/main/a/a_1_all.deb", &a);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(served.join("aa.debs"))
+            .unwrap()
+            .write_all(b"half a line")
+            .unwrap();
+        assert_eq!(
+            read_served(&served, "aa"),
+            BTreeMap::from([
+                ("debian/pool/main/a/a_1_all.deb".to_owned(), a.clone()),
+                ("debian/pool/main/b/b_2_amd64.deb".to_owned(), b),
+            ])
+        );
+        assert_eq!(read_served(&served, "bb").len(), 1);
+        assert!(read_served(&served, "cc").is_empty());
+    }
 }

@@ -24,7 +24,7 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt as _;
 
-use crate::aptcache::{AptCache, Control, CONTROL_PREFIX};
+use crate::aptcache::{AptCache, Control, Listen, CONTROL_PREFIX};
 use crate::core::apt::SuiteId;
 use crate::core::names::Digest;
 use crate::engine::{ContainerState, DockerEngine, Engine};
@@ -71,8 +71,10 @@ pub struct Leased {
 }
 
 impl Leased {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// The `http_proxy` of one build: `client` (hex digits: the build's key) is where the
+    /// proxy records the `.deb`s it serves that build (see [`Listen::clients`]).
+    pub fn url_for(&self, client: &str) -> String {
+        format!("http://{client}@{}", self.addr)
     }
 }
 
@@ -249,7 +251,11 @@ pub async fn serve(
         opts.pins.clone(),
     );
     let proxy = cache
-        .serve_with(opts.prefer, Some(control))
+        .serve_with(Listen {
+            preferred: opts.prefer,
+            control: Some(control),
+            clients: Some(store.apt_served_dir()),
+        })
         .await
         .context("starting the apt cache's proxy")?;
     let state = State {

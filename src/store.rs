@@ -148,6 +148,10 @@ impl Store {
 
     /// Rootfs files: a directory per key holding the five files and `manifest.json`, entered
     /// whole by renaming a finished temp directory beside it.
+    pub fn apt_served_dir(&self) -> PathBuf {
+        self.root.join("apt-served")
+    }
+
     pub fn rootfs_dir(&self) -> PathBuf {
         self.root.join("rootfs")
     }

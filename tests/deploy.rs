@@ -55,6 +55,7 @@ fn lockfile(configs: &[(&str, &str, &[&str])], base: &str) -> String {
                                 input: BTreeMap::new(),
                                 package: BTreeMap::new(),
                                 artifact,
+                                deb: BTreeMap::new(),
                             },
                         )
                     })

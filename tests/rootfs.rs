@@ -104,6 +104,20 @@ fn containers_of(config: &str, all: bool) -> Vec<String> {
         .collect()
 }
 
+/// A table (`package`, `deb`) of the tiny config's `arch` entry in a rootfs lockfile.
+fn table_of(lock: &str, arch: &str, table: &str) -> BTreeMap<String, String> {
+    let v: toml::Value = toml::from_str(lock).unwrap();
+    v["rootfs"]["tiny"]["arch"][arch]
+        .get(table)
+        .and_then(|t| t.as_table())
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     let _g = daemon_lock();
@@ -143,6 +157,24 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         "artifact.\"rootfs.cpio.gz\".url = \"{public}/tiny/{version}/arm64/rootfs.cpio.gz\""
     )));
     assert!(lock.contains("package.\"systemd:arm64\" = "), "{lock}");
+    // Every installed package came through the apt cache, and the lockfile names its .deb.
+    for arch in ["amd64", "arm64"] {
+        let (packages, debs) = (
+            table_of(&lock, arch, "package"),
+            table_of(&lock, arch, "deb"),
+        );
+        for (name_arch, version) in &packages {
+            let (name, parch) = name_arch.split_once(':').unwrap();
+            let upstream = version.split_once(':').map_or(version.as_str(), |(_, v)| v);
+            let file = format!("/{name}_{upstream}_{parch}.deb");
+            assert!(
+                debs.keys()
+                    .any(|d| d.starts_with("debian/pool/") && d.ends_with(&file)),
+                "{arch}: no deb line for {name_arch} {version} in {debs:?}"
+            );
+        }
+        assert!(debs.values().all(|s| s.starts_with("sha256:")), "{debs:?}");
+    }
 
     // The uploaded files are the stored bytes.
     for (name, sum) in &first_sums {
@@ -305,6 +337,13 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
             .unwrap()
             .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("tmp-")),
         "temp dirs left in the rootfs store"
+    );
+
+    // The resumed build's packages were recorded by the proxy that outlived the kill.
+    let resumed_lock = std::fs::read_to_string(ws.path().join("lockfiles/rootfs.lock")).unwrap();
+    assert_eq!(
+        table_of(&resumed_lock, "amd64", "deb"),
+        table_of(&lock, "amd64", "deb")
     );
 
     // 5. Same bytes, file by file, for both arches.

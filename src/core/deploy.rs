@@ -538,6 +538,7 @@ file_systems:
                                     input: Default::default(),
                                     package: Default::default(),
                                     artifact: Default::default(),
+                                    deb: Default::default(),
                                 },
                             )
                         })

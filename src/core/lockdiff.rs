@@ -560,6 +560,7 @@ mod tests {
                 input: BTreeMap::new(),
                 package: BTreeMap::from([("libc6:arm64".to_owned(), libc.to_owned())]),
                 artifact,
+                deb: BTreeMap::new(),
             };
             RootfsLockfile {
                 apt_index: Default::default(),

@@ -39,6 +39,10 @@ pub struct RootfsManifest {
     pub source_date_epoch: u64,
     pub packages: BTreeMap<String, String>,
     pub artifacts: BTreeMap<String, ArtifactInfo>,
+    /// `<archive>/<pool path>` → sha256 of every `.deb` the build fetched through the apt
+    /// cache (empty in manifests of builds before the cache recorded them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub debs: BTreeMap<String, Digest>,
 }
 
 const HEADER: &str = "\
@@ -76,6 +80,9 @@ pub struct LockedRootfs {
     /// File name (`rootfs.cpio.gz`, …) → its bytes.
     #[serde(default)]
     pub artifact: BTreeMap<String, LockedArtifact>,
+    /// `<archive>/<pool path>` of each `.deb` the build installed → its sha256.
+    #[serde(default)]
+    pub deb: BTreeMap<String, Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -160,6 +167,9 @@ impl RootfsLockfile {
                 for (k, v) in &r.package {
                     let _ = writeln!(out, "package.{} = {}", quote(k), quote(v));
                 }
+                for (path, sha) in &r.deb {
+                    let _ = writeln!(out, "deb.{} = {}", quote(path), quote(sha.as_str()));
+                }
             }
         }
         out
@@ -223,6 +233,10 @@ mod tests {
                         size: 42,
                         url: Some("http://storage.test/bookworm/v/amd64/rootfs.cpio.gz".into()),
                     },
+                )]),
+                deb: BTreeMap::from([(
+                    "debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb".into(),
+                    digest('c'),
                 )]),
             },
         );

@@ -100,6 +100,7 @@ fn locked(arch: &ArchRun<'_>, m: &RootfsManifest, old: Option<&LockedRootfs>) ->
         input: arch.facts.clone(),
         package: m.packages.clone(),
         artifact,
+        deb: m.debs.clone(),
     }
 }
 
@@ -123,6 +124,7 @@ mod tests {
                     url: None,
                 },
             )]),
+            debs: BTreeMap::new(),
         }
     }
 

@@ -166,6 +166,7 @@ pub async fn pack<E: crate::engine::Engine>(
     raw: &Path,
     out: &Path,
     packing: &Arc<Packing>,
+    debs: BTreeMap<String, crate::core::names::Digest>,
 ) -> anyhow::Result<RootfsManifest> {
     let ctx = Arc::new(Ctx {
         label: job.label(),
@@ -219,10 +220,15 @@ pub async fn pack<E: crate::engine::Engine>(
         started.elapsed().as_secs_f64(),
         peak_rss::show()
     );
-    manifest(job, made, out)
+    manifest(job, made, debs, out)
 }
 
-fn manifest(job: &RootfsJob, made: Vec<Made>, out: &Path) -> anyhow::Result<RootfsManifest> {
+fn manifest(
+    job: &RootfsJob,
+    made: Vec<Made>,
+    debs: BTreeMap<String, crate::core::names::Digest>,
+    out: &Path,
+) -> anyhow::Result<RootfsManifest> {
     let mut packages = BTreeMap::new();
     let mut artifacts = BTreeMap::new();
     for m in made {
@@ -245,6 +251,7 @@ fn manifest(job: &RootfsJob, made: Vec<Made>, out: &Path) -> anyhow::Result<Root
         source_date_epoch: job.source_date_epoch,
         packages,
         artifacts,
+        debs,
     };
     fsutil::atomic_write(
         &out.join(MANIFEST),

@@ -28,6 +28,8 @@ pub(super) struct JobCtx<E> {
     pub image_id: String,
     pub store_root: PathBuf,
     pub logs: PathBuf,
+    /// Where the apt proxy lists the `.deb`s it served each build (by key).
+    pub apt_served: PathBuf,
     pub printer: Printer,
     pub packing: Arc<Packing>,
 }
@@ -189,7 +191,8 @@ async fn run_job<E: Engine>(
             format!("{label}: the five files and the manifest"),
         ),
     }
-    let made = pack::pack(engine, &name, job, &raw, &out, packing).await;
+    let debs = crate::aptcache::read_served(&ctx.apt_served, job.key.hex());
+    let made = pack::pack(engine, &name, job, &raw, &out, packing, debs).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -203,6 +206,8 @@ async fn run_job<E: Engine>(
     }
     fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
     drop(tmp);
+    // The list is in the stored manifest now.
+    let _ = std::fs::remove_file(ctx.apt_served.join(format!("{}.debs", job.key.hex())));
     engine
         .remove_container(&name)
         .await
@@ -251,6 +256,13 @@ async fn attach_or_start<E: Engine>(
                 .remove_container(name)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+            // A fresh build: what the proxy served an earlier one of the key is not its.
+            let served = ctx.apt_served.join(format!("{}.debs", job.key.hex()));
+            if let Err(e) = std::fs::remove_file(&served) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(fail(format!("removing {}: {e}", served.display())));
+                }
+            }
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
             builder::start(engine, name, job, image_id, env, tar.to_vec())
                 .await
@@ -294,6 +306,7 @@ mod tests {
             image_id: "sha256:builder".into(),
             store_root: dir.join("rootfs"),
             logs: dir.join("logs"),
+            apt_served: dir.join("apt-served"),
             printer: Printer::new(ColorChoice::Never, true),
             packing: Arc::new(pack::PackSettings::default().resolve()),
         };

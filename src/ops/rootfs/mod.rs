@@ -133,7 +133,8 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         // a process of its own that outlives this one as long as a container needs it.
         let proxy = aptproxy::lease(&ws.store, &pins_of(&pins), printer).await?;
         for t in &mut c.todo {
-            t.env.push(format!("http_proxy={}", proxy.url()));
+            t.env
+                .push(format!("http_proxy={}", proxy.url_for(t.job.key.hex())));
         }
         let engine = DockerEngine::connect(&ws.env.engine).await?;
         build::ensure_loaded(&engine, &ws.store, &builder_image).await?;
@@ -142,6 +143,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             image_id: builder_image.config.as_str().to_owned(),
             store_root: store_dir(ws),
             logs: ws.store.logs_dir(),
+            apt_served: ws.store.apt_served_dir(),
             printer: printer.clone(),
             packing: Arc::new(opts.packing.resolve()),
         };
