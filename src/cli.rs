@@ -56,6 +56,20 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Re-hash every blob and stored rootfs file (in parallel) and check that every key
+    /// record and image manifest references whole, intact blobs; report what is wrong.
+    Verify {
+        /// Evict what is wrong (under the store's exclusive lock): the next build remakes it.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the build graph with each target's key and status; changes nothing.
     Plan {
@@ -284,6 +298,15 @@ pub enum Command {
         /// The rootfs lockfile (for --refresh; skipped when it does not exist).
         #[arg(long, default_value = "lockfiles/rootfs.lock")]
         rootfs_lockfile: PathBuf,
+    },
+    /// The store's health: re-hash every blob and rootfs file, check every key record and
+    /// image manifest's references.
+    #[command(
+        after_help = "Exit codes: 0 the store is sound (or --repair evicted what was not), 1 problems found, 2 the store cannot be read."
+    )]
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
     },
     /// The apt proxy of rootfs builds, as its own process: started and leased by `kci-build
     /// rootfs` so that the builder containers keep their apt when kci-build is killed.

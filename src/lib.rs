@@ -42,5 +42,6 @@ pub mod runner;
 pub mod settings;
 pub mod storage;
 pub mod store;
+pub mod storeverify;
 pub mod weburl;
 pub mod workspace;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, ImportWhat};
+use crate::cli::{Cli, Command, ImportWhat, StoreAction};
 use crate::error::{ExitCode, Interrupted, Rendered};
 use crate::ops::{self, Context, Paths, Report};
 use crate::printer::Printer;
@@ -155,6 +155,12 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Lock { .. } => lock(ctx, cli),
         Command::Fetch { .. } => fetch(ctx, cli),
+        Command::Store {
+            action: StoreAction::Verify { repair, json },
+        } => {
+            let opts = ops::store::VerifyOptions { repair: *repair };
+            finish(ctx, ops::store::verify(ctx, &opts), *json)
+        }
         Command::AptProxy {
             lease,
             pins,

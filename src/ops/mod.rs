@@ -18,6 +18,7 @@ pub mod plan;
 pub mod prod;
 pub mod push;
 pub mod rootfs;
+pub mod store;
 pub mod why;
 
 use crate::fsutil;
