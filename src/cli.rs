@@ -299,6 +299,26 @@ pub enum Command {
         #[arg(long, default_value = "lockfiles/rootfs.lock")]
         rootfs_lockfile: PathBuf,
     },
+    /// Sweep the store: remove every blob, key record, rootfs directory and log that no
+    /// lockfile references (in the working tree or at the last N commits that changed it),
+    /// what killed runs left, and the store's failed builder containers. Builds wait for it.
+    #[command(
+        after_help = "Roots: lockfiles/images.lock (--lockfile) and lockfiles/rootfs.lock (--rootfs-lockfile), each as on disk and at the last --keep-revisions commits that changed it; with them, the images of their keys, the pinned apt indexes and every .deb they name.\n\n  kci-build gc --dry-run      what would go, and how much space\n  kci-build gc                sweep (under the store's exclusive lock)"
+    )]
+    Gc {
+        /// Commits that changed a lockfile whose references stay, besides its working tree.
+        #[arg(long, default_value_t = 4)]
+        keep_revisions: usize,
+        /// Say what would go and how much space it takes; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The rootfs lockfile (skipped when it does not exist).
+        #[arg(long, default_value = "lockfiles/rootfs.lock")]
+        rootfs_lockfile: PathBuf,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// The store's health: re-hash every blob and rootfs file, check every key record and
     /// image manifest's references.
     #[command(

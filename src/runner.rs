@@ -155,6 +155,21 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Lock { .. } => lock(ctx, cli),
         Command::Fetch { .. } => fetch(ctx, cli),
+        Command::Gc {
+            keep_revisions,
+            dry_run,
+            rootfs_lockfile,
+            json,
+        } => {
+            let opts = crate::gc::GcOptions {
+                images_lockfile: ctx.paths.lockfile.clone(),
+                rootfs_lockfile: rootfs_lockfile.clone(),
+                keep_revisions: *keep_revisions,
+                dry_run: *dry_run,
+            };
+            let what_now = "what was swept is gone, the rest is whole; run the same command again";
+            finish(ctx, cancellable(ops::gc::run(ctx, &opts), what_now)?, *json)
+        }
         Command::Store {
             action: StoreAction::Verify { repair, json },
         } => {

@@ -15,6 +15,7 @@ pub mod recipe;
 pub mod rootfs_lock;
 pub mod rootfs_merge;
 pub mod rootfs_recipe;
+pub mod roots;
 pub mod schedule;
 pub mod site;
 pub mod verdict;

@@ -89,7 +89,7 @@ fn every_lockfile(
     format: Format,
 ) -> anyhow::Result<String> {
     let repo = open_repo(old)?;
-    let dir = repo_relative(&repo, default_lockfile)?
+    let dir = crate::lockhistory::repo_relative(&repo, default_lockfile)?
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
@@ -181,19 +181,6 @@ fn open_repo(spec: &str) -> anyhow::Result<git2::Repository> {
     })
 }
 
-/// `path` (relative to the current directory) relative to the repository's work tree.
-fn repo_relative(repo: &git2::Repository, path: &Path) -> anyhow::Result<PathBuf> {
-    let workdir = repo
-        .workdir()
-        .context("a bare repository has no lockfile path")?;
-    let abs = std::env::current_dir()?.join(path);
-    Ok(abs
-        .strip_prefix(workdir.canonicalize()?)
-        .or_else(|_| abs.strip_prefix(workdir))
-        .unwrap_or(path)
-        .to_owned())
-}
-
 /// The text of `REV:PATH`, or None when the revision has no such file.
 fn blob_text(repo: &git2::Repository, object_spec: &str) -> anyhow::Result<Option<String>> {
     let obj = match repo.revparse_single(object_spec) {
@@ -230,7 +217,7 @@ fn load(spec: &str, default_lockfile: &Path) -> anyhow::Result<Side> {
     } else {
         format!(
             "{spec}:{}",
-            repo_relative(&repo, default_lockfile)?.display()
+            crate::lockhistory::repo_relative(&repo, default_lockfile)?.display()
         )
     };
     let text = blob_text(&repo, &object_spec)?

@@ -11,6 +11,7 @@ pub mod check;
 pub mod deploy;
 pub mod diff;
 pub mod fetch;
+pub mod gc;
 pub mod import;
 pub mod load;
 pub mod lock;
