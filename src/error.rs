@@ -90,6 +90,7 @@ pub fn classify(
     let environment = err.chain().any(|cause| {
         cause.downcast_ref::<EnvironmentError>().is_some()
             || fault_of(cause) == Some(Fault::Environment)
+            || is_disk_full(cause)
     });
     if environment {
         ExitCode::Environment
@@ -121,9 +122,24 @@ impl fmt::Display for Rendered<'_> {
             .find_map(|c| c.downcast_ref::<EnvironmentError>())
         {
             write!(f, "\nhelp: {}", env.hint)?;
+        } else if self.0.chain().any(is_disk_full) {
+            write!(
+                f,
+                "\nhelp: the file system is full; nothing half-written was kept. Free space \
+                 there (`kci-build gc` sweeps the store) and run the same command again"
+            )?;
         }
         Ok(())
     }
+}
+
+/// A full disk (or quota): the machine's fault, whatever wrapped it.
+pub fn is_disk_full(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+        e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(e.raw_os_error(), Some(28) | Some(122))
+    })
 }
 
 /// An error and its sources on one line: `a: b: c` (for messages that travel as text).

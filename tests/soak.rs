@@ -68,7 +68,7 @@ fn kills_at_random_moments_never_corrupt_the_store_and_the_rerun_gives_the_same_
     let seed: u64 = std::env::var("KCI_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0f_c0ffee);
+        .unwrap_or(0x5eed_0fc0_ffee);
     let mut rng = Rng(seed | 1);
     let registry = Registry::start(Auth::None);
     let reg = registry.addr();
