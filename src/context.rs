@@ -77,7 +77,21 @@ pub fn scan(dir: &Path) -> Result<Vec<ContextEntry>, ContextError> {
     raw.into_par_iter()
         .map(|(rel, abs, ft)| {
             let kind = if ft.is_symlink() {
-                EntryKind::Symlink(std::fs::read_link(&abs).map_err(ctx_err(&abs))?)
+                let target = std::fs::read_link(&abs).map_err(ctx_err(&abs))?;
+                if escapes(&rel, &target) {
+                    return Err(ContextError {
+                        path: abs,
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "a symlink to {} points outside the build context: \
+                                 copy the file into the context instead",
+                                target.display()
+                            ),
+                        ),
+                    });
+                }
+                EntryKind::Symlink(target)
             } else if ft.is_dir() {
                 EntryKind::Dir
             } else {
@@ -90,6 +104,25 @@ pub fn scan(dir: &Path) -> Result<Vec<ContextEntry>, ContextError> {
             Ok(ContextEntry { rel, abs, kind })
         })
         .collect()
+}
+
+/// Whether a symlink at `rel` (relative to the context) with `target` leads out of the
+/// context: an absolute target, or more `..` than the link is deep.
+fn escapes(rel: &str, target: &Path) -> bool {
+    use std::path::Component;
+    let mut depth = rel.split('/').count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => return true,
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// sha256 of a file, streamed.
@@ -161,6 +194,28 @@ pub fn tar(entries: &[ContextEntry], mtime: u64) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn a_symlink_out_of_the_context_is_refused_naming_it() {
+        for (at, target) in [
+            ("link", "/etc/shadow"),
+            ("link", "../outside"),
+            ("sub/link", "../../outside"),
+            ("sub/link", "x/../../../outside"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            fs::create_dir(d.path().join("sub")).unwrap();
+            std::os::unix::fs::symlink(target, d.path().join(at)).unwrap();
+            let e = scan(d.path()).unwrap_err();
+            assert_eq!(e.path, d.path().join(at));
+            assert!(
+                e.to_string().contains("points outside the build context"),
+                "{at} -> {target}: {e}"
+            );
+        }
+        assert!(!escapes("sub/link", Path::new("../Dockerfile")));
+        assert!(!escapes("a/b/link", Path::new("../../c/./d")));
+    }
 
     #[test]
     fn fingerprint_sees_content_mode_and_links_but_not_the_recipe() {

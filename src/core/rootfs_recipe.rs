@@ -104,6 +104,16 @@ impl RootfsRecipe {
                 r.name
             )));
         }
+        for (field, value) in [("script", &r.script), ("test-overlay", &r.test_overlay)] {
+            if let Some(v) = value {
+                if !is_relative_inside(v) {
+                    return Err(err(format!(
+                        "{field}: `{v}` must be a relative path inside the recipes directory \
+                         (no leading `/`, no `..`)"
+                    )));
+                }
+            }
+        }
         if let Some(a) = r
             .arch_list
             .iter()
@@ -115,6 +125,17 @@ impl RootfsRecipe {
         }
         Ok(r)
     }
+}
+
+/// A path that names something below the directory it is joined to: relative, with no
+/// `..` and no empty component.
+pub fn is_relative_inside(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .enumerate()
+            .all(|(i, c)| c != ".." && (!c.is_empty() || i > 0))
 }
 
 #[cfg(test)]
@@ -144,5 +165,23 @@ mod tests {
             "recipes/bookworm.toml: xz-preset: 12 is not an xz level (0–9)"
         );
         assert!(e("name = 1", "recipes/x.toml").starts_with("recipes/x.toml: "));
+        for (field, hostile) in [
+            ("script", "/etc/passwd"),
+            ("script", "../../etc/passwd"),
+            ("test-overlay", "overlays/../../../root"),
+            ("test-overlay", ""),
+        ] {
+            let text = format!("{ok}{field} = \"{hostile}\"\n");
+            let msg = e(&text, "recipes/bookworm.toml");
+            assert!(
+                msg.starts_with(&format!(
+                    "recipes/bookworm.toml: {field}: `{hostile}` must be"
+                )),
+                "{msg}"
+            );
+        }
+        let fine =
+            format!("{ok}script = \"scripts/bookworm.sh\"\ntest-overlay = \"overlays/x/\"\n");
+        assert!(RootfsRecipe::parse(f, &fine).is_ok());
     }
 }

@@ -30,6 +30,7 @@ pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeI
     let mut files = Vec::new();
     if let Some(script) = &recipe.script {
         let path = recipes_dir.join(script);
+        stays_inside(recipes_dir, &path, &recipe_file, "script")?;
         if !path.is_file() {
             bail!(
                 "{}: script: {} does not exist (scripts live under {})",
@@ -47,6 +48,7 @@ pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeI
         .collect();
     if let Some(o) = &recipe.test_overlay {
         let path = recipes_dir.join(o);
+        stays_inside(recipes_dir, &path, &recipe_file, "test-overlay")?;
         if !path.is_dir() {
             bail!(
                 "{}: test-overlay: {} is not a directory",
@@ -108,6 +110,29 @@ pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeI
     ));
     files.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     Ok(RecipeInputs { files })
+}
+
+/// A recipe's path must resolve inside the recipes directory: a symlink in it that leads
+/// elsewhere would make a file of the machine an input of the build.
+fn stays_inside(
+    recipes_dir: &Path,
+    path: &Path,
+    recipe_file: &Path,
+    field: &str,
+) -> anyhow::Result<()> {
+    let (Ok(root), Ok(real)) = (recipes_dir.canonicalize(), path.canonicalize()) else {
+        return Ok(()); // a missing file is named by the caller
+    };
+    if !real.starts_with(&root) {
+        bail!(
+            "{}: {field}: {} resolves to {}, outside the recipes directory {}",
+            recipe_file.display(),
+            path.display(),
+            real.display(),
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 fn file_entry(path: &str, source: &Path, mode: Option<u32>) -> anyhow::Result<InputFile> {
