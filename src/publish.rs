@@ -360,7 +360,12 @@ pub async fn fetch_blob(
         .with_context(|| format!("fetching {digest} from {}/{repo}", reg.host()))?;
     // Verify, then rename: bytes of another digest are never kept.
     if let Err(got) = w.commit_expecting(digest)? {
-        anyhow::bail!("{}/{repo} served {got} for {digest}", reg.host());
+        return Err(crate::registry::RegistryError::Protocol(format!(
+            "{}/{repo} served bytes hashing to {got} for {digest}: refused, nothing kept \
+             (the registry's copy is corrupt: push the target again, or build without --registry)",
+            reg.host()
+        ))
+        .into());
     }
     Ok(())
 }

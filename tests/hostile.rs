@@ -71,3 +71,53 @@ fn rootfs_recipe_paths_out_of_the_recipes_are_refused() {
         r.stderr
     );
 }
+
+/// A registry whose stored blob was changed under it (Debian's docker-registry serves the
+/// file as it is): a store pulling the target refuses the bytes, naming the digest, keeps
+/// nothing of them, and the store stays sound.
+#[test]
+fn a_registry_serving_other_bytes_for_a_blob_is_refused() {
+    use common::registry::{Auth, Registry};
+    let _g = daemon_lock();
+    let reg = Registry::start(Auth::None);
+    let ws = Workspace::new();
+    ws.add_busybox();
+    ws.add_child("child", "child:hello", "busybox", "hello");
+    ws.kci(&["build", "--push", "--registry", &reg.addr()]).ok();
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(ws.lockfile()).unwrap()).unwrap();
+    let layer = lock["target"]["child:hello"]["output"]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_owned();
+    let data = reg.dir.path().join(format!(
+        "data/docker/registry/v2/blobs/sha256/{}/{layer}/data",
+        &layer[..2]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let other = Workspace::new(); // another machine: empty store, same recipes
+    other.add_busybox();
+    other.add_child("child", "child:hello", "busybox", "hello");
+    let r = other.kci(&["build", "--registry", &reg.addr(), "--json"]);
+    let stored = other.store().join(format!("blobs/sha256/{layer}"));
+    assert_eq!(r.code, 2, "the registry is at fault: {}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("for sha256:{layer}: refused, nothing kept")),
+        "{}",
+        r.stderr
+    );
+    assert!(!stored.exists(), "the wrong bytes were kept");
+    let verify = other.kci(&["store", "verify", "--json"]).ok().json();
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
+}
