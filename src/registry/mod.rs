@@ -27,6 +27,44 @@ pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+jso
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// The largest manifest or index kci-build reads: the OCI distribution spec's 4 MiB, which
+/// registries must accept. A bigger answer is refused before it is all in memory.
+pub const MAX_MANIFEST: usize = 4 << 20;
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
+
+/// A response body of at most `limit` bytes, read chunk by chunk.
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let url = redact(resp.url().as_str());
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(RegistryError::Protocol(format!(
+            "{what} from {url}: {} bytes, over the limit of {limit}",
+            resp.content_length().unwrap_or(0)
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            method: Method::GET,
+            url: url.clone(),
+            source,
+        })?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(RegistryError::Protocol(format!(
+                "{what} from {url}: over the limit of {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{method} {url}: HTTP {status}: {body}")]
@@ -283,14 +321,10 @@ impl Registry {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: TokenAnswer =
-                    resp.json()
-                        .await
-                        .map_err(|source| RegistryError::Transport {
-                            method: Method::GET,
-                            url: realm,
-                            source,
-                        })?;
+                let body = read_limited(resp, MAX_TOKEN_ANSWER, "the token answer").await?;
+                let t: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::Protocol(format!("the token service ({realm}) answered: {e}"))
+                })?;
                 let token = t.token.or(t.access_token).ok_or_else(|| {
                     RegistryError::Protocol("the token service answered without a token".into())
                 })?;
@@ -312,7 +346,10 @@ impl Registry {
             return Ok(resp);
         }
         let (status, url) = (resp.status(), redact(resp.url().as_str()));
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_limited(resp, 64 << 10, "an error body")
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         Err(RegistryError::Status {
             method,
             url,
@@ -569,7 +606,7 @@ impl Registry {
             .map_err(|e| RegistryError::Protocol(format!("{e}")))
     }
 
-    /// Manifest bytes, verified against `digest`.
+    /// Manifest bytes, verified against `digest` (at most [`MAX_MANIFEST`]).
     pub async fn get_manifest(
         &self,
         repo: &str,
@@ -585,14 +622,7 @@ impl Registry {
             )
             .await?;
         let resp = Self::expect(resp, Method::GET, &[StatusCode::OK]).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Transport {
-                method: Method::GET,
-                url: format!("manifest {digest}"),
-                source,
-            })?;
+        let bytes = read_limited(resp, MAX_MANIFEST, &format!("manifest {digest}")).await?;
         if Digest::of(&bytes) != *digest {
             return Err(RegistryError::Protocol(format!(
                 "manifest {digest}: content does not match its digest"
@@ -734,5 +764,60 @@ mod tests {
             backoff(1) >= Duration::from_millis(400)
                 && backoff(20) <= Duration::from_millis(10_000)
         );
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server that answers every request with `body` (chunked: no Content-Length, so the
+    /// limit must hold while reading) or with a Content-Length over the limit.
+    async fn serve(body: Vec<u8>, announce: Option<usize>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = conn.read(&mut buf).await;
+                    let head = match announce {
+                        Some(n) => format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n"),
+                        None => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                    };
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    if announce.is_none() {
+                        for part in body.chunks(1 << 16) {
+                            let _ = conn
+                                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                                .await;
+                            let _ = conn.write_all(part).await;
+                            let _ = conn.write_all(b"\r\n").await;
+                        }
+                        let _ = conn.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_manifest_over_4_mib_is_refused_while_it_streams_or_when_announced() {
+        for announce in [None, Some(MAX_MANIFEST + 1)] {
+            let addr = serve(vec![b'{'; MAX_MANIFEST + 1], announce).await;
+            let reg = Registry::new(&addr.to_string(), &RegistrySettings::default()).unwrap();
+            let e = reg
+                .get_manifest("kernelci/x", &Digest::of(b"m"))
+                .await
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("over the limit of 4194304"),
+                "{announce:?}: {e}"
+            );
+            assert_eq!(e.fault(), crate::error::Fault::Environment);
+        }
     }
 }
