@@ -55,6 +55,24 @@ fn rootfs_recipe_paths_out_of_the_recipes_are_refused() {
             r.stderr
         );
     }
+    // An overlay holding a symlink (to a file of the machine, once copied into the rootfs).
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("recipes/overlays/evil/etc")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/shadow",
+        ws.path().join("recipes/overlays/evil/etc/shadow"),
+    )
+    .unwrap();
+    rootfs_recipe(&ws, "test-overlay = \"overlays/evil\"\n");
+    let r = ws.kci(&["rootfs", "evil"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("overlays/evil/etc/shadow")
+            && r.stderr.contains("only files and directories"),
+        "{}",
+        r.stderr
+    );
+
     // A path that looks inside but resolves outside through a symlink.
     let ws = Workspace::new();
     let outside = tempfile::tempdir().unwrap();
