@@ -172,28 +172,7 @@ fn manifest_refs(store: &Store, d: &Digest) -> Vec<Digest> {
     let Ok(bytes) = std::fs::read(&path) else {
         return Vec::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Vec::new();
-    };
-    if v.get("schemaVersion").is_none() {
-        return Vec::new();
-    }
-    v.get("config")
-        .into_iter()
-        .chain(
-            v.get("layers")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        )
-        .chain(
-            v.get("manifests")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        )
-        .filter_map(|desc| desc.get("digest")?.as_str()?.parse().ok())
-        .collect()
+    crate::image::referenced_digests(&bytes).unwrap_or_default()
 }
 
 /// Removes (or, dry, names) the store's builder containers that failed or never started.

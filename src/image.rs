@@ -346,6 +346,35 @@ pub fn write_load_archive(
 }
 
 /// Reads back a stored image's config.
+/// The digests an OCI manifest or index references (its config, layers and member
+/// manifests); `Err` when the bytes are not one.
+pub fn referenced_digests(manifest: &[u8]) -> Result<Vec<Digest>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("schemaVersion").is_none() {
+        return Err("not an OCI manifest or index (no schemaVersion)".into());
+    }
+    let list = |key: &str| v.get(key).and_then(|l| l.as_array()).into_iter().flatten();
+    let mut out = Vec::new();
+    for d in v
+        .get("config")
+        .into_iter()
+        .chain(list("layers"))
+        .chain(list("manifests"))
+    {
+        let digest = d
+            .get("digest")
+            .and_then(|s| s.as_str())
+            .ok_or("a descriptor without a digest")?;
+        out.push(
+            digest
+                .parse()
+                .map_err(|e| format!("descriptor digest `{digest}`: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
 pub fn read_config(store: &Store, config: &Digest) -> Result<ImageConfiguration, ImageError> {
     let bytes = store.read_blob(config)?;
     serde_json::from_slice(&bytes)

@@ -10,14 +10,11 @@
 //! kci-build's store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{self, Read};
 use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsManifest;
@@ -175,20 +172,9 @@ fn check(c: &Check) -> (u64, Option<Problem>) {
     }
 }
 
-fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let got = f.read(&mut buf)?;
-        if got == 0 {
-            break;
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
-    Ok((Digest::from_hash(&h.finalize()), n))
+fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    let digest = crate::context::hash_file(path)?;
+    Ok((digest, std::fs::metadata(path)?.len()))
 }
 
 /// A key record's problem: it does not parse, names another key, or its image (the
@@ -245,39 +231,10 @@ fn check_record(store: &Store, key: &Digest, bad: &BTreeSet<Digest>) -> Option<P
     None
 }
 
-/// The digests an OCI manifest or index references (config, layers, member manifests).
+/// The digests the manifest blob references.
 fn manifest_refs(store: &Store, manifest: &Digest) -> Result<Vec<Digest>, String> {
     let bytes = store.read_blob(manifest).map_err(|e| e.to_string())?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let mut out = Vec::new();
-    let descriptors = v
-        .get("config")
-        .into_iter()
-        .chain(
-            v.get("layers")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        )
-        .chain(
-            v.get("manifests")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        );
-    for d in descriptors {
-        let digest = d
-            .get("digest")
-            .and_then(|s| s.as_str())
-            .ok_or("a descriptor without a digest")?;
-        out.push(
-            digest
-                .parse()
-                .map_err(|e| format!("descriptor digest `{digest}`: {e}"))?,
-        );
-    }
-    Ok(out)
+    crate::image::referenced_digests(&bytes)
 }
 
 #[cfg(test)]

@@ -68,14 +68,6 @@ pub async fn run(ctx: &Context, opts: &GcOptions) -> anyhow::Result<GcReport> {
     } else {
         LockMode::Exclusive
     };
-    let _lock = store.lock(mode, || {
-        ctx.printer.status(
-            "Blocking",
-            format!(
-                "waiting for the commands using the store {} to finish",
-                ctx.paths.store.display()
-            ),
-        )
-    })?;
+    let _lock = ctx.lock_store(mode)?;
     gc::gc(&store, &ctx.settings.engine, opts).await
 }

@@ -57,6 +57,24 @@ impl Context {
 
     /// Takes the store-wide lock shared, for all of the command: builds, pushes and loads
     /// run side by side, and a sweep of the store (`gc`) waits for them (and they for it).
+    /// The store's lock in `mode`, held by the caller (`gc`, `store verify`), saying so
+    /// while it waits.
+    pub fn lock_store(
+        &self,
+        mode: crate::store::LockMode,
+    ) -> anyhow::Result<crate::store::StoreLock> {
+        let store = crate::store::Store::at(&self.paths.store);
+        Ok(store.lock(mode, || {
+            self.printer.status(
+                "Blocking",
+                format!(
+                    "waiting for the commands using the store {} to finish",
+                    self.paths.store.display()
+                ),
+            )
+        })?)
+    }
+
     pub fn share_store(&self) -> anyhow::Result<()> {
         let store = crate::store::Store::at(&self.paths.store);
         let lock = store.lock(crate::store::LockMode::Shared, || {

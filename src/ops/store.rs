@@ -64,14 +64,6 @@ pub fn verify(ctx: &Context, opts: &VerifyOptions) -> anyhow::Result<VerifyRepor
     } else {
         LockMode::Shared
     };
-    let _lock = store.lock(mode, || {
-        ctx.printer.status(
-            "Blocking",
-            format!(
-                "waiting for the commands using the store {} to finish",
-                ctx.paths.store.display()
-            ),
-        )
-    })?;
+    let _lock = ctx.lock_store(mode)?;
     Ok(storeverify::verify(&store, opts.repair)?)
 }
