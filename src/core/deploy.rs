@@ -388,11 +388,115 @@ fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
 }
 
 fn parse_merged(text: &str) -> Result<Value, DeployError> {
+    check_alias_expansion(text).map_err(DeployError::Parse)?;
     let mut v: Value =
         serde_yaml_ng::from_str(text).map_err(|e| DeployError::Parse(e.to_string()))?;
     v.apply_merge()
         .map_err(|e| DeployError::Parse(e.to_string()))?;
     Ok(v)
+}
+
+/// The most nodes a YAML document may have once its aliases are expanded: KernelCI's files
+/// have a few thousand. More is an alias bomb ("billion laughs"), which serde_yaml_ng's own
+/// limit does not stop: it bounds alias jumps, not the nodes each jump replays.
+pub const MAX_YAML_NODES: usize = 250_000;
+
+/// Refuses YAML whose aliases expand past [`MAX_YAML_NODES`] nodes, counting them without
+/// building any, before it is parsed into a value.
+pub fn check_alias_expansion(text: &str) -> Result<(), String> {
+    use serde::de::{self, DeserializeSeed, IgnoredAny, VariantAccess as _, Visitor};
+    use std::cell::Cell;
+
+    /// Counts each node it visits (a replayed alias visits its anchor's nodes again).
+    #[derive(Clone, Copy)]
+    struct Nodes<'c>(&'c Cell<usize>);
+
+    impl Nodes<'_> {
+        fn count<E: de::Error>(self) -> Result<(), E> {
+            self.0.set(self.0.get() + 1);
+            if self.0.get() > MAX_YAML_NODES {
+                return Err(E::custom(format!(
+                    "more than {MAX_YAML_NODES} nodes once its aliases are expanded (an alias bomb?)"
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Nodes<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Nodes<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a YAML node")
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_none<E: de::Error>(self) -> Result<(), E> {
+            self.count()
+        }
+        fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.count()?;
+            self.deserialize(d)
+        }
+        fn visit_newtype_struct<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.count()?;
+            self.deserialize(d)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            self.count()?;
+            while seq.next_element_seed(self)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            self.count()?;
+            while map.next_key_seed(self)?.is_some() {
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+            // A tagged node (`!tag value`).
+            self.count()?;
+            let (IgnoredAny, value) = data.variant()?;
+            value.newtype_variant_seed(self)
+        }
+    }
+
+    let nodes = Cell::new(0);
+    Nodes(&nodes)
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(|e| e.to_string())
 }
 
 /// The lossless tree's `file_systems` mapping.

@@ -68,6 +68,7 @@ pub struct Imported {
 
 /// Converts KernelCI's `rootfs-configs.yaml` (anchors, aliases and merge keys included).
 pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
+    crate::core::deploy::check_alias_expansion(yaml)?;
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
     doc.apply_merge().map_err(|e| e.to_string())?;
     let configs = doc
@@ -115,6 +116,34 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                 new_name = format!("{r}{rest}");
             }
             release = r.clone();
+        }
+        if !crate::core::rootfs_recipe::valid_config_name(&new_name) {
+            // The name becomes `recipes/<name>.toml`: never a path out of it, nor a file the
+            // recipe loader refuses.
+            out.problems.push(problem(
+                "name",
+                format!("{new_name:?} is not a plain config name (letters, digits, `-`, `_`, `.`); config skipped"),
+            ));
+            continue;
+        }
+        let outside: Vec<&str> = [("script", &c.script), ("test_overlay", &c.test_overlay)]
+            .into_iter()
+            .filter(|(_, v)| {
+                v.as_deref().is_some_and(|v| {
+                    !v.is_empty() && !crate::core::rootfs_recipe::is_relative_inside(v)
+                })
+            })
+            .map(|(f, _)| f)
+            .collect();
+        if !outside.is_empty() {
+            // The recipe loader refuses paths out of `recipes/`: do not write such a recipe.
+            for f in outside {
+                out.problems.push(problem(
+                    f,
+                    "a path out of the recipes directory; config skipped".into(),
+                ));
+            }
+            continue;
         }
         let mut arches = Vec::new();
         for a in c.arch_list {
