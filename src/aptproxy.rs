@@ -66,8 +66,6 @@ pub fn fingerprint(pins: &BTreeMap<SuiteId, Digest>) -> Digest {
 #[derive(Debug, Clone, Copy)]
 pub struct Leased {
     pub addr: SocketAddr,
-    /// Started by this run (rather than one an earlier run left serving).
-    pub started: bool,
 }
 
 impl Leased {
@@ -93,17 +91,11 @@ pub async fn lease(
                 "Leasing",
                 format!("the apt proxy still serving on {} (pid {})", s.addr, s.pid),
             );
-            return Ok(Leased {
-                addr: s.addr,
-                started: false,
-            });
+            return Ok(Leased { addr: s.addr });
         }
     }
     let addr = spawn(store, pins, last.map(|s| s.addr)).await?;
-    Ok(Leased {
-        addr,
-        started: true,
-    })
+    Ok(Leased { addr })
 }
 
 /// Asks the proxy at `addr` for a lease for this process; false when nothing (or another

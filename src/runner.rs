@@ -155,42 +155,58 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         }
         Command::Lock { .. } => lock(ctx, cli),
         Command::Fetch { .. } => fetch(ctx, cli),
-        Command::Gc {
-            keep_revisions,
-            dry_run,
-            rootfs_lockfile,
-            json,
-        } => {
-            let opts = crate::gc::GcOptions {
-                images_lockfile: ctx.paths.lockfile.clone(),
-                rootfs_lockfile: rootfs_lockfile.clone(),
-                keep_revisions: *keep_revisions,
-                dry_run: *dry_run,
-            };
-            let what_now = "what was swept is gone, the rest is whole; run the same command again";
-            finish(ctx, cancellable(ops::gc::run(ctx, &opts), what_now)?, *json)
-        }
-        Command::Store {
-            action: StoreAction::Verify { repair, json },
-        } => {
-            let opts = ops::store::VerifyOptions { repair: *repair };
-            finish(ctx, ops::store::verify(ctx, &opts), *json)
-        }
-        Command::AptProxy {
-            lease,
-            pins,
-            prefer,
-        } => {
-            let opts = crate::aptproxy::ServeOptions {
-                pins: crate::aptproxy::parse_pins(pins).map_err(anyhow::Error::msg)?,
-                prefer: *prefer,
-                lease: *lease,
-            };
-            ctx.share_store()?;
-            cancellable(ops::apt_proxy::run(ctx, &opts), "the proxy stopped")?
-        }
+        Command::Gc { .. } => gc(ctx, cli),
+        Command::Store { action } => store(ctx, action),
+        Command::AptProxy { .. } => apt_proxy(ctx, cli),
         Command::Prod { .. } => prod(ctx, cli),
     }
+}
+
+/// `kci-build gc`: the sweep, under the store's lock (taken by the command).
+fn gc(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::Gc {
+        keep_revisions,
+        dry_run,
+        rootfs_lockfile,
+        json,
+    } = &cli.command
+    else {
+        unreachable!("dispatched on Command::Gc")
+    };
+    let opts = crate::gc::GcOptions {
+        images_lockfile: ctx.paths.lockfile.clone(),
+        rootfs_lockfile: rootfs_lockfile.clone(),
+        keep_revisions: *keep_revisions,
+        dry_run: *dry_run,
+    };
+    let what_now = "what was swept is gone, the rest is whole; run the same command again";
+    finish(ctx, cancellable(ops::gc::run(ctx, &opts), what_now)?, *json)
+}
+
+/// `kci-build store …`.
+fn store(ctx: &Context, action: &StoreAction) -> anyhow::Result<()> {
+    let StoreAction::Verify { repair, json } = action;
+    let opts = ops::store::VerifyOptions { repair: *repair };
+    finish(ctx, ops::store::verify(ctx, &opts), *json)
+}
+
+/// `kci-build apt-proxy` (hidden): serves until nothing holds it, under the store's shared lock.
+fn apt_proxy(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::AptProxy {
+        lease,
+        pins,
+        prefer,
+    } = &cli.command
+    else {
+        unreachable!("dispatched on Command::AptProxy")
+    };
+    let opts = crate::aptproxy::ServeOptions {
+        pins: crate::aptproxy::parse_pins(pins).map_err(anyhow::Error::msg)?,
+        prefer: *prefer,
+        lease: *lease,
+    };
+    ctx.share_store()?;
+    cancellable(ops::apt_proxy::run(ctx, &opts), "the proxy stopped")?
 }
 
 /// `kci-build lock --check`, or `lock --refresh` under both lockfiles' locks.

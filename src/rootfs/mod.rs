@@ -66,6 +66,34 @@ pub struct Imported {
     pub problems: Vec<String>,
 }
 
+/// Why a config cannot become a recipe the loader accepts: a name that is not a plain file
+/// name (`recipes/<name>.toml` must never be a path out of it), a script or overlay path out
+/// of `recipes/`. `(field, message)` each; empty when it can.
+fn refusals(
+    name: &str,
+    script: Option<&str>,
+    test_overlay: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    if !crate::core::rootfs_recipe::valid_config_name(name) {
+        return vec![(
+            "name",
+            format!("{name:?} is not a plain config name (letters, digits, `-`, `_`, `.`); config skipped"),
+        )];
+    }
+    [("script", script), ("test_overlay", test_overlay)]
+        .into_iter()
+        .filter(|(_, v)| {
+            v.is_some_and(|v| !v.is_empty() && !crate::core::rootfs_recipe::is_relative_inside(v))
+        })
+        .map(|(f, _)| {
+            (
+                f,
+                "a path out of the recipes directory; config skipped".to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Converts KernelCI's `rootfs-configs.yaml` (anchors, aliases and merge keys included).
 pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
     crate::core::deploy::check_alias_expansion(yaml)?;
@@ -117,32 +145,10 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
             }
             release = r.clone();
         }
-        if !crate::core::rootfs_recipe::valid_config_name(&new_name) {
-            // The name becomes `recipes/<name>.toml`: never a path out of it, nor a file the
-            // recipe loader refuses.
-            out.problems.push(problem(
-                "name",
-                format!("{new_name:?} is not a plain config name (letters, digits, `-`, `_`, `.`); config skipped"),
-            ));
-            continue;
-        }
-        let outside: Vec<&str> = [("script", &c.script), ("test_overlay", &c.test_overlay)]
-            .into_iter()
-            .filter(|(_, v)| {
-                v.as_deref().is_some_and(|v| {
-                    !v.is_empty() && !crate::core::rootfs_recipe::is_relative_inside(v)
-                })
-            })
-            .map(|(f, _)| f)
-            .collect();
-        if !outside.is_empty() {
-            // The recipe loader refuses paths out of `recipes/`: do not write such a recipe.
-            for f in outside {
-                out.problems.push(problem(
-                    f,
-                    "a path out of the recipes directory; config skipped".into(),
-                ));
-            }
+        let refused = refusals(&new_name, c.script.as_deref(), c.test_overlay.as_deref());
+        if !refused.is_empty() {
+            out.problems
+                .extend(refused.into_iter().map(|(f, msg)| problem(f, msg)));
             continue;
         }
         let mut arches = Vec::new();
