@@ -1887,6 +1887,17 @@ fn fuzz_debversion() {
                         }
                     }
                 }
+                // Digit runs compare by value at any length: one more digit is more.
+                for a in &vs {
+                    let digits: String = a.chars().filter(char::is_ascii_digit).collect();
+                    let n = digits.trim_start_matches('0');
+                    if !n.is_empty() {
+                        let (m, more) = (format!("1.{n}"), format!("1.{n}0"));
+                        assert_eq!(debversion::compare(&m, &more), Ordering::Less, "{m} {more}");
+                        let (e, more) = (format!("{n}:1"), format!("{n}0:0"));
+                        assert_eq!(debversion::compare(&e, &more), Ordering::Less, "{e} {more}");
+                    }
+                }
                 // A total order: sorting never panics, and the result is sorted.
                 vs.sort_by(|a, b| debversion::compare(a, b));
                 for w in vs.windows(2) {

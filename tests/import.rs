@@ -81,3 +81,33 @@ fn imports_the_real_rootfs_configs_and_names_what_it_drops() {
         assert_eq!(r.debian_release, "bookworm", "{}", r.name);
     }
 }
+
+/// A field name holding a line break (found by tests/fuzz.rs) is named on one `# NOTE` line:
+/// it cannot add a TOML line to the recipe it is noted in.
+#[test]
+fn a_field_name_with_a_line_break_stays_in_its_comment() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("rootfs-configs.yaml");
+    std::fs::write(
+        &yaml,
+        "rootfs_configs:\n  tiny:\n    rootfs_type: debos\n    debian_release: bookworm\n    \
+         arch_list: [amd64]\n    \"x\\nscript = \\\"/etc/evil.sh\\\"\": 1\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let r = Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .args(["import", "rootfs-configs"])
+        .arg(&yaml)
+        .args(["--release", "bookworm", "--source-date-epoch", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = std::fs::read_to_string(out.join("tiny.toml")).unwrap();
+    assert!(
+        text.contains("# NOTE tiny.x\\nscript = \"/etc/evil.sh\": unknown field; dropped"),
+        "{text}"
+    );
+    let recipe: kci_build::rootfs::RootfsRecipe = toml::from_str(&text).unwrap();
+    assert_eq!(recipe.script, None, "{text}");
+}

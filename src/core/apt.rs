@@ -181,8 +181,12 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits, nothing else: `from_str_radix` alone would take a sign (`%+1`).
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -462,6 +466,9 @@ mod tests {
         );
         assert_eq!(Request::parse("/debian/pool/%2e%2e/x.deb"), None);
         assert_eq!(Request::parse("/debian/pool/x%2.deb"), None);
+        // A sign is not a hex digit (found by tests/fuzz.rs).
+        assert_eq!(Request::parse("/debian/pool/x%+1.deb"), None);
+        assert_eq!(Request::parse("/debian/pool/x%-1.deb"), None);
         assert_eq!(Request::parse("/debian/dists/../../etc/passwd"), None);
         assert_eq!(Request::parse("/index.html"), None);
         assert_eq!(

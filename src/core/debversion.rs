@@ -7,15 +7,15 @@ use std::cmp::Ordering;
 pub fn compare(a: &str, b: &str) -> Ordering {
     let (ea, ua, ra) = split(a);
     let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
+    compare_number(ea.as_bytes(), eb.as_bytes())
         .then_with(|| compare_part(ua, ub))
         .then_with(|| compare_part(ra, rb))
 }
 
-fn split(v: &str) -> (u64, &str, &str) {
+fn split(v: &str) -> (&str, &str, &str) {
     let (epoch, rest) = match v.split_once(':') {
-        Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
-        _ => (0, v),
+        Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e, r),
+        _ => ("", v),
     };
     match rest.rsplit_once('-') {
         Some((u, r)) => (epoch, u, r),
@@ -49,20 +49,22 @@ fn compare_part(a: &str, b: &str) -> Ordering {
         }
         let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
         let (na, nb) = (digits(a), digits(b));
-        let strip = |s: &[u8]| -> u128 {
-            std::str::from_utf8(s)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0)
-        };
-        let (va, vb) = (strip(&a[..na]), strip(&b[..nb]));
-        if va != vb {
-            return va.cmp(&vb);
+        let by_value = compare_number(&a[..na], &b[..nb]);
+        if by_value != Ordering::Equal {
+            return by_value;
         }
         a = &a[na..];
         b = &b[nb..];
     }
     Ordering::Equal
+}
+
+/// Two runs of ASCII digits (empty is 0) by value, at any length: leading zeros dropped, a
+/// longer run is larger, equal lengths compare as text. No integer type, so nothing overflows.
+fn compare_number(a: &[u8], b: &[u8]) -> Ordering {
+    let strip = |s: &[u8]| -> usize { s.iter().take_while(|&&c| c == b'0').count() };
+    let (a, b) = (&a[strip(a)..], &b[strip(b)..]);
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
@@ -84,6 +86,25 @@ mod tests {
             ("1.0a", "1.0", Greater),
             ("1.0-1", "1.0-1~bpo1", Greater),
             ("7.88.1-10+deb12u8", "7.88.1-10+deb12u12", Less),
+            ("1.007", "1.7", Equal),
+            ("1.0010", "1.9", Greater),
+            // Runs longer than any integer type still compare by value.
+            (
+                "1.100000000000000000000000000000000000000001",
+                "1.100000000000000000000000000000000000000002",
+                Less,
+            ),
+            (
+                "1.99999999999999999999999999999999999999999",
+                "1.100000000000000000000000000000000000000000",
+                Less,
+            ),
+            (
+                "99999999999999999999999:1.0",
+                "100000000000000000000000:0.1",
+                Less,
+            ),
+            ("0:1.0", "1.0", Equal),
         ];
         for (a, b, want) in cases {
             assert_eq!(compare(a, b), want, "{a} vs {b}");

@@ -65,7 +65,7 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
             .iter()
             .filter(|p| p.starts_with(&format!("{from}.")))
         {
-            header.push_str(&format!("# NOTE {p}\n"));
+            header.push_str(&format!("# NOTE {}\n", one_line(p)));
         }
         let path = args.out.join(format!("{}.toml", recipe.name));
         fsutil::atomic_write(&path, recipe.to_toml(&header).as_bytes())
@@ -84,6 +84,20 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
         ),
     );
     Ok(Done {})
+}
+
+/// `text` as one comment line: a field name of the YAML may hold a line break, which must
+/// not start a TOML line of the recipe (found by tests/fuzz.rs).
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Package names of `release` as this machine's apt knows them, when the machine runs that
