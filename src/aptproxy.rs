@@ -145,6 +145,7 @@ async fn spawn(
     if let Some(a) = prefer {
         cmd.arg("--prefer").arg(a.to_string());
     }
+    crate::settings::scrub_secrets(cmd.as_std_mut());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -96,6 +96,7 @@ pub async fn mmdebstrap(
         .env_remove("no_proxy")
         .env_remove("NO_PROXY")
         .env_remove("TMPDIR");
+    crate::settings::scrub_secrets(cmd.as_std_mut());
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())

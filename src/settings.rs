@@ -48,6 +48,33 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("NO_COLOR", "no colours on a terminal"),
 ];
 
+/// Whether an environment variable holds a secret: kci-build's own (the registry password,
+/// the storage token) and, by name, any `*_TOKEN`, `*_PASSWORD`, `*_PASSWD` or `*_SECRET` (the
+/// variables a `prod` site file names for its tokens are such).
+pub fn is_secret_var(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    matches!(
+        upper.as_str(),
+        "KCI_REGISTRY_PASSWORD" | "KCI_STORAGE_TOKEN"
+    ) || ["_TOKEN", "_PASSWORD", "_PASSWD", "_SECRET"]
+        .iter()
+        .any(|end| upper.ends_with(end))
+}
+
+/// Removes every secret variable ([`is_secret_var`]) from what `cmd` inherits: the programs
+/// kci-build runs for itself (mmdebstrap, its apt proxy, git for the bot's commits) need none,
+/// and a child's environment is readable in `/proc` by anyone who can read its owner's. (It
+/// reads the process environment's names only, never values: the one exception to "nothing
+/// below `main` reads the environment".) The operator's own commands of `prod` and Docker's
+/// credential helpers keep theirs: they may need them.
+pub fn scrub_secrets(cmd: &mut std::process::Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_none_or(is_secret_var) {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// A value that must not reach logs, reports, journals or images.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -320,6 +347,32 @@ pub fn mirror_from_sources(texts: &[String]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_variables_by_name() {
+        use super::is_secret_var;
+        for secret in [
+            "KCI_REGISTRY_PASSWORD",
+            "KCI_STORAGE_TOKEN",
+            "KCI_JENKINS_TOKEN",
+            "kci_backend_token",
+            "GITHUB_TOKEN",
+            "SMTP_PASSWD",
+            "CI_SECRET",
+        ] {
+            assert!(is_secret_var(secret), "{secret}");
+        }
+        for plain in [
+            "PATH",
+            "KCI_REGISTRY_USER",
+            "KCI_APT_UPSTREAM",
+            "TOKENIZER",
+            "ANSIBLE_VAULT_PASSWORD_FILE",
+            "http_proxy",
+        ] {
+            assert!(!is_secret_var(plain), "{plain}");
+        }
+    }
+
     #[test]
     fn apt_upstream_replaces_the_origin_only() {
         let none = AptUpstream::parse("").unwrap();

@@ -299,6 +299,32 @@ impl Storage {
         }
     }
 
+    /// Size and sha256 of a file in `dir` as served, `None` when absent. The API backend
+    /// downloads it from the public URL: a HEAD's `Content-Length` says nothing of the bytes.
+    pub async fn served(
+        &self,
+        dir: &str,
+        name: &str,
+    ) -> Result<Option<(u64, Digest)>, StorageError> {
+        let dir = checked_dir(dir)?;
+        check_relative("file name", name)?;
+        match self {
+            Storage::Local(l) => {
+                let path = l.root.join(dir).join(name);
+                match digest_file(&path) {
+                    Ok(found) => Ok(Some(found)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StorageError::Io {
+                        action: "reading",
+                        path,
+                        source,
+                    }),
+                }
+            }
+            Storage::Api(a) => a.download_digest(&a.public(dir, name), name).await,
+        }
+    }
+
     /// The size of a file in `dir` as served (HEAD for the API), `None` when absent.
     pub async fn size(&self, dir: &str, name: &str) -> Result<Option<u64>, StorageError> {
         let dir = checked_dir(dir)?;

@@ -266,13 +266,20 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     assert_eq!(sums(&remote), first_sums);
     assert_eq!(remote["lockfile_changed"], false);
 
-    // 4. From an empty rootfs store again, without the storage; kill kci-build in the middle
-    // of the amd64 build.
+    // 4. From an empty rootfs store again, and a storage that went bad: amd64's ext4 image
+    // holds other bytes of the same size (a HEAD cannot tell), arm64 lost its manifest. Kill
+    // kci-build in the middle of the amd64 build.
     let _ = std::fs::remove_dir_all(ws.store().join("rootfs"));
+    let served = storage.join(format!("tiny/{version}"));
+    let ext4 = served.join("amd64/rootfs.ext4.xz");
+    let good_ext4 = std::fs::read(&ext4).unwrap();
+    std::fs::write(&ext4, vec![0x5a; good_ext4.len()]).unwrap();
+    std::fs::remove_file(served.join("arm64/manifest.json")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kci-build"))
         .current_dir(ws.path())
         .env("KCI_BUILD_STORE", ws.store())
         .args(["--images", IMAGES, "rootfs", "tiny", "--arch", "amd64"])
+        .args(["--storage", &storage_arg, "--public-url", public])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -301,7 +308,17 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
                 .all(|e| e.unwrap().file_name().to_string_lossy().starts_with("tmp-")),
         "a killed run left a stored result"
     );
-    let resumed = rootfs(&ws, &["--resume"]).ok();
+    let resumed = rootfs(
+        &ws,
+        &[
+            "--resume",
+            "--storage",
+            &storage_arg,
+            "--public-url",
+            public,
+        ],
+    )
+    .ok();
     let resumed_report = resumed.json();
     assert_eq!(
         actions_of(&resumed_report),
@@ -313,6 +330,16 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         resumed.stderr
     );
     assert!(resumed.stderr.contains("Attaching"), "{}", resumed.stderr);
+    // The bad copy was named, rebuilt and replaced; the lost manifest uploaded again.
+    assert!(
+        resumed.stderr.contains(&format!(
+            "{public}/tiny/{version}/amd64/rootfs.ext4.xz serves other bytes than its manifest records"
+        )),
+        "{}",
+        resumed.stderr
+    );
+    assert_eq!(std::fs::read(&ext4).unwrap(), good_ext4);
+    assert!(served.join("arm64/manifest.json").is_file());
     // The killed run's apt proxy outlived it (the container it attached to still needed it)
     // and the rerun leased it; with no holder and no container left, it goes away.
     assert!(

@@ -284,3 +284,40 @@ async fn local_sync_refuses_a_source_that_changed_and_keeps_the_old_copy() {
         .collect();
     assert_eq!(leftovers, ["rootfs.cpio.gz"]);
 }
+
+/// A server that answers HEAD with 200 and the right length but serves other bytes: `served`
+/// hashes what a lab would download, so `rootfs` does not take the file for its own.
+#[tokio::test]
+async fn served_hashes_the_bytes_not_the_head_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, root) = (tmp.path().join("src"), tmp.path().join("root"));
+    let server = StorageServer::start(&root, TOKEN);
+    let files = artifacts(&src, &[("amd64/rootfs.ext4.xz", noise(300_000, 7))]);
+    let (name, want) = (&files[0].name, (files[0].size, files[0].sha256.clone()));
+    for storage in [
+        api(&server, TOKEN),
+        Storage::open_with_token(
+            root.join("images/rootfs/debian").to_str().unwrap(),
+            None,
+            None,
+            None,
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(storage.served(DIR, name).await.unwrap(), None);
+        storage.sync(DIR, &files).await.unwrap();
+        assert_eq!(storage.served(DIR, name).await.unwrap(), Some(want.clone()));
+
+        // Same length, other bytes: HEAD cannot tell, the hash does.
+        std::fs::write(stored(&root, name), noise(300_000, 8)).unwrap();
+        assert_eq!(storage.size(DIR, name).await.unwrap(), Some(300_000));
+        let (size, sha) = storage.served(DIR, name).await.unwrap().unwrap();
+        assert_eq!(size, 300_000);
+        assert_ne!(
+            sha, want.1,
+            "the other bytes must not hash to the recorded sha256"
+        );
+        assert_eq!(sha, kci_build::core::names::Digest::of(&noise(300_000, 8)));
+        std::fs::remove_file(stored(&root, name)).unwrap();
+    }
+}

@@ -1034,6 +1034,7 @@ impl Workdir {
             .env_remove("GIT_INDEX_FILE")
             .env_remove("GIT_COMMITTER_DATE")
             .env_remove("GIT_AUTHOR_DATE");
+        crate::settings::scrub_secrets(&mut cmd);
         cmd
     }
 }

@@ -52,7 +52,7 @@ pub(super) async fn classify(
             let found = match read_manifest(&store_dir.join(job.key.hex())) {
                 Some(m) => Some((m, RootfsAction::Cached)),
                 None => match storage {
-                    Some(s) => stored_remotely(s, &p.dir(), job)
+                    Some(s) => stored_remotely(s, &p.dir(), job, printer)
                         .await?
                         .map(|m| (m, RootfsAction::OnStorage)),
                     None => None,
@@ -87,11 +87,15 @@ pub(super) async fn classify(
 }
 
 /// The manifest of `job` on the storage, if it is there for the same key and every file it
-/// lists is served with the size it records.
+/// lists is served with the size and sha256 it records. Each file is downloaded and hashed:
+/// a server may answer a HEAD with the right length and serve other bytes, and what is locked
+/// is what the labs will download. A file that differs is named, and the (config, arch) is
+/// rebuilt; its upload then replaces the bad copy.
 async fn stored_remotely(
     storage: &Storage,
     dir: &str,
     job: &RootfsJob,
+    printer: &Printer,
 ) -> anyhow::Result<Option<RootfsManifest>> {
     let Some(bytes) = storage
         .fetch(dir, &format!("{}/{MANIFEST}", job.arch))
@@ -106,8 +110,21 @@ async fn stored_remotely(
         return Ok(None);
     }
     for (name, a) in &m.artifacts {
-        if storage.size(dir, &format!("{}/{name}", job.arch)).await? != Some(a.size) {
-            return Ok(None);
+        let file = format!("{}/{name}", job.arch);
+        match storage.served(dir, &file).await? {
+            Some((size, sha256)) if size == a.size && sha256 == a.sha256 => {}
+            Some((size, sha256)) => {
+                printer.warn(format!(
+                    "{} serves other bytes than its manifest records ({size} bytes, {sha256}; \
+                     recorded: {} bytes, {}): rebuilding {}, whose upload replaces it",
+                    storage.url(dir, &file),
+                    a.size,
+                    a.sha256,
+                    job.label()
+                ));
+                return Ok(None);
+            }
+            None => return Ok(None),
         }
     }
     Ok(Some(m))
