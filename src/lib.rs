@@ -31,6 +31,7 @@ pub mod image;
 pub mod imagebuild;
 pub mod jenkins;
 pub mod layer;
+pub mod layeraudit;
 pub mod layerdiff;
 pub mod lockedit;
 pub mod lockhistory;

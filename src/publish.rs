@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::core::names::{Digest, TargetName};
 use crate::dpkg;
 use crate::image;
+use crate::layeraudit;
 use crate::printer::Printer;
 use crate::registry::{Registry, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::store::{Store, StoredImage, StoredLayer};
@@ -305,8 +306,24 @@ pub async fn fetch(
     for l in parsed.layers() {
         blobs.push(l.digest().to_string().parse()?);
     }
-    for d in blobs.iter().filter(|d| !store.has_blob(d)) {
+    let fetched: Vec<Digest> = blobs
+        .iter()
+        .filter(|d| !store.has_blob(d))
+        .cloned()
+        .collect();
+    for d in &fetched {
         fetch_blob(reg, store, &repo, d).await?;
+    }
+    if let Err(e) = audit_fetched(store, &config, &blobs[1..], &fetched) {
+        for d in &fetched {
+            let _ = std::fs::remove_file(store.blob_path(d));
+        }
+        return Err(crate::registry::RegistryError::Protocol(format!(
+            "{}/{repo} served {target} (manifest {manifest}), refused: {e}; nothing kept \
+             (push the target again from a trusted store, or build without --registry)",
+            reg.host()
+        ))
+        .into());
     }
     let stored_manifest = store.put_bytes(&bytes)?;
     debug_assert_eq!(stored_manifest, manifest);
@@ -345,6 +362,39 @@ pub async fn fetch(
     };
     store.record(&img)?;
     Ok(Some(img))
+}
+
+/// Checks what a registry served before it is recorded: the config names one diff_id per
+/// layer, and every layer fetched now passes [`layeraudit::audit`] (layers the store held
+/// already were made or checked here before).
+fn audit_fetched(
+    store: &Store,
+    config: &Digest,
+    layers: &[Digest],
+    fetched: &[Digest],
+) -> Result<(), String> {
+    let cfg =
+        image::read_config(store, config).map_err(|e| format!("its config is unusable: {e}"))?;
+    let diff_ids = cfg.rootfs().diff_ids();
+    if diff_ids.len() != layers.len() {
+        return Err(format!(
+            "a config naming {} diff_ids for {} layers",
+            diff_ids.len(),
+            layers.len()
+        ));
+    }
+    for (layer, diff_id) in layers.iter().zip(diff_ids) {
+        if !fetched.contains(layer) {
+            continue;
+        }
+        let diff_id: Digest = diff_id
+            .parse()
+            .map_err(|e| format!("its config's diff_id `{diff_id}` is not a digest: {e}"))?;
+        let file = std::fs::File::open(store.blob_path(layer))
+            .map_err(|e| format!("layer {layer} unreadable in the store: {e}"))?;
+        layeraudit::audit(file, &diff_id).map_err(|e| format!("layer {layer}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Copies one blob from the registry into the store, verifying its digest.
