@@ -496,7 +496,8 @@ impl HttpBackend {
         fields: &[&'static str],
     ) -> Result<Vec<T>, BackendError> {
         let mut out = Vec::new();
-        let mut last_first_id: Option<serde_json::Value> = None;
+        // The previous full page: a server ignoring `skip` would serve it forever.
+        let mut last_page: Option<Vec<serde_json::Value>> = None;
         loop {
             let mut q = filters.clone();
             q.extend(fields.iter().map(|f| ("field", (*f).to_owned())));
@@ -518,15 +519,15 @@ impl HttpBackend {
                     reason: format!("{n} documents in a page of {PAGE}"),
                 });
             }
-            // A server ignoring `skip` would serve the first page forever.
-            let first_id = page.first().and_then(|d| d.get("_id")).cloned();
-            if n > 0 && first_id.is_some() && first_id == last_first_id {
+            if repeats(last_page.as_deref(), page) {
                 return Err(BackendError::Malformed {
                     request: request(),
                     reason: "the same page twice: `skip` is ignored".into(),
                 });
             }
-            last_first_id = first_id;
+            if n == PAGE {
+                last_page = Some(page.clone());
+            }
             for doc in page {
                 let doc = T::deserialize(doc).map_err(|e| BackendError::Malformed {
                     request: request(),
@@ -561,6 +562,17 @@ fn envelope(request: &str, bytes: &[u8]) -> Result<serde_json::Value, BackendErr
             reason_of(bytes)
         ))),
         None => Err(malformed("no `code`: not a kernelci-backend answer".into())),
+    }
+}
+
+/// Whether `page` is the previous full page again (by its first `_id` or, without ids, by
+/// its content): the server ignores `skip`, and paging on would never end.
+fn repeats(prev: Option<&[serde_json::Value]>, page: &[serde_json::Value]) -> bool {
+    let Some(prev) = prev else { return false };
+    match (page.first(), prev.first()) {
+        (None, _) => false,
+        (Some(a), Some(b)) if a.get("_id").is_some() => a.get("_id") == b.get("_id"),
+        _ => prev == page,
     }
 }
 
@@ -986,8 +998,13 @@ async fn fill<A: BackendApi>(api: &A, doc: &JobDoc) -> Result<Revision, BackendE
     rev.builds.pass = passed.saturating_sub(warned);
     rev.builds.pass_warnings = warned.min(passed);
     rev.builds.fail = failed;
-    rev.builds.total = total.max(passed + failed);
-    rev.builds.other = rev.builds.total - passed - failed;
+    // Saturating: a server's counts are not trusted to be sane.
+    rev.builds.total = total.max(passed.saturating_add(failed));
+    rev.builds.other = rev
+        .builds
+        .total
+        .saturating_sub(passed)
+        .saturating_sub(failed);
 
     let mut by_status = [0u64; 3];
     for (i, status) in ["PASS", "FAIL", "SKIP"].into_iter().enumerate() {
@@ -998,8 +1015,13 @@ async fn fill<A: BackendApi>(api: &A, doc: &JobDoc) -> Result<Revision, BackendE
     rev.tests.pass = pass;
     rev.tests.fail = fail;
     rev.tests.skip = skip;
-    rev.tests.total = total.max(pass + fail + skip);
-    rev.tests.other = rev.tests.total - pass - fail - skip;
+    rev.tests.total = total.max(pass.saturating_add(fail).saturating_add(skip));
+    rev.tests.other = rev
+        .tests
+        .total
+        .saturating_sub(pass)
+        .saturating_sub(fail)
+        .saturating_sub(skip);
 
     rev.regressions = api.count(&k, &Count::Regressions).await?;
 
@@ -1046,6 +1068,8 @@ pub mod fake {
         cases: Vec<(KernelRef, TestCaseDoc)>,
         regressions: Vec<KernelRef>,
         calls: Vec<String>,
+        /// Every `/count` answers this instead, when set (a server's absurd totals).
+        counts: Option<u64>,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1080,6 +1104,11 @@ pub mod fake {
                 status: "BUILD".into(),
             });
             KernelRef::new(job, git_branch, kernel)
+        }
+
+        /// Every later `/count` answers `n`, whatever it counts.
+        pub fn answer_counts(&self, n: u64) {
+            self.state.lock().unwrap().counts = Some(n);
         }
 
         pub fn add_build(&self, k: &KernelRef, key: &BuildKey, status: &str, warnings: u64) {
@@ -1210,6 +1239,9 @@ pub mod fake {
         async fn count(&self, k: &KernelRef, what: &Count) -> Result<u64, BackendError> {
             self.log(format!("count {} {what:?}", k.kernel));
             let s = self.state.lock().unwrap();
+            if let Some(n) = s.counts {
+                return Ok(n);
+            }
             let n = match what {
                 Count::Builds {
                     status,
@@ -1262,6 +1294,37 @@ mod tests {
             device_type: device.into(),
             lab_name: lab.into(),
         }
+    }
+
+    #[test]
+    fn absurd_counts_saturate_instead_of_overflowing() {
+        let api = FakeBackend::new();
+        api.add_revision("kernelci", "kernelci.org", "v1", "abc", 5);
+        api.answer_counts(u64::MAX);
+        let rev = block_on(revision(&api, "kernelci", "kernelci.org", "v1")).unwrap();
+        assert_eq!(rev.builds.total, u64::MAX);
+        assert_eq!(rev.tests.total, u64::MAX);
+        assert_eq!((rev.builds.other, rev.tests.other), (0, 0));
+    }
+
+    #[test]
+    fn a_page_served_again_is_seen_with_or_without_ids() {
+        use serde_json::json;
+        let ided = vec![
+            json!({"_id": {"$oid": "1"}, "a": 1}),
+            json!({"_id": {"$oid": "2"}}),
+        ];
+        let next = vec![json!({"_id": {"$oid": "3"}, "a": 1})];
+        let bare = vec![json!({"a": 1}), json!({"a": 2})];
+        assert!(repeats(Some(&ided), &ided));
+        assert!(!repeats(Some(&ided), &next));
+        assert!(
+            repeats(Some(&bare), &bare),
+            "id-less pages repeated must end the paging"
+        );
+        assert!(!repeats(Some(&bare), &[json!({"a": 3})]));
+        assert!(!repeats(None, &bare));
+        assert!(!repeats(Some(&bare), &[]));
     }
 
     #[test]

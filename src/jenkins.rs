@@ -577,6 +577,17 @@ impl HttpJenkins {
             s if s.is_success() => {
                 let cookie = cookies_of(resp.headers());
                 let json: CrumbJson = self.json(&url, resp).await?;
+                // Sent as a header on every POST: a field or crumb that cannot be one is the
+                // issuer's fault, not a network failure of the POST.
+                if reqwest::header::HeaderName::from_bytes(json.crumb_request_field.as_bytes())
+                    .is_err()
+                    || HeaderValue::from_str(&json.crumb).is_err()
+                {
+                    return Err(JenkinsError::Protocol {
+                        url: url.to_string(),
+                        reason: "`crumbRequestField` or `crumb` cannot be an HTTP header".into(),
+                    });
+                }
                 CrumbState::Have {
                     field: json.crumb_request_field,
                     crumb: json.crumb,

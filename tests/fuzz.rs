@@ -2071,3 +2071,94 @@ fn fuzz_storage_names() {
         Ok(())
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// The Monday procedure's files: the journal (`prod/<date>.jsonl`) and the site file
+// (`production.toml`).
+// ---------------------------------------------------------------------------------------
+
+use kci_build::core::procedure::{Entry, Event, Journal, Step};
+use kci_build::core::site::Site;
+
+fn check_journal(text: &str) -> Result<(), TestCaseError> {
+    if let Err(e) = timed("Journal::parse", || {
+        Journal::parse("prod/2026-12-07.jsonl", text)
+    }) {
+        prop_assert!(
+            e.starts_with("prod/2026-12-07.jsonl, line "),
+            "error does not name the journal and line: {e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn fuzz_journal_arbitrary() {
+    check("Journal::parse(arbitrary)", arbitrary_text(), |text| {
+        check_journal(&text)
+    });
+}
+
+/// Any strings in facts and errors (newlines, NUL, escapes, quotes) survive a write and a
+/// read, one entry per line: a resumed run reads what the killed one wrote.
+#[test]
+fn fuzz_journal_strings_round_trip() {
+    let entry = (
+        0..Step::ALL.len(),
+        proptest::sample::select(vec![
+            Event::Start,
+            Event::Progress,
+            Event::Done,
+            Event::Failed,
+        ]),
+        proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4),
+        proptest::option::of(any::<String>()),
+    );
+    check(
+        "Journal round trip",
+        proptest::collection::vec(entry, 0..6),
+        |entries| {
+            let journal = Journal {
+                entries: entries
+                    .into_iter()
+                    .map(|(step, event, facts, error)| Entry {
+                        at: "2026-12-07T08:00:00Z".into(),
+                        step: Step::ALL[step],
+                        event,
+                        facts,
+                        error,
+                    })
+                    .collect(),
+            };
+            let text = journal.to_text();
+            prop_assert_eq!(text.lines().count(), journal.entries.len());
+            let back = Journal::parse("journal", &text).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(back, journal);
+            Ok(())
+        },
+    );
+}
+
+fn check_site(text: &str) -> Result<(), TestCaseError> {
+    if let Err(e) = timed("Site::parse", || Site::parse("production.toml", text)) {
+        let shown = e.to_string();
+        prop_assert!(shown.starts_with("production.toml: "), "{shown}");
+        prop_assert!(!shown.contains("hunter2"), "a secret in an error: {shown}");
+    }
+    Ok(())
+}
+
+#[test]
+fn fuzz_site_arbitrary() {
+    check("Site::parse(arbitrary)", arbitrary_text(), |text| {
+        check_site(&text)
+    });
+}
+
+#[test]
+fn fuzz_site_mutated() {
+    let sample = read("production.example.toml").replace("://", "://bot:hunter2@");
+    check("Site::parse(mutated)", mutations(), |muts| {
+        check_site(&mutate(&sample, &muts))
+    });
+}

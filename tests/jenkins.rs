@@ -494,6 +494,25 @@ async fn a_password_user_sends_the_crumb_with_its_session_cookie() {
     assert!(!d.is_disabled(MONITOR));
     assert_eq!(d.count("GET", "/crumbIssuer/api/json"), before + 2);
 
+    // A crumb field that cannot be a header is the issuer's fault, named as such: not
+    // "unreachable", and no POST is sent.
+    d.set_crumb_field("Jenkins Crumb\n");
+    let broken = HttpJenkins::with_timeout(
+        &d.url(),
+        PASSWORD_USER,
+        Credential::Password(Secret::new(PASSWORD)),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let posts = d.count("POST", &format!("/job/{MONITOR}/enable"));
+    let e = broken.enable(MONITOR).await.unwrap_err();
+    assert!(
+        matches!(e, JenkinsError::Protocol { .. }) && e.to_string().contains("crumbIssuer"),
+        "{e}"
+    );
+    assert_eq!(d.count("POST", &format!("/job/{MONITOR}/enable")), posts);
+    d.set_crumb_field("Jenkins-Crumb");
+
     // CSRF off: the crumb issuer is 404 and POSTs go without.
     d.set_csrf(false);
     let fresh = HttpJenkins::with_timeout(

@@ -204,11 +204,14 @@ impl Journal {
         Ok(Journal { entries })
     }
 
-    /// One JSON object per line, keys sorted: what the file holds.
+    /// One JSON object per line, keys sorted: what the file holds. Control characters are
+    /// escaped (a multi-line error stays on its line; canonical JSON would write it raw).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for e in &self.entries {
-            out.push_str(&String::from_utf8(crate::core::key::canonical_json(e)).expect("utf-8"));
+            // A `Value`'s objects are sorted maps, so the keys come out sorted.
+            let v = serde_json::to_value(e).expect("a journal entry serialises");
+            out.push_str(&v.to_string());
             out.push('\n');
         }
         out
@@ -499,6 +502,29 @@ pub fn epoch_of(at: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_multi_line_error_stays_on_its_journal_line() {
+        let mut facts = BTreeMap::new();
+        facts.insert("log".to_owned(), "a\u{0}b\rc\u{1b}[31m".to_owned());
+        let j = Journal {
+            entries: vec![Entry {
+                at: "2026-12-02T00:00:00Z".into(),
+                step: Step::ALL[0],
+                event: Event::Failed,
+                facts,
+                error: Some("first line\nsecond line\n".into()),
+            }],
+        };
+        let text = j.to_text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(Journal::parse("journal", &text).unwrap(), j);
+        let keys: Vec<_> = ["\"at\"", "\"error\"", "\"event\"", "\"facts\"", "\"step\""]
+            .iter()
+            .map(|k| text.find(k).unwrap())
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys sorted: {text}");
+    }
+
     use super::*;
 
     fn entry(step: Step, event: Event, facts: &[(&str, &str)]) -> Entry {

@@ -220,6 +220,8 @@ struct St {
     csrf: bool,
     /// Session cookie value → crumb.
     crumbs: HashMap<String, String>,
+    /// The `crumbRequestField` the issuer names (`Jenkins-Crumb` unless a test breaks it).
+    crumb_field: String,
     jobs: BTreeMap<String, Job>,
     items: BTreeMap<u64, Item>,
     next_item: u64,
@@ -296,6 +298,7 @@ impl JenkinsDouble {
                 users,
                 csrf: true,
                 crumbs: HashMap::new(),
+                crumb_field: "Jenkins-Crumb".into(),
                 jobs: BTreeMap::new(),
                 items: BTreeMap::new(),
                 next_item: 100,
@@ -432,6 +435,11 @@ impl JenkinsDouble {
 
     pub fn set_csrf(&self, on: bool) {
         self.st().csrf = on;
+    }
+
+    /// The field name the crumb issuer answers (a broken issuer or proxy: not a header name).
+    pub fn set_crumb_field(&self, field: &str) {
+        self.st().crumb_field = field.into();
     }
 
     /// Forgets every HTTP session: their crumbs stop working.
@@ -825,7 +833,7 @@ fn respond(st: &mut St, base: &str, method: &Method, uri: &Uri, headers: &Header
             st.crumbs.insert(sid.clone(), crumb.clone());
             let mut r = json_resp(json!({
                 "_class": "hudson.security.csrf.DefaultCrumbIssuer",
-                "crumb": crumb, "crumbRequestField": "Jenkins-Crumb"
+                "crumb": crumb, "crumbRequestField": st.crumb_field
             }));
             r.headers_mut().insert(
                 header::SET_COOKIE,
