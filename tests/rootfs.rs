@@ -7,33 +7,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
-const OVERLAYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/overlays");
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rootfs-tiny");
 
-/// The `tiny` config (tests/data/rootfs-tiny, shared with bench/rootfs.sh) and the
-/// standard overlays, as `recipes/`.
 fn write_tiny_recipe(ws: &Workspace) {
-    copy_dir(Path::new(TINY), &ws.path().join("recipes"));
-    copy_dir(Path::new(OVERLAYS), &ws.path().join("recipes/overlays"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in walkdir::WalkDir::new(from) {
-        let e = e.unwrap();
-        let dest = to.join(e.path().strip_prefix(from).unwrap());
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
+    ws.add_tiny_rootfs();
 }
 
 fn rootfs(ws: &Workspace, extra: &[&str]) -> Run {

@@ -151,11 +151,11 @@ impl Report for Done {
 /// procedure's (`prod`: git, commands, the site file), each asked its fault.
 pub fn exit_code(err: &anyhow::Error) -> crate::error::ExitCode {
     crate::error::classify(err, |cause| {
-        crate::exit::fault_of(cause).or_else(|| prod_fault_of(cause))
+        crate::exit::fault_of(cause).or_else(|| ops_fault_of(cause))
     })
 }
 
-fn prod_fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<crate::error::Fault> {
+fn ops_fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<crate::error::Fault> {
     if let Some(e) = cause.downcast_ref::<crate::prod::git::GitError>() {
         return Some(e.fault());
     }
@@ -163,6 +163,9 @@ fn prod_fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<crate::err
         return Some(e.fault());
     }
     if let Some(e) = cause.downcast_ref::<crate::prod::site::SiteLoadError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<rootfs::RootfsFailed>() {
         return Some(e.fault());
     }
     None

@@ -113,7 +113,10 @@ pub async fn fetch(
                     transfer.attempts
                 )
             }
-            Err(Failed::Sink(e)) => anyhow::bail!("writing {}: {e}", dest.display()),
+            // The io::Error stays in the chain: a full disk is told as such (exit 2).
+            Err(Failed::Sink(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("writing {}", dest.display())))
+            }
             Err(Failed::Invalid(m)) => anyhow::bail!("{what}: {m}"),
         }
     }

@@ -111,6 +111,20 @@ impl Workspace {
         );
     }
 
+    /// The `tiny` rootfs config (tests/data/rootfs-tiny, shared with bench/rootfs.sh) and
+    /// the standard overlays, as `recipes/`.
+    pub fn add_tiny_rootfs(&self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_dir(
+            &root.join("tests/data/rootfs-tiny"),
+            &self.path().join("recipes"),
+        );
+        copy_dir(
+            &root.join("recipes/overlays"),
+            &self.path().join("recipes/overlays"),
+        );
+    }
+
     /// A child image built on `parent` that writes a file from a build arg and a context file.
     pub fn add_child(&self, dir: &str, name: &str, parent: &str, greeting: &str) {
         self.write(
@@ -140,6 +154,19 @@ impl Workspace {
 }
 
 /// `name → action` from a `build --json` report.
+/// Copies the tree `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
 pub fn actions(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
     per_target(report, "action")
 }

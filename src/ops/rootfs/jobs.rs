@@ -38,12 +38,34 @@ pub(super) struct JobCtx<E> {
 pub(super) struct JobFailure {
     error: String,
     log_tail: Vec<String>,
+    /// The store's file system filled up: the machine's fault, and a rerun after space is
+    /// freed collects the finished container again.
+    disk_full: bool,
 }
 
 fn fail(error: String) -> JobFailure {
     JobFailure {
         error,
         log_tail: Vec::new(),
+        disk_full: false,
+    }
+}
+
+/// A failure of the store's file system: said so, naming the store, when it is full.
+fn fail_store(what: String, e: &anyhow::Error, store_root: &Path) -> JobFailure {
+    let disk_full = e.chain().any(crate::error::is_disk_full);
+    let mut error = format!("{what}: {e:#}");
+    if disk_full {
+        error.push_str(&format!(
+            "; the file system holding {} is full (nothing half-written was kept; the built \
+             container is kept for the rerun)",
+            store_root.display()
+        ));
+    }
+    JobFailure {
+        error,
+        log_tail: Vec::new(),
+        disk_full,
     }
 }
 
@@ -93,12 +115,10 @@ pub(super) async fn run_all<E: Engine>(
             }
             Err(failure) => {
                 ctx.printer.error(format!("{label}: {}", failure.error));
-                outcomes.push(RootfsOutcome::failed(
-                    &job,
-                    secs,
-                    failure.error,
-                    failure.log_tail,
-                ));
+                let mut outcome =
+                    RootfsOutcome::failed(&job, secs, failure.error, failure.log_tail);
+                outcome.disk_full = failure.disk_full;
+                outcomes.push(outcome);
             }
         }
     }
@@ -167,6 +187,7 @@ async fn run_job<E: Engine>(
                 log_path.display()
             ),
             log_tail: tail(&log_path, 20),
+            disk_full: false,
         });
     }
     remove_stale_temp_dirs(store_root, &job.key);
@@ -174,15 +195,17 @@ async fn run_job<E: Engine>(
         .prefix(&crate::store::Store::rootfs_temp_prefix(&job.key))
         .tempdir_in(store_root)
         .map_err(|e| {
-            fail(format!(
-                "creating a temp dir in {}: {e}",
-                store_root.display()
-            ))
+            fail_store(
+                format!("creating a temp dir in {}", store_root.display()),
+                &e.into(),
+                store_root,
+            )
         })?;
     let raw = tmp.path().join("raw");
     let out = tmp.path().join("out");
     for d in [&raw, &out] {
-        std::fs::create_dir(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        std::fs::create_dir(d)
+            .map_err(|e| fail_store(d.display().to_string(), &e.into(), store_root))?;
     }
     match &bar {
         Some(b) => b.set_message("packing: canonical cpio, tar and ext4, gzip and xz"),
@@ -196,13 +219,19 @@ async fn run_job<E: Engine>(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let manifest = made.map_err(|e| fail(format!("making the files: {e:#}")))?;
+    let manifest = made.map_err(|e| fail_store("making the files".into(), &e, store_root))?;
     let final_dir = store_root.join(job.key.hex());
     match std::fs::rename(&out, &final_dir) {
         Ok(()) => {}
         // Another run committed the same key first: same inputs, same bytes.
         Err(_) if final_dir.join(MANIFEST).is_file() => {}
-        Err(e) => return Err(fail(format!("storing {}: {e}", final_dir.display()))),
+        Err(e) => {
+            return Err(fail_store(
+                format!("storing {}", final_dir.display()),
+                &e.into(),
+                store_root,
+            ))
+        }
     }
     fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
     drop(tmp);

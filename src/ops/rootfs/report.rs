@@ -49,6 +49,9 @@ pub struct RootfsOutcome {
     /// The last lines of the build log of a failed build.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
+    /// It failed because the store's file system is full.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
 }
 
 impl RootfsOutcome {
@@ -67,6 +70,7 @@ impl RootfsOutcome {
             artifacts: m.artifacts.clone(),
             error: None,
             log_tail: Vec::new(),
+            disk_full: false,
         }
     }
 
@@ -80,6 +84,7 @@ impl RootfsOutcome {
             artifacts: BTreeMap::new(),
             error: Some(error),
             log_tail,
+            disk_full: false,
         }
     }
 }
@@ -96,10 +101,24 @@ pub struct RootfsReport {
 
 /// Some (config, arch) failed; the others were still built, uploaded and locked.
 #[derive(Debug, thiserror::Error)]
-#[error("{} of {total} rootfs builds failed: {}", failed.len(), failed.join(", "))]
+#[error("{} of {total} rootfs builds failed: {}{}", failed.len(), failed.join(", "),
+    if *disk_full { " (the store's file system is full: free space there, `kci-build gc` sweeps the store, and run the same command again)" } else { "" })]
 pub struct RootfsFailed {
     pub failed: Vec<String>,
     pub total: usize,
+    /// One of them failed because the store's file system is full.
+    pub disk_full: bool,
+}
+
+impl RootfsFailed {
+    /// A full disk is the machine's fault (exit 2); a build that failed is the recipe's.
+    pub fn fault(&self) -> crate::error::Fault {
+        if self.disk_full {
+            crate::error::Fault::Environment
+        } else {
+            crate::error::Fault::BadInput
+        }
+    }
 }
 
 impl RootfsReport {
@@ -114,6 +133,7 @@ impl RootfsReport {
             Err(RootfsFailed {
                 failed,
                 total: self.builds.len(),
+                disk_full: self.failed().any(|b| b.disk_full),
             })
         }
     }
