@@ -139,3 +139,129 @@ fn kills_at_random_moments_never_corrupt_the_store_and_the_rerun_gives_the_same_
         "soak: seed {seed}, {killed} kills in {rounds} rounds, {soak_secs:.1}s; rerun {rerun_secs:.1}s"
     );
 }
+
+const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
+
+/// `arch/file → sha256` of a rootfs report.
+fn rootfs_sums(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for b in report["builds"].as_array().unwrap() {
+        for (name, a) in b["artifacts"].as_object().unwrap() {
+            out.insert(
+                format!("{}/{name}", b["arch"].as_str().unwrap()),
+                a["sha256"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+/// Crash consistency of `rootfs`: the tiny config (amd64), SIGKILLed at seeded random
+/// moments of its build, collection and packing (`KCI_SOAK_ROOTFS_KILLS` times, 5 by
+/// default). A killed run leaves its container running; the next run attaches to it or
+/// collects it. Whenever a run completes, the script changes (a new key) so the next kill
+/// has work to land in. After every kill the store verifies clean and rootfs.lock parses;
+/// at the end the last key, evicted and built again without a kill, gives the same bytes.
+#[test]
+fn rootfs_runs_killed_at_random_moments_resume_and_give_the_bytes_of_an_uninterrupted_build() {
+    let _g = daemon_lock();
+    let kills: usize = std::env::var("KCI_SOAK_ROOTFS_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("KCI_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0fc0_ffee);
+    let mut rng = Rng(seed | 1);
+    let containers =
+        || sh("docker ps -a --filter label=org.kernelci.kci-build.rootfs --format '{{.Names}}'");
+    let before = containers();
+    let ws = Workspace::new();
+    ws.add_tiny_rootfs();
+    let script = ws.path().join("recipes/scripts/tiny.sh");
+    let original = std::fs::read_to_string(&script).unwrap();
+    let args = [
+        "--images", IMAGES, "rootfs", "tiny", "--arch", "amd64", "--json",
+    ];
+
+    // An uninterrupted run: the builder image, the apt cache, and how long a build takes.
+    let first = ws.kci(&args).ok().json();
+    let window = (first["builds"][0]["seconds"].as_f64().unwrap() * 1000.0) as u64 + 2000;
+
+    let started = Instant::now();
+    let (mut killed, mut rounds, mut variant) = (0, 0, 1);
+    std::fs::write(
+        &script,
+        format!("{original}echo {variant} > /etc/kci-soak\n"),
+    )
+    .unwrap();
+    while killed < kills {
+        rounds += 1;
+        assert!(
+            rounds < kills * 4,
+            "only {killed} of {rounds} runs were killed in time"
+        );
+        let after = Duration::from_millis(rng.below(window));
+        if run_and_kill(&ws, &args, after) {
+            killed += 1;
+        } else {
+            // It completed: the next round builds something new.
+            variant += 1;
+            std::fs::write(
+                &script,
+                format!("{original}echo {variant} > /etc/kci-soak\n"),
+            )
+            .unwrap();
+        }
+        let verify = ws.kci(&["store", "verify", "--json"]);
+        assert_eq!(
+            verify.code, 0,
+            "round {rounds} (seed {seed}, killed after {after:?}): {}\n{}",
+            verify.stdout, verify.stderr
+        );
+        if let Ok(lock) = std::fs::read_to_string(ws.path().join("lockfiles/rootfs.lock")) {
+            assert!(
+                toml::from_str::<toml::Value>(&lock).is_ok(),
+                "round {rounds}: rootfs.lock does not parse:\n{lock}"
+            );
+        }
+    }
+    let soak_secs = started.elapsed().as_secs_f64();
+
+    // The last variant to the end (attaching to or collecting what the kills left), then
+    // evicted and built again from nothing but the store's builder image and apt cache.
+    let t = Instant::now();
+    let resumed = ws.kci(&args).ok().json();
+    let rerun_secs = t.elapsed().as_secs_f64();
+    let key = resumed["builds"][0]["key"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(
+        ws.store()
+            .join("rootfs")
+            .join(key.strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
+    let fresh = ws.kci(&args).ok().json();
+    assert_eq!(fresh["builds"][0]["action"], "built", "{fresh}");
+    assert_eq!(rootfs_sums(&resumed), rootfs_sums(&fresh));
+    assert_eq!(rootfs_sums(&fresh).len(), 5);
+    assert_eq!(containers(), before, "containers left behind");
+
+    // The earlier keys' files are referenced by no lockfile now: gc sweeps them, keeps the
+    // locked one, and the store verifies.
+    let gc = ws.kci(&["gc", "--json"]).ok().json();
+    let swept = gc["swept_bytes"].as_u64().unwrap();
+    assert!(swept > 1 << 20, "{gc}");
+    let hex = key.strip_prefix("sha256:").unwrap();
+    assert!(ws
+        .store()
+        .join("rootfs")
+        .join(hex)
+        .join("manifest.json")
+        .is_file());
+    let verify = ws.kci(&["store", "verify", "--json"]).ok().json();
+    assert_eq!(verify["problems"], serde_json::json!([]));
+    eprintln!(
+        "rootfs soak: seed {seed}, {killed} kills in {rounds} rounds ({variant} keys), {soak_secs:.1}s; rerun {rerun_secs:.1}s; gc swept {swept} bytes"
+    );
+}
