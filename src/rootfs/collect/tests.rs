@@ -175,3 +175,38 @@ fn daemon_error(status: u16, message: &str) -> ArchiveStream {
     })])
     .boxed()
 }
+
+/// The builder's `/out` files come as one regular file each: a symlink, a device node or a
+/// hard link in their place (a hostile or broken builder) is refused and nothing is written
+/// through it.
+#[test]
+fn only_a_regular_file_is_taken_from_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("full.tar");
+    for kind in [
+        tar::EntryType::Symlink,
+        tar::EntryType::Link,
+        tar::EntryType::Char,
+        tar::EntryType::Block,
+        tar::EntryType::Directory,
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+            h.set_link_name("/etc/shadow").unwrap();
+        }
+        h.set_cksum();
+        b.append_data(&mut h, "full.tar", std::io::empty()).unwrap();
+        let bytes = b.into_inner().unwrap();
+        match unwrap_single_file(bytes.as_slice(), &dest) {
+            Err(Failed::Invalid(m)) => assert_eq!(m, "not a regular file", "{kind:?}"),
+            other => panic!("{kind:?}: {:?}", other.map_err(|_| "another error")),
+        }
+        assert!(!dest.exists(), "{kind:?}: something was written");
+    }
+    let n = unwrap_single_file(archive("full.tar", b"data").as_slice(), &dest).unwrap();
+    assert_eq!((n, std::fs::read(&dest).unwrap()), (4, b"data".to_vec()));
+}
