@@ -629,6 +629,7 @@ file_systems:
         let key = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
         RootfsLockfile {
             apt_index: Default::default(),
+            git_source: Default::default(),
             configs: configs
                 .iter()
                 .map(|(c, v, arches)| {

@@ -182,6 +182,26 @@ pub fn diff_entries(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>
     d
 }
 
+/// One changed input. A git source's fact is `<url> <commit> <tree>`: its line names the
+/// source and the commits, `source bootrr: <old> -> <new>` (the URL when it moved).
+fn input_line(path: &str, old: &str, new: &str) -> String {
+    let Some(name) = path.strip_prefix("git-source.") else {
+        return format!("input {path}: {old} -> {new}");
+    };
+    let parts = |f: &str| -> (String, String) {
+        let mut it = f.split(' ');
+        let url = it.next().unwrap_or_default().to_owned();
+        let commit = it.next().map_or_else(|| f.to_owned(), str::to_owned);
+        (url, commit)
+    };
+    let ((old_url, old_commit), (new_url, new_commit)) = (parts(old), parts(new));
+    if old_url == new_url || old == "(absent)" || new == "(absent)" {
+        format!("source {name}: {old_commit} -> {new_commit}")
+    } else {
+        format!("source {name}: {old_url} {old_commit} -> {new_url} {new_commit}")
+    }
+}
+
 fn target_diff(name: &str, o: &Entry, n: &Entry) -> TargetDiff {
     let inputs = diff_facts(&o.input, &n.input)
         .into_iter()
@@ -331,7 +351,7 @@ impl LockDiff {
                 let _ = writeln!(out, "    {line}");
             }
             for (p, a, b) in &t.inputs {
-                let _ = writeln!(out, "    input {p}: {a} -> {b}");
+                let _ = writeln!(out, "    {}", input_line(p, a, b));
             }
             for (p, c) in &t.packages {
                 let _ = writeln!(out, "    {}", package_line(p, c));
@@ -408,7 +428,7 @@ impl LockDiff {
                 let _ = writeln!(out, "{line}");
             }
             for (p, a, b) in &t.inputs {
-                let _ = writeln!(out, "input {p}: {a} -> {b}");
+                let _ = writeln!(out, "{}", input_line(p, a, b));
             }
             for (p, c) in &t.packages {
                 let _ = writeln!(out, "{}", package_line(p, c));
@@ -423,6 +443,32 @@ impl LockDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moved_git_source_is_one_line_naming_the_commits() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let (t1, t2) = ("1".repeat(40), "2".repeat(40));
+        assert_eq!(
+            input_line(
+                "git-source.bootrr",
+                &format!("https://h/bootrr.git {a} {t1}"),
+                &format!("https://h/bootrr.git {b} {t2}")
+            ),
+            format!("source bootrr: {a} -> {b}")
+        );
+        assert_eq!(
+            input_line(
+                "git-source.x",
+                "(absent)",
+                &format!("https://h/x.git {b} {t2}")
+            ),
+            format!("source x: (absent) -> {b}")
+        );
+        assert_eq!(
+            input_line("arch", "amd64", "arm64"),
+            "input arch: amd64 -> arm64"
+        );
+    }
     use crate::core::lockfile::{LockedOutput, LockedTarget};
     use crate::core::names::Digest;
 
@@ -564,6 +610,7 @@ mod tests {
             };
             RootfsLockfile {
                 apt_index: Default::default(),
+                git_source: Default::default(),
                 configs: BTreeMap::from([(
                     "bookworm".to_owned(),
                     LockedConfig {

@@ -4,6 +4,7 @@
 pub mod apt;
 pub mod debversion;
 pub mod deploy;
+pub mod gitsource;
 pub mod graph;
 pub mod key;
 pub mod lockdiff;

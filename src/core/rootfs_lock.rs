@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::apt::SuiteId;
+use super::gitsource::{self, GitSourceSpec, LockedSource};
 use super::lockfile::{quote, LockedIndex, LockfileError};
 use super::names::Digest;
 pub use super::rootfs_recipe::valid_config_name;
@@ -54,6 +55,8 @@ const HEADER: &str = "\
 pub struct RootfsLockfile {
     /// The index snapshot of every Debian suite the configs install from (`core::apt`).
     pub apt_index: BTreeMap<SuiteId, LockedIndex>,
+    /// Source name → the commit and tree of every git source the configs clone.
+    pub git_source: BTreeMap<String, LockedSource>,
     /// Config name (`bookworm`, `bookworm-kselftest`) → what was built for it.
     pub configs: BTreeMap<String, LockedConfig>,
 }
@@ -101,6 +104,8 @@ struct RawRootfsLockfile {
     version: u32,
     #[serde(default, rename = "apt-index")]
     apt_index: BTreeMap<SuiteId, LockedIndex>,
+    #[serde(default, rename = "git-source")]
+    git_source: BTreeMap<String, LockedSource>,
     #[serde(default)]
     rootfs: BTreeMap<String, LockedConfig>,
 }
@@ -136,8 +141,18 @@ impl RootfsLockfile {
                 }
             }
         }
+        for (name, src) in &raw.git_source {
+            let spec = GitSourceSpec {
+                url: src.url.clone(),
+                git_ref: src.git_ref.clone(),
+            };
+            if let Err((field, m)) = gitsource::validate(name, &spec) {
+                return Err(err(format!("{field}: {m}")));
+            }
+        }
         Ok(RootfsLockfile {
             apt_index: raw.apt_index,
+            git_source: raw.git_source,
             configs: raw.rootfs,
         })
     }
@@ -147,6 +162,13 @@ impl RootfsLockfile {
         let mut out = String::from(HEADER);
         let _ = writeln!(out, "version = {ROOTFS_LOCKFILE_VERSION}");
         super::lockfile::write_apt_index(&mut out, &self.apt_index);
+        for (name, src) in &self.git_source {
+            let _ = writeln!(out, "\n[git-source.{}]", quote(name));
+            let _ = writeln!(out, "url = {}", quote(&src.url));
+            let _ = writeln!(out, "ref = {}", quote(&src.git_ref));
+            let _ = writeln!(out, "commit = {}", quote(src.commit.as_str()));
+            let _ = writeln!(out, "tree = {}", quote(src.tree.as_str()));
+        }
         for (name, config) in &self.configs {
             let _ = writeln!(out, "\n[rootfs.{}]", quote(name));
             let _ = writeln!(out, "version = {}", quote(&config.version));
@@ -242,6 +264,15 @@ mod tests {
         );
         RootfsLockfile {
             apt_index: Default::default(),
+            git_source: BTreeMap::from([(
+                "bootrr".into(),
+                LockedSource {
+                    url: "https://github.com/kernelci/bootrr.git".into(),
+                    git_ref: "main".into(),
+                    commit: "a".repeat(40).parse().unwrap(),
+                    tree: "b".repeat(40).parse().unwrap(),
+                },
+            )]),
             configs: BTreeMap::from([(
                 "bookworm".into(),
                 LockedConfig {
@@ -262,6 +293,7 @@ mod tests {
         );
         assert!(text.contains("\n[rootfs.\"bookworm\".arch.\"amd64\"]\n"));
         assert!(text.contains("\nartifact.\"rootfs.cpio.gz\".size = 42\n"));
+        assert!(text.contains("\n[git-source.\"bootrr\"]\nurl = \"https://github.com/kernelci/bootrr.git\"\nref = \"main\"\n"));
         assert_eq!(lock.to_text(), text);
     }
 

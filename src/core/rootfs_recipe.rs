@@ -2,9 +2,12 @@
 //! `rootfs-configs.yaml` fields plus what reproducibility needs), and its validation — pure,
 //! beside the image recipes. Reading the directory is the rootfs floor's job.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use super::gitsource::{self, GitSourceSpec};
 
 /// xz level of the `.xz` files when a recipe does not say (KernelCI's `tar cJf`).
 pub const DEFAULT_XZ_PRESET: u32 = 6;
@@ -39,6 +42,10 @@ pub struct RootfsRecipe {
     /// `tar cJf`); lower is much faster (BENCHMARKS.md) and a little larger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xz_preset: Option<u32>,
+    /// Git repositories the script clones, by name: each URL is served to the build from
+    /// the commit the rootfs lockfile pins, and no other URL can be cloned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub git_source: BTreeMap<String, GitSourceSpec>,
 }
 
 impl RootfsRecipe {
@@ -122,6 +129,9 @@ impl RootfsRecipe {
             return Err(err(format!(
                 "arch-list: `{a}` is not a Debian architecture"
             )));
+        }
+        for (name, spec) in &r.git_source {
+            gitsource::validate(name, spec).map_err(|(field, m)| err(format!("{field}: {m}")))?;
         }
         Ok(r)
     }
