@@ -39,6 +39,9 @@ pub fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
     if let Some(e) = cause.downcast_ref::<crate::aptcache::AptError>() {
         return Some(e.fault());
     }
+    if let Some(e) = cause.downcast_ref::<crate::gitstore::GitSourceError>() {
+        return Some(e.fault());
+    }
     None
 }
 

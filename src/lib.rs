@@ -27,6 +27,8 @@ pub mod error;
 pub mod exit;
 pub mod fsutil;
 pub mod gc;
+pub mod gitpins;
+pub mod gitstore;
 pub mod image;
 pub mod imagebuild;
 pub mod jenkins;

@@ -178,9 +178,11 @@ fn rootfs_why(
     let placeholder = Digest::of(BUILDER_NOT_BUILT.as_bytes());
     let lock = LockfileEdit::read(lockfile)?.rootfs()?;
     let suite = crate::aptpins::rootfs_suite(&mirror, r)?;
+    let git = crate::core::gitsource::pins_for(&r.git_source, &lock.git_source);
     let source = plan::Source {
         mirror: &mirror,
         apt_index: lock.apt_index.get(&suite.id).map(|i| &i.inrelease),
+        git: &git,
     };
     let mut facts = plan::facts(
         r,

@@ -35,7 +35,15 @@ if [ "${1:-}" = customize ]; then
         phase script
         cp /kci/script "$root/kci-script"
         chmod 0755 "$root/kci-script"
-        chroot "$root" /kci-script
+        if [ -n "${KCI_GIT:-}" ]; then
+            # Pinned git sources: their URLs reach the copies in /kci-git, any other URL
+            # fails (kci-build names it); the copies leave with the script.
+            cp -r /kci/git "$root/kci-git"
+            chroot "$root" env GIT_CONFIG_GLOBAL=/kci-git/gitconfig GIT_CONFIG_NOSYSTEM=1 /kci-script
+            rm -rf "$root/kci-git"
+        else
+            chroot "$root" /kci-script
+        fi
         rm -f "$root/kci-script"
     fi
     phase configure

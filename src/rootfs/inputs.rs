@@ -159,6 +159,13 @@ fn file_entry(path: &str, source: &Path, mode: Option<u32>) -> anyhow::Result<In
 /// The `/kci/` tree as a tar: sorted, owned by root, mtime = SOURCE_DATE_EPOCH. Each file is
 /// re-hashed as it is packed, so a file changed since the scan is an error, not a wrong key.
 pub fn pack(inputs: &RecipeInputs, sde: u64) -> anyhow::Result<Vec<u8>> {
+    pack_with(inputs, sde, None)
+}
+
+/// [`pack`], plus the tree `git` (the served copies of the recipe's git sources and their
+/// git configuration, made for this run) under `kci/git/`. Those bytes are not key facts:
+/// the pins they are made from are.
+pub fn pack_with(inputs: &RecipeInputs, sde: u64, git: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_ustar();
     dir.set_entry_type(tar::EntryType::Directory);
@@ -196,6 +203,34 @@ pub fn pack(inputs: &RecipeInputs, sde: u64) -> anyhow::Result<Vec<u8>> {
         h.set_size(bytes.len() as u64);
         b.append_data(&mut h, name, bytes.as_slice())?;
     }
+    if let Some(dir) = git {
+        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let rel = e.path().strip_prefix(dir).expect("under the walked dir");
+            let name = format!("kci/git/{}", rel.display());
+            let mut h = tar::Header::new_ustar();
+            h.set_mtime(sde);
+            h.set_uid(0);
+            h.set_gid(0);
+            if e.file_type().is_dir() {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(
+                    &mut h,
+                    format!("{}/", name.trim_end_matches('/')),
+                    std::io::empty(),
+                )?;
+            } else {
+                let bytes = std::fs::read(e.path())
+                    .with_context(|| format!("reading {}", e.path().display()))?;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, name, bytes.as_slice())?;
+            }
+        }
+    }
     Ok(b.into_inner()?)
 }
 
@@ -217,6 +252,7 @@ mod tests {
             source_date_epoch: 1,
             mirror: "auto".into(),
             xz_preset: None,
+            git_source: Default::default(),
         }
     }
 

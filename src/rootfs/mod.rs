@@ -198,6 +198,7 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                 source_date_epoch: opts.source_date_epoch,
                 mirror: "auto".into(),
                 xz_preset: None,
+                git_source: Default::default(),
             },
         ));
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::RootfsRecipe;
+use crate::core::gitsource::LockedSource;
 use crate::core::key::canonical_json;
 use crate::core::names::Digest;
 
@@ -121,6 +122,9 @@ pub fn facts(
         "mirror-sha256",
         Digest::of(mirror.as_bytes()).as_str().to_owned(),
     );
+    for (name, pin) in source.git {
+        put(&format!("git-source.{name}"), pin.fact());
+    }
     for i in inputs {
         let value = if i.is_dir {
             format!("dir {:o}", i.mode)
@@ -144,6 +148,8 @@ pub fn key(facts: &BTreeMap<String, String>) -> Digest {
 pub struct Source<'a> {
     pub mirror: &'a str,
     pub apt_index: Option<&'a Digest>,
+    /// The pins of the recipe's git sources, by name.
+    pub git: &'a BTreeMap<String, LockedSource>,
 }
 
 pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest) -> Vec<String> {
@@ -177,6 +183,9 @@ pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest
     if recipe.test_overlay.is_some() {
         env.push("KCI_OVERLAY=1".to_owned());
     }
+    if !recipe.git_source.is_empty() {
+        env.push("KCI_GIT=1".to_owned());
+    }
     env
 }
 
@@ -198,6 +207,7 @@ mod tests {
             source_date_epoch: 1_764_547_200,
             mirror: "auto".into(),
             xz_preset: None,
+            git_source: Default::default(),
         }
     }
 
@@ -205,10 +215,13 @@ mod tests {
         Digest::of(b"builder")
     }
 
+    static NO_GIT: BTreeMap<String, LockedSource> = BTreeMap::new();
+
     fn src(mirror: &'static str) -> Source<'static> {
         Source {
             mirror,
             apt_index: None,
+            git: &NO_GIT,
         }
     }
 
@@ -305,6 +318,7 @@ mod tests {
         let pinned = Source {
             mirror: "http://m/debian",
             apt_index: Some(&pin),
+            git: &NO_GIT,
         };
         variants.push(key(&facts(
             &r,
@@ -314,6 +328,31 @@ mod tests {
             std::slice::from_ref(&file),
             "f1",
         )));
+        let git = BTreeMap::from([(
+            "suite".to_owned(),
+            LockedSource {
+                url: "https://h/suite.git".into(),
+                git_ref: "main".into(),
+                commit: "a".repeat(40).parse().unwrap(),
+                tree: "b".repeat(40).parse().unwrap(),
+            },
+        )]);
+        let mut moved = git.clone();
+        moved.get_mut("suite").unwrap().commit = "c".repeat(40).parse().unwrap();
+        for git in [&git, &moved] {
+            variants.push(key(&facts(
+                &r,
+                "amd64",
+                &builder(),
+                &Source {
+                    mirror: "http://m/debian",
+                    apt_index: None,
+                    git,
+                },
+                std::slice::from_ref(&file),
+                "f1",
+            )));
+        }
         let mut r4 = r.clone();
         r4.xz_preset = Some(1);
         variants.push(key(&facts(

@@ -17,6 +17,7 @@ use super::MANIFEST;
 use crate::core::names::Digest;
 use crate::engine::{ContainerState, Engine};
 use crate::fsutil;
+use crate::gitpins;
 use crate::printer::Printer;
 use crate::rootfs::pack::{self, Packing};
 use crate::rootfs::plan::RootfsJob;
@@ -27,6 +28,8 @@ pub(super) struct JobCtx<E> {
     pub engine: E,
     pub image_id: String,
     pub store_root: PathBuf,
+    /// The recipes directory, for errors that say what to change.
+    pub recipes: PathBuf,
     pub logs: PathBuf,
     /// Where the apt proxy lists the `.deb`s it served each build (by key).
     pub apt_served: PathBuf,
@@ -125,6 +128,14 @@ pub(super) async fn run_all<E: Engine>(
     Ok(())
 }
 
+/// The first URL the build's log shows it cloned without a pin (git's message names the
+/// path the URL was sent to).
+fn unpinned_clone(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .find_map(crate::core::gitsource::unpinned_url_in)
+}
+
 fn tail(path: &Path, n: usize) -> Vec<String> {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
@@ -181,11 +192,18 @@ async fn run_job<E: Engine>(
             b.finish_and_clear();
         }
         let _ = engine.remove_container(&name).await;
+        let mut error = format!(
+            "the builder exited with {code} (log: {})",
+            log_path.display()
+        );
+        if let Some(url) = unpinned_clone(&log_path) {
+            error = format!(
+                "{error}: {}",
+                gitpins::unpinned_hint(&ctx.recipes, &job.config, &url)
+            );
+        }
         return Err(JobFailure {
-            error: format!(
-                "the builder exited with {code} (log: {})",
-                log_path.display()
-            ),
+            error,
             log_tail: tail(&log_path, 20),
             disk_full: false,
         });
@@ -334,6 +352,7 @@ mod tests {
             engine: engine.clone(),
             image_id: "sha256:builder".into(),
             store_root: dir.join("rootfs"),
+            recipes: dir.join("recipes"),
             logs: dir.join("logs"),
             apt_served: dir.join("apt-served"),
             printer: Printer::new(ColorChoice::Never, true),

@@ -35,6 +35,8 @@ use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
 use crate::engine::DockerEngine;
+use crate::gitpins;
+use crate::gitstore::GitStore;
 use crate::imagebuild::{self as build, BuildOptions, LockMode};
 use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
@@ -103,6 +105,16 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let selected = select::select(&recipes, &opts.recipes, &opts.configs, &opts.arches)?;
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
+    let git_store = GitStore::new(ws.store.root());
+    let git_pins = gitpins::resolve(
+        &git_store,
+        &old_lock.git_source,
+        &gitpins::specs_of(&opts.recipes, &recipes)?,
+        &gitpins::specs_of(&opts.recipes, &selected)?,
+        opts.locked,
+        &opts.lockfile,
+        printer,
+    )?;
     let scanned = prepare::scan(&ws, &opts.recipes, selected)?;
     let builder_image = build_builder(ctx, &mut ws, opts.locked).await?;
     ctx.release_images_lock();
@@ -122,6 +134,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         &builder_image.manifest,
         &opts.arches,
         &pins_of(&pins),
+        (&git_store, &git_pins),
     )?;
 
     std::fs::create_dir_all(store_dir(ws))
@@ -142,6 +155,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             engine,
             image_id: builder_image.config.as_str().to_owned(),
             store_root: store_dir(ws),
+            recipes: opts.recipes.clone(),
             logs: ws.store.logs_dir(),
             apt_served: ws.store.apt_served_dir(),
             printer: printer.clone(),
@@ -161,6 +175,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     };
     let mut new_lock = lock(&old_lock, &recipes, &prepared, &c.made, &published.urls);
     new_lock.apt_index = pins;
+    new_lock.git_source = git_pins;
     let written = edit.write(&new_lock.to_text(), opts.locked, "", || {
         let entries = |l: &RootfsLockfile| lockdiff::rootfs_entries(l);
         lockdiff::diff_kind(LockKind::Rootfs, &entries(&old_lock), &entries(&new_lock))

@@ -8,8 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::core::apt::{SuiteId, SuiteSource};
+use crate::core::gitsource::LockedSource;
 use crate::core::names::{Digest, TargetName};
 use crate::core::rootfs_lock::config_version;
+use crate::gitpins;
+use crate::gitstore::GitStore;
 use crate::ops::Workspace;
 use crate::rootfs::plan::{self, RootfsJob};
 use crate::rootfs::recipes::mirror_of;
@@ -83,10 +86,11 @@ pub(super) fn plan(
     builder_manifest: &Digest,
     arches: &[String],
     pins: &BTreeMap<SuiteId, Digest>,
+    git: (&GitStore, &BTreeMap<String, LockedSource>),
 ) -> anyhow::Result<Vec<Prepared>> {
     scanned
         .into_iter()
-        .map(|s| plan_one(s, builder_manifest, arches, pins))
+        .map(|s| plan_one(s, builder_manifest, arches, pins, git))
         .collect()
 }
 
@@ -95,6 +99,7 @@ fn plan_one(
     builder: &Digest,
     arches: &[String],
     pins: &BTreeMap<SuiteId, Digest>,
+    (git_store, git_pins): (&GitStore, &BTreeMap<String, LockedSource>),
 ) -> anyhow::Result<Prepared> {
     let Scanned {
         recipe: r,
@@ -102,9 +107,11 @@ fn plan_one(
         suite,
         inputs,
     } = s;
+    let git = crate::core::gitsource::pins_for(&r.git_source, git_pins);
     let source = plan::Source {
         mirror: &mirror,
         apt_index: pins.get(&suite.id),
+        git: &git,
     };
     let files = inputs.key_files();
     let mut jobs = Vec::new();
@@ -135,7 +142,14 @@ fn plan_one(
         .filter(|a| arches.is_empty() || arches.contains(a))
         .cloned()
         .collect();
-    let tar = Arc::new(inputs::pack(&inputs, r.source_date_epoch)?);
+    let tar = Arc::new(if git.is_empty() {
+        inputs::pack(&inputs, r.source_date_epoch)?
+    } else {
+        // The served copies of its git sources go into the build with its files.
+        let dir = tempfile::tempdir()?;
+        gitpins::serve(git_store, &git, dir.path())?;
+        inputs::pack_with(&inputs, r.source_date_epoch, Some(dir.path()))?
+    });
     let keys: BTreeMap<String, Digest> = jobs
         .iter()
         .map(|j| (j.arch.clone(), j.key.clone()))
