@@ -289,7 +289,8 @@ pub enum Command {
         #[arg(long)]
         check: bool,
         /// Pin today's index of these suites (`debian/bookworm`) in the images and rootfs
-        /// lockfiles; all the recipes install from when none are given.
+        /// lockfiles; all the recipes install from when none are given, and then also
+        /// today's commit of every git source of the rootfs recipes.
         #[arg(long, num_args = 0.., value_name = "SUITE")]
         refresh: Option<Vec<SuiteId>>,
         /// The rootfs recipes directory (for --refresh).
@@ -298,6 +299,9 @@ pub enum Command {
         /// The rootfs lockfile (for --refresh; skipped when it does not exist).
         #[arg(long, default_value = "lockfiles/rootfs.lock")]
         rootfs_lockfile: PathBuf,
+        /// Print a JSON report on stdout (the problems found, or each pin before and after).
+        #[arg(long)]
+        json: bool,
     },
     /// Sweep the store: remove every blob, key record, rootfs directory and log that no
     /// lockfile references (in the working tree or at the last N commits that changed it),

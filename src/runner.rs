@@ -215,13 +215,14 @@ fn lock(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
         refresh,
         recipes,
         rootfs_lockfile,
+        json,
         ..
     } = &cli.command
     else {
         unreachable!("dispatched on Command::Lock")
     };
     let Some(suites) = refresh else {
-        return finish(ctx, ops::lock::run(ctx), false);
+        return finish(ctx, ops::lock::run(ctx), *json);
     };
     ctx.lock_images_lockfile()?;
     ctx.lock_lockfile(rootfs_lockfile)?;
@@ -233,7 +234,7 @@ fn lock(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
     };
     let what_now = "the lockfiles were not written; run the same command again";
     let report = cancellable(ops::lock::refresh(ctx, &opts), what_now)?;
-    finish(ctx, report, false)
+    finish(ctx, report, *json)
 }
 
 /// `kci-build fetch`: the apt cache filled (and shared) under the store's shared lock.

@@ -81,10 +81,23 @@ pub struct Refreshed {
     pub date: Option<String>,
 }
 
+/// One git source's pin before and after `lock --refresh`.
+#[derive(Debug, serde::Serialize)]
+pub struct RefreshedSource {
+    pub name: String,
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub old: Option<String>,
+    pub new: String,
+}
+
 /// What `lock --refresh` did.
 #[derive(Debug, serde::Serialize)]
 pub struct RefreshReport {
     pub suites: Vec<Refreshed>,
+    /// The rootfs recipes' git sources (refreshed when no suite is named).
+    pub git_sources: Vec<RefreshedSource>,
     /// The lockfiles written.
     pub changed: Vec<PathBuf>,
 }
@@ -111,6 +124,17 @@ impl Report for RefreshReport {
                     "Pinned",
                     format!("{} in {file}: {} ({date})", r.suite, short(&r.new)),
                 ),
+            }
+        }
+        for g in &self.git_sources {
+            let what = format!("git source {} ({} of {})", g.name, g.git_ref, g.url);
+            match &g.old {
+                Some(old) if *old == g.new => printer.status("Unchanged", what),
+                Some(old) => printer.status(
+                    "Refreshed",
+                    format!("{what}: {} -> {}", &old[..12], &g.new[..12]),
+                ),
+                None => printer.status("Pinned", format!("{what}: {}", &g.new[..12])),
             }
         }
         for f in &self.changed {
@@ -167,6 +191,7 @@ pub async fn refresh(ctx: &Context, opts: &RefreshOptions) -> anyhow::Result<Ref
     let mut today = Today::default();
     let mut report = RefreshReport {
         suites: Vec::new(),
+        git_sources: Vec::new(),
         changed: Vec::new(),
     };
     let mut images = ws.lock.clone();
@@ -196,11 +221,40 @@ pub async fn refresh(ctx: &Context, opts: &RefreshOptions) -> anyhow::Result<Ref
                 &mut report,
             )
             .await?;
+        if opts.suites.is_empty() {
+            lock.git_source =
+                refresh_git_sources(&ws, &lock.git_source, &opts.recipes, &mut report)?;
+        }
         if rootfs.write(&lock.to_text(), false, "", Vec::new)? == Written::Written {
             report.changed.push(file.clone());
         }
     }
     Ok(report)
+}
+
+/// Today's commit of every git source the rootfs recipes name (pins of sources no recipe
+/// names are dropped).
+fn refresh_git_sources(
+    ws: &Workspace,
+    have: &BTreeMap<String, crate::core::gitsource::LockedSource>,
+    recipes: &Path,
+    report: &mut RefreshReport,
+) -> anyhow::Result<BTreeMap<String, crate::core::gitsource::LockedSource>> {
+    let specs = crate::gitpins::specs_of(recipes, &crate::rootfs::recipes::load_recipes(recipes)?)?;
+    let store = crate::gitstore::GitStore::new(ws.store.root());
+    let mut pins = BTreeMap::new();
+    for (name, spec) in &specs {
+        let pin = store.resolve(name, &spec.url, &spec.git_ref)?;
+        report.git_sources.push(RefreshedSource {
+            name: name.clone(),
+            url: spec.url.clone(),
+            git_ref: spec.git_ref.clone(),
+            old: have.get(name).map(|p| p.commit.to_string()),
+            new: pin.commit.to_string(),
+        });
+        pins.insert(name.clone(), pin);
+    }
+    Ok(pins)
 }
 
 /// The suites of the rootfs recipes.
