@@ -130,10 +130,36 @@ impl RootfsRecipe {
                 "arch-list: `{a}` is not a Debian architecture"
             )));
         }
+        if let Some((a, why)) = r
+            .arch_list
+            .iter()
+            .find_map(|a| release_lacks_arch(&r.debian_release, a).map(|why| (a, why)))
+        {
+            return Err(err(format!(
+                "arch-list: `{a}` is not in Debian {}: {why}",
+                r.debian_release
+            )));
+        }
         for (name, spec) in &r.git_source {
             gitsource::validate(name, spec).map_err(|(field, m)| err(format!("{field}: {m}")))?;
         }
         Ok(r)
+    }
+}
+
+/// Why Debian's `release` has no `arch` in its main archive, for the releases whose arch
+/// lists are known to differ (riscv64 came with trixie; mipsel and mips64el left after
+/// bookworm); `None` when it has it or the release is not one of those (sid, a code name to
+/// come).
+pub fn release_lacks_arch(release: &str, arch: &str) -> Option<&'static str> {
+    match (release, arch) {
+        ("buster" | "bullseye" | "bookworm", "riscv64") => {
+            Some("Debian released riscv64 first with trixie (use trixie or sid)")
+        }
+        ("trixie" | "forky", "mipsel" | "mips64el") => {
+            Some("Debian released mipsel and mips64el last with bookworm")
+        }
+        _ => None,
     }
 }
 
@@ -170,6 +196,21 @@ mod tests {
             e(&ok.replace("amd64", "x86_64"), "recipes/bookworm.toml"),
             "recipes/bookworm.toml: arch-list: `x86_64` is not a Debian architecture"
         );
+        assert_eq!(
+            e(
+                &ok.replace("\"amd64\"", "\"amd64\", \"riscv64\""),
+                "recipes/bookworm.toml"
+            ),
+            "recipes/bookworm.toml: arch-list: `riscv64` is not in Debian bookworm: \
+             Debian released riscv64 first with trixie (use trixie or sid)"
+        );
+        let trixie = ok.replace("release = \"bookworm\"", "release = \"trixie\"");
+        assert!(RootfsRecipe::parse(f, &trixie.replace("\"amd64\"", "\"riscv64\"")).is_ok());
+        assert!(e(
+            &trixie.replace("\"amd64\"", "\"mipsel\""),
+            "recipes/bookworm.toml"
+        )
+        .contains("`mipsel` is not in Debian trixie"));
         assert_eq!(
             e(&format!("{ok}xz-preset = 12\n"), "recipes/bookworm.toml"),
             "recipes/bookworm.toml: xz-preset: 12 is not an xz level (0–9)"

@@ -41,6 +41,27 @@ fn handler(debian_arch: &str) -> Option<Handler> {
             r"\x7f\x45\x4c\x46\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x03\x00",
             r"\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
         ),
+        "ppc64el" => h(
+            "ppc64le",
+            r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x15\x00",
+            r"\xff\xff\xff\xff\xff\xff\xff\xfc\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\x00",
+        ),
+        "s390x" => h(
+            "s390x",
+            r"\x7f\x45\x4c\x46\x02\x02\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x16",
+            r"\xff\xff\xff\xff\xff\xff\xff\xfc\xff\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff",
+        ),
+        "mips64el" => h(
+            "mips64el",
+            r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x08\x00",
+            r"\xff\xff\xff\xff\xff\xff\xff\x00\xfe\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+        ),
+        // Debian's mipsel is o32: the last byte tells it from n32 (EF_MIPS_ABI2 clear).
+        "mipsel" => h(
+            "mipsel",
+            r"\x7f\x45\x4c\x46\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            r"\xff\xff\xff\xff\xff\xff\xff\x00\xfe\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x20",
+        ),
         _ => None,
     }
 }
@@ -108,7 +129,7 @@ pub fn ensure(arch: &str) -> Result<(), EnvironmentError> {
     })?;
     tracing::info!(
         arch,
-        "registered binfmt_misc handler kci-build-qemu-{}",
+        "registered the binfmt_misc handler qemu-{} with the F flag",
         h.qemu
     );
     Ok(())
@@ -130,11 +151,41 @@ mod tests {
     }
 
     #[test]
-    fn knows_the_arches_kernelci_builds() {
-        for a in ["arm64", "armhf", "armel", "riscv64", "i386"] {
-            assert!(handler(a).is_some(), "{a}");
+    fn knows_every_debian_arch_a_recipe_can_name() {
+        for a in crate::core::rootfs_recipe::DEBIAN_ARCHES {
+            assert!(*a == native_arch() || handler(a).is_some(), "{a}");
         }
         assert_eq!(native_arch(), "amd64");
         assert!(ensure("amd64").is_ok());
+        assert!(handler("alpha").is_none());
+    }
+
+    /// The table is Debian's: where qemu-user-static is installed, each handler's magic and
+    /// mask are those of its `/usr/share/binfmts/qemu-<name>` (so an update of the package
+    /// that changes one is noticed here).
+    #[test]
+    fn the_table_matches_debians_qemu_user_static() {
+        let dir = Path::new("/usr/share/binfmts");
+        if !dir.join("qemu-aarch64").exists() {
+            eprintln!("qemu-user-static is not installed; nothing to compare");
+            return;
+        }
+        // Debian registers no handler for what the host runs natively (i386 on amd64).
+        let foreign = crate::core::rootfs_recipe::DEBIAN_ARCHES
+            .iter()
+            .filter(|a| **a != native_arch() && !(native_arch() == "amd64" && **a == "i386"));
+        for a in foreign {
+            let h = handler(a).unwrap();
+            let text = std::fs::read_to_string(dir.join(format!("qemu-{}", h.qemu))).unwrap();
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert_eq!(field("magic "), h.magic, "{a}: magic");
+            assert_eq!(field("mask "), h.mask, "{a}: mask");
+        }
     }
 }
