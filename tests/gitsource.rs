@@ -8,32 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::git::git;
 use common::*;
 
 const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
-
-/// `git` with a fixed identity and no user configuration; panics on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Commits `VERSION = version` in the work tree and pushes `main` to the bare upstream;
 /// returns the commit.
@@ -65,10 +44,6 @@ fn suite_version(ws: &Workspace, report: &serde_json::Value) -> String {
     ))
     .trim()
     .to_owned()
-}
-
-fn sums(report: &serde_json::Value) -> serde_json::Value {
-    report["builds"][0]["artifacts"].clone()
 }
 
 #[test]
@@ -137,7 +112,7 @@ fn a_pinned_git_source_is_served_from_the_store_and_moves_only_on_refresh() {
     let again = rootfs(&ws, "tiny").ok().json();
     assert_eq!(again["builds"][0]["action"], "built", "{again}");
     assert_eq!(again["builds"][0]["key"], first["builds"][0]["key"]);
-    assert_eq!(sums(&again), sums(&first));
+    assert_eq!(rootfs_sums(&again), rootfs_sums(&first));
     std::fs::rename(up.path().join("away.git"), &bare).unwrap();
 
     // 3. The upstream branch moves: nothing changes until a refresh.

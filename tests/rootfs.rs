@@ -24,20 +24,6 @@ fn rootfs(ws: &Workspace, extra: &[&str]) -> Run {
     ws.kci(&args)
 }
 
-/// `arch/file → sha256` from a report.
-fn sums(report: &serde_json::Value) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for b in report["builds"].as_array().unwrap() {
-        for (name, a) in b["artifacts"].as_object().unwrap() {
-            out.insert(
-                format!("{}/{name}", b["arch"].as_str().unwrap()),
-                a["sha256"].as_str().unwrap().to_owned(),
-            );
-        }
-    }
-    out
-}
-
 fn actions_of(report: &serde_json::Value) -> BTreeMap<String, String> {
     report["builds"]
         .as_array()
@@ -127,7 +113,7 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
             ("arm64".to_owned(), "built".to_owned())
         ])
     );
-    let first_sums = sums(&first_report);
+    let first_sums = rootfs_sums(&first_report);
     assert_eq!(first_sums.len(), 10, "{first_sums:?}");
     let version = first_report["versions"]["tiny"]
         .as_str()
@@ -245,7 +231,7 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
             ("arm64".to_owned(), "on-storage".to_owned())
         ])
     );
-    assert_eq!(sums(&remote), first_sums);
+    assert_eq!(rootfs_sums(&remote), first_sums);
     assert_eq!(remote["lockfile_changed"], false);
 
     // 4. From an empty rootfs store again, and a storage that went bad: amd64's ext4 image
@@ -356,7 +342,7 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     );
 
     // 5. Same bytes, file by file, for both arches.
-    assert_eq!(sums(&resumed_report), first_sums);
+    assert_eq!(rootfs_sums(&resumed_report), first_sums);
     assert_eq!(resumed_report["versions"]["tiny"], version.as_str());
 
     // 6. A recipe change, rebuilt for amd64: `kci-build diff` of the two real lockfiles shows

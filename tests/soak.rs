@@ -142,20 +142,6 @@ fn kills_at_random_moments_never_corrupt_the_store_and_the_rerun_gives_the_same_
 
 const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
 
-/// `arch/file → sha256` of a rootfs report.
-fn rootfs_sums(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    for b in report["builds"].as_array().unwrap() {
-        for (name, a) in b["artifacts"].as_object().unwrap() {
-            out.insert(
-                format!("{}/{name}", b["arch"].as_str().unwrap()),
-                a["sha256"].as_str().unwrap().to_owned(),
-            );
-        }
-    }
-    out
-}
-
 /// Crash consistency of `rootfs`: the tiny config (amd64), SIGKILLed at seeded random
 /// moments of its build, collection and packing (`KCI_SOAK_ROOTFS_KILLS` times, 5 by
 /// default). A killed run leaves its container running; the next run attaches to it or

@@ -255,3 +255,17 @@ pub fn remove_loaded_images(prefix: &str) {
             .output();
     }
 }
+
+/// `arch/file → sha256` of every artifact of a `rootfs --json` report.
+pub fn rootfs_sums(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for b in report["builds"].as_array().unwrap() {
+        for (name, a) in b["artifacts"].as_object().unwrap() {
+            out.insert(
+                format!("{}/{name}", b["arch"].as_str().unwrap()),
+                a["sha256"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    out
+}
