@@ -142,14 +142,17 @@ fn plan_one(
         .filter(|a| arches.is_empty() || arches.contains(a))
         .cloned()
         .collect();
-    let tar = Arc::new(if git.is_empty() {
-        inputs::pack(&inputs, r.source_date_epoch)?
-    } else {
-        // The served copies of its git sources go into the build with its files.
-        let dir = tempfile::tempdir()?;
-        gitpins::serve(git_store, &git, dir.path())?;
-        inputs::pack_with(&inputs, r.source_date_epoch, Some(dir.path()))?
-    });
+    // The served copies of its git sources go into the build with its files.
+    let served = match git.is_empty() {
+        true => None,
+        false => {
+            let dir = tempfile::tempdir()?;
+            gitpins::serve(git_store, &git, dir.path())?;
+            Some(dir)
+        }
+    };
+    let served = served.as_ref().map(|d| d.path());
+    let tar = Arc::new(inputs::pack_with(&inputs, r.source_date_epoch, served)?);
     let keys: BTreeMap<String, Digest> = jobs
         .iter()
         .map(|j| (j.arch.clone(), j.key.clone()))
