@@ -21,7 +21,6 @@ cd "$work"
 mkdir -p recipes lockfiles
 # The `tiny` config of the test suite, at the benchmark's xz level.
 cp -r "$root/tests/data/rootfs-tiny/." recipes/
-cp -r "$root/recipes/overlays/." recipes/overlays/
 sed -i "s/^xz-preset = .*/xz-preset = ${XZ_PRESET:-6}/" recipes/tiny.toml
 args=(--images "$root/images" --lockfile lockfiles/images.lock)
 

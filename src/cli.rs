@@ -153,12 +153,19 @@ pub enum Command {
         /// Only these Debian arches (repeatable); default: each config's arch-list.
         #[arg(long = "arch")]
         arches: Vec<String>,
-        /// The rootfs recipes directory (also holds scripts/ and overlays/).
+        /// The rootfs recipes directory. A recipe that pins kernelci-core
+        /// (`[git-source.kernelci-core]`) takes its scripts and overlays from that commit's
+        /// config/rootfs/debos/; one that does not, from scripts/ and overlays/ here.
         #[arg(long, default_value = "recipes")]
         recipes: PathBuf,
         /// The rootfs lockfile to read and write.
         #[arg(long, default_value = "lockfiles/rootfs.lock")]
         rootfs_lockfile: PathBuf,
+        /// Development: take kernelci-core's scripts and overlays from this checkout instead
+        /// of the pinned commit. Its files become the key facts; nothing is uploaded and the
+        /// lockfile is left as it is.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["locked", "storage"])]
+        kernelci_core: Option<PathBuf>,
         /// How many (config, arch) builds run at once.
         #[arg(short, long, default_value_t = 2)]
         jobs: usize,
@@ -412,6 +419,13 @@ pub enum ImportWhat {
         /// The recipes' SOURCE_DATE_EPOCH [default: images/config.toml's].
         #[arg(long)]
         source_date_epoch: Option<u64>,
+        /// The kernelci-core whose `config/rootfs/debos/` the configs' `script:` and
+        /// `test_overlay:` name; every recipe pins it as `[git-source.kernelci-core]`.
+        #[arg(long, default_value = "https://github.com/kernelci/kernelci-core.git")]
+        kernelci_core_url: String,
+        /// The branch or tag of kernelci-core that `lock --refresh` follows.
+        #[arg(long, default_value = "main")]
+        kernelci_core_ref: String,
     },
 }
 

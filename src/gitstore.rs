@@ -45,6 +45,14 @@ pub enum GitSourceError {
         found: String,
         locked: String,
     },
+    #[error("git source `{name}` ({url}): commit {commit} has no {path}{what}")]
+    NoPath {
+        name: String,
+        url: String,
+        commit: String,
+        path: String,
+        what: String,
+    },
     #[error("git source `{name}`: {action} in {}: {source}", path.display())]
     Local {
         name: String,
@@ -58,7 +66,9 @@ impl GitSourceError {
     pub fn fault(&self) -> Fault {
         match self {
             // The recipe names a ref that is not there, or the lockfile a tree that is not.
-            GitSourceError::NoRef { .. } | GitSourceError::TreeMismatch { .. } => Fault::BadInput,
+            GitSourceError::NoRef { .. }
+            | GitSourceError::TreeMismatch { .. }
+            | GitSourceError::NoPath { .. } => Fault::BadInput,
             _ => Fault::Environment,
         }
     }
@@ -117,6 +127,22 @@ impl GitStore {
             url: url.into(),
             reason,
         };
+        if let Some(commit) = crate::core::gitsource::commit_id(git_ref) {
+            // A commit as the ref: fetched by id, pinned as it is, never moved.
+            if self.tree_of(&repo, name, &commit)?.is_none() {
+                net_git(&repo, &["fetch", "--no-tags", "--", url, commit.as_str()])
+                    .map_err(unreachable)?;
+            }
+            let tree = self
+                .tree_of(&repo, name, &commit)?
+                .ok_or_else(|| unreachable(format!("{url} did not send commit {commit}")))?;
+            return Ok(LockedSource {
+                url: url.into(),
+                git_ref: git_ref.into(),
+                commit,
+                tree,
+            });
+        }
         let heads = net_git(&repo, &["ls-remote", "--", url]).map_err(unreachable)?;
         let wanted = [
             format!("refs/heads/{git_ref}"),
@@ -274,7 +300,12 @@ impl GitStore {
             w.commit()
                 .map_err(|e| local("indexing the pack", dest, e))?;
         }
-        let branch = format!("refs/heads/{}", pin.git_ref);
+        // A commit pinned by id is served on a branch `kci-pinned`; `git checkout <id>` after
+        // the clone finds the commit.
+        let branch = match crate::core::gitsource::commit_id(&pin.git_ref) {
+            Some(_) => "refs/heads/kci-pinned".to_owned(),
+            None => format!("refs/heads/{}", pin.git_ref),
+        };
         served
             .reference(&branch, oid, true, "kci-build: the pinned commit")
             .map_err(|e| local("writing the branch", dest, e))?;
@@ -296,6 +327,85 @@ impl GitStore {
             })?;
         }
         Ok(())
+    }
+}
+
+impl GitStore {
+    /// Writes the directory `subdir` of `pin`'s commit into `dest` (a new directory): files
+    /// with their executable bit, nothing else (`ensure` first). A symlink or submodule in it
+    /// is refused: it would name something outside the pinned tree.
+    pub fn export(
+        &self,
+        name: &str,
+        pin: &LockedSource,
+        subdir: &str,
+        dest: &Path,
+    ) -> Result<(), GitSourceError> {
+        let local = |action: String, path: &Path, source| GitSourceError::Local {
+            name: name.into(),
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        let io = |e: std::io::Error| git2::Error::from_str(&e.to_string());
+        let no_path = |path: &str, what: &str| GitSourceError::NoPath {
+            name: name.into(),
+            url: pin.url.clone(),
+            commit: pin.commit.to_string(),
+            path: path.into(),
+            what: what.into(),
+        };
+        let repo = self.open(name, &pin.url)?;
+        let oid = git2::Oid::from_str(pin.commit.as_str()).expect("an ObjectId is an oid");
+        let root = repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| local(format!("reading commit {}", pin.commit), repo.path(), e))?;
+        let entry = root
+            .get_path(Path::new(subdir))
+            .map_err(|_| no_path(subdir, ""))?;
+        let tree = entry
+            .to_object(&repo)
+            .ok()
+            .and_then(|o| o.into_tree().ok())
+            .ok_or_else(|| no_path(subdir, " directory"))?;
+        let mut failed = None;
+        std::fs::create_dir_all(dest).map_err(|e| local("creating".into(), dest, io(e)))?;
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+            let rel = format!("{dir}{}", e.name().unwrap_or("\u{fffd}"));
+            let path = dest.join(&rel);
+            let written = match (e.kind(), e.filemode()) {
+                (Some(git2::ObjectType::Tree), _) => std::fs::create_dir_all(&path).map_err(io),
+                (Some(git2::ObjectType::Blob), mode @ (0o100644 | 0o100755)) => repo
+                    .find_blob(e.id())
+                    .and_then(|b| std::fs::write(&path, b.content()).map_err(io))
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt as _;
+                        let perm = if mode == 0o100755 { 0o755 } else { 0o644 };
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm))
+                            .map_err(io)
+                    }),
+                _ => {
+                    failed = Some(no_path(
+                        &format!("{subdir}/{rel}"),
+                        " as a plain file or directory (a symlink or submodule is not taken)",
+                    ));
+                    return git2::TreeWalkResult::Abort;
+                }
+            };
+            match written {
+                Ok(()) => git2::TreeWalkResult::Ok,
+                Err(err) => {
+                    failed = Some(local(format!("writing {rel}"), dest, err));
+                    git2::TreeWalkResult::Abort
+                }
+            }
+        })
+        .or_else(|e| match failed.take() {
+            Some(_) => Ok(()),
+            None => Err(local("reading the tree".into(), repo.path(), e)),
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -324,4 +434,94 @@ fn net_git(repo: &git2::Repository, args: &[&str]) -> Result<String, String> {
         .last()
         .unwrap_or("git failed")
         .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A real upstream with two commits on main: a pin by commit id stays on the first, is
+    /// served so that a clone can check it out, and its directories export as files.
+    #[test]
+    fn a_commit_ref_is_pinned_as_it_is_served_and_exported() {
+        let up = tempfile::tempdir().unwrap();
+        let work = up.path();
+        git(work, &["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(work.join("config/rootfs/debos/scripts")).unwrap();
+        std::fs::write(work.join("config/rootfs/debos/scripts/a.sh"), "echo one\n").unwrap();
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-q", "-m", "one"]);
+        let first = git(work, &["rev-parse", "HEAD"]);
+        std::fs::write(work.join("config/rootfs/debos/scripts/a.sh"), "echo two\n").unwrap();
+        git(work, &["commit", "-q", "-am", "two"]);
+        let url = format!("file://{}", work.display());
+
+        let store_root = tempfile::tempdir().unwrap();
+        let store = GitStore::new(store_root.path());
+        let pin = store.resolve("suite", &url, &first).unwrap();
+        assert_eq!(pin.commit.as_str(), first);
+        assert_eq!(pin.git_ref, first);
+        store.ensure("suite", &pin).unwrap();
+        let head = store.resolve("suite", &url, "main").unwrap();
+        assert_ne!(
+            head.commit, pin.commit,
+            "main moved on; the commit pin did not"
+        );
+
+        let served = tempfile::tempdir().unwrap();
+        store
+            .serve("suite", &pin, &served.path().join("suite.git"))
+            .unwrap();
+        let clones = tempfile::tempdir().unwrap();
+        let served_url = format!("file://{}/suite.git", served.path().display());
+        git(clones.path(), &["clone", "-q", &served_url, "c"]);
+        let c = clones.path().join("c");
+        git(&c, &["checkout", "-q", "-f", &first]);
+        assert_eq!(
+            std::fs::read_to_string(c.join("config/rootfs/debos/scripts/a.sh")).unwrap(),
+            "echo one\n"
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        store
+            .export(
+                "suite",
+                &pin,
+                "config/rootfs/debos",
+                &out.path().join("debos"),
+            )
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("debos/scripts/a.sh")).unwrap(),
+            "echo one\n"
+        );
+        let e = store
+            .export("suite", &pin, "config/nothing", &out.path().join("x"))
+            .unwrap_err();
+        assert!(matches!(e, GitSourceError::NoPath { .. }), "{e}");
+        assert_eq!(e.fault(), Fault::BadInput);
+        assert!(e.to_string().contains("has no config/nothing"), "{e}");
+    }
 }

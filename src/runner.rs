@@ -294,6 +294,8 @@ fn import_args(what: &ImportWhat, cli: &Cli) -> ops::import::ImportArgs {
         out,
         release,
         source_date_epoch,
+        kernelci_core_url,
+        kernelci_core_ref,
     } = what;
     ops::import::ImportArgs {
         file: file.clone(),
@@ -301,6 +303,10 @@ fn import_args(what: &ImportWhat, cli: &Cli) -> ops::import::ImportArgs {
         release: release.clone(),
         source_date_epoch: *source_date_epoch,
         images: cli.images.clone(),
+        kernelci_core: crate::core::gitsource::GitSourceSpec {
+            url: kernelci_core_url.clone(),
+            git_ref: kernelci_core_ref.clone(),
+        },
     }
 }
 
@@ -360,6 +366,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
         arches,
         recipes,
         rootfs_lockfile,
+        kernelci_core,
         jobs,
         locked,
         resume,
@@ -378,6 +385,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
         arches: arches.clone(),
         recipes: recipes.clone(),
         lockfile: rootfs_lockfile.clone(),
+        kernelci_core: kernelci_core.clone(),
         jobs: *jobs,
         locked: *locked,
         resume: *resume,

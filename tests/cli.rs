@@ -170,17 +170,12 @@ const IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/images");
 
 fn tiny_rootfs_workspace(script: &str) -> Workspace {
     let ws = Workspace::new();
-    let tiny = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/rootfs-tiny/tiny.toml"
-    ))
-    .unwrap();
+    ws.add_tiny_rootfs();
+    let tiny = std::fs::read_to_string(ws.path().join("recipes/tiny.toml")).unwrap();
     ws.write(
         "recipes/tiny.toml",
         &tiny.replace("scripts/tiny.sh", script),
     );
-    ws.write("recipes/scripts/tiny.sh", "#!/bin/sh\n");
-    ws.write("recipes/overlays/tiny/etc/motd", "hello\n");
     ws
 }
 

@@ -839,11 +839,16 @@ fn import_options() -> [ImportOptions; 2] {
             release: None,
             source_date_epoch: 1,
             known_packages: None,
+            kernelci_core: None,
         },
         ImportOptions {
             release: Some("bookworm".into()),
             source_date_epoch: 1_764_547_200,
             known_packages: Some(["bash", "isc-dhcp-client"].map(String::from).into()),
+            kernelci_core: Some(kci_build::core::gitsource::GitSourceSpec {
+                url: "https://github.com/kernelci/kernelci-core.git".into(),
+                git_ref: "main".into(),
+            }),
         },
     ]
 }

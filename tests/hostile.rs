@@ -22,7 +22,10 @@ fn a_build_context_symlink_out_of_the_context_is_refused() {
     );
 }
 
+/// `recipes/evil.toml` beside the tiny config's scripts and overlays (the steps every rootfs
+/// runs are there: what is refused is `extra`).
 fn rootfs_recipe(ws: &Workspace, extra: &str) {
+    ws.add_tiny_rootfs();
     ws.write(
         "recipes/evil.toml",
         &format!("name = \"evil\"\ndebian-release = \"bookworm\"\narch-list = [\"amd64\"]\nsource-date-epoch = 1\nmirror = \"auto\"\n{extra}"),

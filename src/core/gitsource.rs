@@ -80,9 +80,22 @@ impl fmt::Display for ObjectId {
 pub struct GitSourceSpec {
     /// The URL the build's scripts clone, exactly as they write it.
     pub url: String,
-    /// The branch or tag that `lock --refresh` follows (`main`, `v1.2`).
+    /// The branch or tag that `lock --refresh` follows (`main`, `v1.2`), or a full commit
+    /// id, which never moves (for a script that checks out a fixed commit).
     #[serde(rename = "ref")]
     pub git_ref: String,
+}
+
+impl GitSourceSpec {
+    /// The ref is a full commit id (40 hex digits): pinned as it is.
+    pub fn commit_ref(&self) -> Option<ObjectId> {
+        commit_id(&self.git_ref)
+    }
+}
+
+/// `text` as a commit id, when it is 40 lowercase hex digits.
+pub fn commit_id(text: &str) -> Option<ObjectId> {
+    text.parse().ok()
 }
 
 /// A git source as the rootfs lockfile pins it.
@@ -220,6 +233,30 @@ pub fn unpinned_url_in(line: &str) -> Option<String> {
     })
 }
 
+/// The network URLs a shell script names (`http`, `https`, `git`), each once, in order:
+/// what a build of it would fetch, besides the Debian archive.
+pub fn urls_in_script(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(at) = ["https://", "http://", "git://"]
+            .iter()
+            .filter_map(|s| rest.find(s))
+            .min()
+        {
+            let url: String = rest[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !"\"'`;|)<>{}".contains(*c))
+                .collect();
+            rest = &rest[at + url.len().max(1)..];
+            if !url.contains("${") && !url.contains('$') && !out.contains(&url) {
+                out.push(url);
+            }
+        }
+    }
+    out
+}
+
 /// A name to suggest for pinning `url`: its last path component without `.git`.
 pub fn suggested_name(url: &str) -> String {
     let last = url
@@ -248,6 +285,25 @@ pub fn suggested_name(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scripts_urls_are_found_once_each_and_comments_skipped() {
+        let script = "#!/bin/sh\n# see https://kernelci.org/docs\nSITE=https://github.com/kernelci/bootrr.git\n\
+                      git clone $SITE\ncurl -L -o /tmp/a.tgz https://github.com/o/a/archive/main.tar.gz\n\
+                      wget \"http://h.example/x\";git clone git://h.example/y.git\n\
+                      git clone https://github.com/kernelci/bootrr.git\nX=${BASE}/z\n\
+                      R=${REPO:-https://h.example/r.git}\n";
+        assert_eq!(
+            urls_in_script(script),
+            [
+                "https://github.com/kernelci/bootrr.git",
+                "https://github.com/o/a/archive/main.tar.gz",
+                "http://h.example/x",
+                "git://h.example/y.git",
+                "https://h.example/r.git",
+            ]
+        );
+    }
 
     fn spec(url: &str, r: &str) -> GitSourceSpec {
         GitSourceSpec {

@@ -42,15 +42,85 @@ pub struct RootfsRecipe {
     /// `tar cJf`); lower is much faster (BENCHMARKS.md) and a little larger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xz_preset: Option<u32>,
+    /// Size of `rootfs.ext4` as KernelCI's `imagesize` says it (decimal units, `4GB` is
+    /// 4,000,000,000 bytes, as debos reads it); default `1GB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imagesize: Option<String>,
+    /// Memory limit of the build, as KernelCI's `debos_memory` says it (binary units, `8G`
+    /// is 8 GiB, as debos reads it); default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debos_memory: Option<String>,
     /// Git repositories the script clones, by name: each URL is served to the build from
-    /// the commit the rootfs lockfile pins, and no other URL can be cloned.
+    /// the commit the rootfs lockfile pins, and no other URL can be cloned. The source named
+    /// [`KERNELCI_CORE`] is not served: `script`, `test-overlay` and the steps every rootfs
+    /// runs come from its `config/rootfs/debos/`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub git_source: BTreeMap<String, GitSourceSpec>,
+}
+
+/// The git source whose `config/rootfs/debos/` holds a recipe's `script`, `test-overlay` and
+/// the steps every rootfs runs (`scripts/strip.sh`, `scripts/crush.sh`, …), as in KernelCI.
+pub const KERNELCI_CORE: &str = "kernelci-core";
+
+/// Where in kernelci-core the debos recipe's files are.
+pub const KERNELCI_CORE_DEBOS_DIR: &str = "config/rootfs/debos";
+
+/// debos' default `imagesize`.
+pub const DEFAULT_IMAGESIZE: &str = "1GB";
+
+/// Parses a size the way debos' `imagesize` is read (docker/go-units `FromHumanSize`:
+/// decimal, an optional `k`/`m`/`g`/`t` with an optional `b`, case-insensitive).
+pub fn decimal_size(text: &str) -> Option<u64> {
+    human_size(text, 1000)
+}
+
+/// Parses a size the way debos' `--memory` is read (go-units `RAMInBytes`: binary).
+pub fn binary_size(text: &str) -> Option<u64> {
+    human_size(text, 1024)
+}
+
+fn human_size(text: &str, unit: u64) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, suffix) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let suffix = suffix.trim_start();
+    let suffix = suffix
+        .strip_suffix("ib")
+        .or_else(|| suffix.strip_suffix('b'))
+        .unwrap_or(suffix);
+    let power = match suffix {
+        "" => 0,
+        "k" => 1,
+        "m" => 2,
+        "g" => 3,
+        "t" => 4,
+        _ => return None,
+    };
+    n.checked_mul(unit.checked_pow(power)?)
 }
 
 impl RootfsRecipe {
     pub fn xz_preset(&self) -> u32 {
         self.xz_preset.unwrap_or(DEFAULT_XZ_PRESET)
+    }
+
+    /// Bytes of `rootfs.ext4` (validated at parse).
+    pub fn ext4_bytes(&self) -> u64 {
+        decimal_size(self.imagesize.as_deref().unwrap_or(DEFAULT_IMAGESIZE))
+            .expect("validated when parsed")
+    }
+
+    /// The build's memory limit in bytes, if the recipe sets one (validated at parse).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.debos_memory
+            .as_deref()
+            .map(|m| binary_size(m).expect("validated when parsed"))
+    }
+
+    /// Whether `script`, `test-overlay` and the common steps come from a pinned kernelci-core.
+    pub fn uses_kernelci_core(&self) -> bool {
+        self.git_source.contains_key(KERNELCI_CORE)
     }
 }
 
@@ -139,6 +209,36 @@ impl RootfsRecipe {
                 "arch-list: `{a}` is not in Debian {}: {why}",
                 r.debian_release
             )));
+        }
+        match r.imagesize.as_deref().map(decimal_size) {
+            Some(None) => {
+                return Err(err(format!(
+                    "imagesize: `{}` is not a size (like `1GB` or `4GB`)",
+                    r.imagesize.as_deref().unwrap_or_default()
+                )))
+            }
+            Some(Some(n)) if !(1 << 20..=1 << 40).contains(&n) => {
+                return Err(err(format!(
+                    "imagesize: `{}` must be between 1 MiB and 1 TiB",
+                    r.imagesize.as_deref().unwrap_or_default()
+                )))
+            }
+            _ => {}
+        }
+        match r.debos_memory.as_deref().map(binary_size) {
+            Some(None) => {
+                return Err(err(format!(
+                    "debos-memory: `{}` is not a size (like `4G` or `8G`)",
+                    r.debos_memory.as_deref().unwrap_or_default()
+                )))
+            }
+            Some(Some(n)) if n < 256 << 20 => {
+                return Err(err(format!(
+                    "debos-memory: `{}` is less than the 256 MiB a build needs",
+                    r.debos_memory.as_deref().unwrap_or_default()
+                )))
+            }
+            _ => {}
         }
         for (name, spec) in &r.git_source {
             gitsource::validate(name, spec).map_err(|(field, m)| err(format!("{field}: {m}")))?;
@@ -234,5 +334,48 @@ mod tests {
         let fine =
             format!("{ok}script = \"scripts/bookworm.sh\"\ntest-overlay = \"overlays/x/\"\n");
         assert!(RootfsRecipe::parse(f, &fine).is_ok());
+        let sized = RootfsRecipe::parse(
+            f,
+            &format!("{ok}imagesize = \"4GB\"\ndebos-memory = \"8G\"\n"),
+        )
+        .unwrap();
+        assert_eq!(sized.ext4_bytes(), 4_000_000_000);
+        assert_eq!(sized.memory_bytes(), Some(8 << 30));
+        let plain = RootfsRecipe::parse(f, ok).unwrap();
+        assert_eq!(
+            (plain.ext4_bytes(), plain.memory_bytes()),
+            (1_000_000_000, None)
+        );
+        assert_eq!(
+            e(
+                &format!("{ok}imagesize = \"4 parsecs\"\n"),
+                "recipes/bookworm.toml"
+            ),
+            "recipes/bookworm.toml: imagesize: `4 parsecs` is not a size (like `1GB` or `4GB`)"
+        );
+        assert!(e(
+            &format!("{ok}imagesize = \"10\"\n"),
+            "recipes/bookworm.toml"
+        )
+        .contains("imagesize: `10` must be between 1 MiB and 1 TiB"));
+        assert!(e(
+            &format!("{ok}debos-memory = \"64M\"\n"),
+            "recipes/bookworm.toml"
+        )
+        .contains("debos-memory: `64M` is less than"));
+    }
+
+    #[test]
+    fn sizes_read_as_debos_reads_them() {
+        assert_eq!(decimal_size("1GB"), Some(1_000_000_000));
+        assert_eq!(decimal_size("512mb"), Some(512_000_000));
+        assert_eq!(decimal_size("2G"), Some(2_000_000_000));
+        assert_eq!(binary_size("8G"), Some(8 << 30));
+        assert_eq!(binary_size("512MiB"), Some(512 << 20));
+        assert_eq!(decimal_size("1000"), Some(1000));
+        for bad in ["", "GB", "1.5GB", "-1G", "1PB", "99999999999999999999"] {
+            assert_eq!(decimal_size(bad), None, "{bad}");
+        }
+        assert_eq!(binary_size("99999999999T"), None);
     }
 }

@@ -245,6 +245,7 @@ impl Engine for DockerEngine {
                         .map(|p| (p.clone(), "rw,exec,dev,suid,mode=0755".to_owned()))
                         .collect(),
                 ),
+                memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
                 ..Default::default()
             }),
             ..Default::default()

@@ -91,6 +91,8 @@ pub struct ContainerSpec {
     pub hostname: String,
     pub volumes: Vec<String>,
     pub tmpfs: Vec<String>,
+    /// Memory limit in bytes (tmpfs pages count), none when `None`.
+    pub memory: Option<u64>,
 }
 
 /// What kci-build needs of a container engine.

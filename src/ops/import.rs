@@ -18,6 +18,8 @@ pub struct ImportArgs {
     pub source_date_epoch: Option<u64>,
     /// The image recipe tree, for that default.
     pub images: PathBuf,
+    /// The kernelci-core every recipe pins.
+    pub kernelci_core: crate::core::gitsource::GitSourceSpec,
 }
 
 /// Converts and writes the recipes, then says how many and what was not carried over.
@@ -48,9 +50,25 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
         release: args.release.clone(),
         source_date_epoch,
         known_packages,
+        kernelci_core: Some(args.kernelci_core.clone()),
     };
-    let imported = rootfs::import(&text, &opts)
+    crate::core::gitsource::validate(
+        crate::core::rootfs_recipe::KERNELCI_CORE,
+        &args.kernelci_core,
+    )
+    .map_err(|(field, m)| {
+        anyhow::anyhow!(
+            "--kernelci-core-{}: {m}",
+            field.rsplit('.').next().unwrap_or("url")
+        )
+    })?;
+    let mut imported = rootfs::import(&text, &opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    if let Some(debos) = debos_dir_beside(&args.file) {
+        let fetched = fetches_of_scripts(&debos, &imported.recipes);
+        imported.problems.extend(fetched);
+        imported.problems.sort();
+    }
     let source = args
         .file
         .file_name()
@@ -100,6 +118,68 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// `config/rootfs/debos` of the kernelci-core checkout `file` is in, when it is
+/// `<checkout>/config/core/rootfs-configs.yaml`.
+fn debos_dir_beside(file: &std::path::Path) -> Option<PathBuf> {
+    let debos = file
+        .parent()?
+        .parent()?
+        .join(crate::core::rootfs_recipe::KERNELCI_CORE_DEBOS_DIR.trim_start_matches("config/"));
+    debos.join("scripts").is_dir().then_some(debos)
+}
+
+/// What each recipe's script fetches at build time that no `[git-source]` of it pins, as
+/// `config.script:` notes: a build refuses such a fetch, so the note says what to pin.
+fn fetches_of_scripts(
+    debos: &std::path::Path,
+    recipes: &[(String, rootfs::RootfsRecipe)],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (from, r) in recipes {
+        let Some(script) = &r.script else { continue };
+        let Ok(text) = std::fs::read_to_string(debos.join(script)) else {
+            continue;
+        };
+        let urls = crate::core::gitsource::urls_in_script(&text);
+        let (mirrors, urls): (Vec<String>, Vec<String>) = urls
+            .into_iter()
+            .partition(|u| is_debian_archive(u) || u.contains("cache"));
+        // Mirrors and caches are named without their host: their names stay out of recipes.
+        if mirrors.iter().any(|u| is_debian_archive(u)) {
+            notes.push(format!(
+                "{from}.script: {script} adds an apt source of a Debian archive, which a \
+                 build reaches only through kci-build's pinned index"
+            ));
+        }
+        if mirrors.iter().any(|u| !is_debian_archive(u)) {
+            notes.push(format!(
+                "{from}.script: {script} downloads through a caching proxy (its address is \
+                 in the script), which a build refuses; a download cannot be pinned yet"
+            ));
+        }
+        for url in urls {
+            let pinned = r.git_source.values().any(|s| s.url == url);
+            if !pinned {
+                notes.push(format!(
+                    "{from}.script: {script} fetches {url} at build time, which a build \
+                     refuses unless a [git-source] pins it (a git clone); a download cannot \
+                     be pinned yet"
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// A URL of a Debian archive (`…/debian`, `…/debian/…`, `…/debian-ports…`): an apt source.
+fn is_debian_archive(url: &str) -> bool {
+    let path = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest.split_once('/').map_or("", |(_, p)| p));
+    let first = path.split('/').next().unwrap_or_default();
+    matches!(first, "debian" | "debian-ports" | "debian-security")
+}
+
 /// Package names of `release` as this machine's apt knows them, when the machine runs that
 /// release (`apt-cache pkgnames`).
 fn packages_of(release: &str) -> Option<BTreeSet<String>> {
@@ -120,4 +200,20 @@ fn packages_of(release: &str) -> Option<BTreeSet<String>> {
         .map(str::to_owned)
         .collect();
     (out.status.success() && !names.is_empty()).then_some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_archives_are_told_from_other_downloads() {
+        assert!(is_debian_archive("http://mirror.example/debian"));
+        assert!(is_debian_archive("https://mirror.example/debian-ports/"));
+        assert!(is_debian_archive(
+            "http://mirror.example/debian/pool/main/x.deb"
+        ));
+        assert!(!is_debian_archive("https://github.com/kernelci/bootrr.git"));
+        assert!(!is_debian_archive("https://h.example/debianutils.tar.gz"));
+    }
 }

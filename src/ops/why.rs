@@ -167,7 +167,14 @@ fn rootfs_why(
         );
     }
     let mirror = mirror_of(recipes_dir, r, ws.env.debian_mirror.as_deref())?;
-    let inputs = crate::rootfs::inputs::scan(recipes_dir, r)?;
+    // A pinned kernelci-core stands for its files (its pin is a fact of its own).
+    let key_files = match r.uses_kernelci_core() {
+        true => crate::rootfs::inputs::RecipeInputs::pinned_key_files(),
+        false => {
+            let tree = crate::rootfs::inputs::Tree::Dir(recipes_dir);
+            crate::rootfs::inputs::scan(recipes_dir, tree, r)?.key_files()
+        }
+    };
     let builder_name: TargetName = BUILDER_TARGET.parse().expect("valid target name");
     let planned = ws.plan_for(std::slice::from_ref(&builder_name))?;
     let builder = planned
@@ -189,7 +196,7 @@ fn rootfs_why(
         arch,
         builder.as_ref().unwrap_or(&placeholder),
         &source,
-        &inputs.key_files(),
+        &key_files,
         artifact::ROOTFS_OUTPUT_FORMAT,
     );
     let key = builder.as_ref().map(|_| plan::key(&facts));

@@ -1,16 +1,36 @@
 #!/bin/sh
 # kci-build's rootfs recipe, run inside the rootfs-builder container (as root, privileged).
-# It follows KernelCI's debos recipe (DOMAIN.md §2) with mmdebstrap. Its text is part of
-# every rootfs cache key: any change here rebuilds every rootfs.
+# It follows KernelCI's debos recipe (kernelci-core's config/rootfs/debos/rootfs.yaml,
+# DOMAIN.md §2) step by step with mmdebstrap, running kernelci-core's own scripts and
+# overlays. Its text is part of every rootfs cache key: any change here rebuilds every rootfs.
 #
-# Inputs: the environment set by src/rootfs/run.rs (KCI_*, SOURCE_DATE_EPOCH) and /kci/
-#   (script, overlays/<name>/…). Outputs in /out: full.tar (whole tree), small.tar (the
-#   stripped ramdisk tree), initrd.img (mkinitramfs), rootfs.ext4. Lines starting with
+# Inputs: the environment set by src/rootfs/plan.rs (KCI_*, SOURCE_DATE_EPOCH) and /kci/
+#   (script: the config's script; scripts/: the steps every rootfs runs; overlays/<name>/;
+#   git/: the served copies of pinned git sources). Outputs in /out: full.tar (whole tree),
+#   small.tar (the stripped ramdisk tree), initrd.img, rootfs.ext4. Lines starting with
 #   "kci-phase: " tell kci-build which step runs.
 set -eu
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive TZ=UTC
 
 phase() { echo "kci-phase: $1"; }
+
+# debos' `overlay` action: the directory's tree copied over the root, where it exists.
+overlay() {
+    [ ! -d "/kci/overlays/$1" ] || cp -rT --no-preserve=ownership "/kci/overlays/$1" "$root"
+}
+
+# debos' `run` action with `chroot: true` and `script:`: the script run inside the root
+# with its arguments (its #! line picks the shell), from /, with $step_env added.
+step_env=
+step() {
+    s=$1
+    shift
+    cp "/kci/$s" "$root/kci-step"
+    chmod 0755 "$root/kci-step"
+    # shellcheck disable=SC2086
+    chroot "$root" env $step_env /kci-step "$@"
+    rm -f "$root/kci-step"
+}
 
 # Deterministic clean-up of clock- and machine-stamped files (REPRODUCIBILITY.md).
 scrub() {
@@ -30,42 +50,43 @@ scrub() {
 
 if [ "${1:-}" = customize ]; then
     # mmdebstrap --customize-hook: $2 is the new root, /proc /sys /dev are mounted in it.
+    # Everything the debos recipe does before its full archive, in its order.
     root=$2
     if [ -n "${KCI_SCRIPT:-}" ]; then
         phase script
-        cp /kci/script "$root/kci-script"
-        chmod 0755 "$root/kci-script"
-        if [ -n "${KCI_GIT:-}" ]; then
-            # Pinned git sources: their URLs reach the copies in /kci-git, any other URL
-            # fails (kci-build names it); the copies leave with the script.
-            cp -r /kci/git "$root/kci-git"
-            chroot "$root" env GIT_CONFIG_GLOBAL=/kci-git/gitconfig GIT_CONFIG_NOSYSTEM=1 /kci-script
-            rm -rf "$root/kci-git"
-        else
-            chroot "$root" /kci-script
-        fi
-        rm -f "$root/kci-script"
+        # Nothing reaches the build that is not pinned. Git: pinned sources' URLs reach
+        # their copies in /kci-git, any other URL fails (kci-build names it); the copies
+        # leave with the script. Everything else goes through kci-build's apt cache, which
+        # serves the pinned archive and refuses the rest (kci-build names the log line).
+        cp -r /kci/git "$root/kci-git"
+        step_env="GIT_CONFIG_GLOBAL=/kci-git/gitconfig GIT_CONFIG_NOSYSTEM=1 \
+            https_proxy=${http_proxy:-} HTTPS_PROXY=${http_proxy:-} HTTP_PROXY=${http_proxy:-} \
+            ftp_proxy=${http_proxy:-} no_proxy= NO_PROXY="
+        step script
+        step_env=
+        rm -rf "$root/kci-git"
+    fi
+    if [ -n "${KCI_EXTRA_PACKAGES:-}" ]; then
+        # After the script, as debos does: what a script installs and purges for its own
+        # build is back if the config lists it.
+        phase packages
+        # shellcheck disable=SC2086
+        chroot "$root" apt-get -y install --no-install-recommends $KCI_EXTRA_PACKAGES
     fi
     phase configure
     echo "debian-$KCI_SUITE-$KCI_ARCH" > "$root/etc/hostname"
-    chroot "$root" passwd -d root
-    for o in auto-login prompt networkd minimal nosuspend ${KCI_OVERLAY:+test}; do
-        [ ! -d "/kci/overlays/$o" ] || cp -rT --no-preserve=ownership "/kci/overlays/$o" "$root"
-    done
-    chroot "$root" systemctl enable systemd-networkd
+    chroot "$root" passwd root -d
+    overlay auto-login
+    overlay prompt
+    overlay networkd
+    step scripts/setup-networking.sh
     chroot "$root" chsh -s /bin/sh
+    overlay minimal
+    overlay nosuspend
+    [ -z "${KCI_OVERLAY:-}" ] || overlay test
     rm -f "$root/usr/lib/tmpfiles.d/dbus.conf"
-    ln -sf /usr/bin/systemd "$root/init"
-    phase initrd
-    # A kernel-independent initramfs that mounts an NFS root (create_initrd_ramdisk.sh).
-    mkdir -p "$root/usr/lib/modules/0.0.0-kci" "$root/etc/initramfs-tools/conf.d"
-    printf 'BOOT=nfs\nCOMPRESS=gzip\nMODULES=list\n' > "$root/etc/initramfs-tools/conf.d/kci-build"
-    # mkinitramfs checks the kernel config for the compressor: say gzip is there.
-    printf 'CONFIG_RD_GZIP=y\n' > "$root/boot/config-0.0.0-kci"
-    chroot "$root" mkinitramfs -o /kci-initrd.img 0.0.0-kci
-    mv "$root/kci-initrd.img" /out/initrd.img
-    rm -rf "$root/usr/lib/modules/0.0.0-kci" "$root/etc/initramfs-tools/conf.d/kci-build" \
-        "$root/boot/config-0.0.0-kci"
+    ln -sf /usr/lib/systemd/systemd "$root/init"
+    chroot "$root" apt-get clean
     # The retries below are for this build's downloads, not the image's apt.
     rm -f "$root/etc/apt/apt.conf.d/99mmdebstrap"
     exit 0
@@ -83,10 +104,9 @@ phase bootstrap
 # apt reaches the archive through kci-build's apt cache ($http_proxy on the host's loopback);
 # it waits out a gap of up to a minute, so a kci-build killed and resumed (`rootfs --resume`
 # serves the same port again) does not fail the build.
-# shellcheck disable=SC2086
 mmdebstrap --mode=root --variant=minbase --arch="$KCI_ARCH" --components=main \
     --aptopt='Acquire::Retries "30"' --aptopt='Acquire::Retries::Delay::Maximum "2"' \
-    --include="udev,kmod,dbus,systemd-sysv,diffutils,usbutils,initramfs-tools,patch,systemd-timesyncd${KCI_EXTRA_PACKAGES:+,$KCI_EXTRA_PACKAGES}" \
+    --include="udev,kmod,dbus,systemd-sysv,diffutils,usbutils,initramfs-tools,patch,systemd-timesyncd" \
     --customize-hook='sh /kci/build.sh customize "$1"' \
     "$KCI_SUITE" "$root" "$KCI_MIRROR"
 scrub "$root"
@@ -121,17 +141,31 @@ E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L rootfs \
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f /work/debugfs.cmds /out/rootfs.ext4 > /dev/null
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH e2fsck -fn /out/rootfs.ext4 > /dev/null
 umount /work/ext4
+rm -rf /work/ext4
+
+# What the debos recipe does after its full archive and image, on the same tree: the
+# initrd, then the small ramdisk. The chroot gets /proc, /sys and /dev again, and apt its
+# lists back (through kci-build's cache, from the pinned index) for the initrd script.
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --bind /dev "$root/dev"
+trap 'umount "$root/dev" "$root/sys" "$root/proc" 2>/dev/null || true' EXIT
+phase initrd
+overlay nfs-initramfs
+chroot "$root" apt-get -o Acquire::Retries=30 update
+step scripts/create_initrd_ramdisk.sh
+mv "$root/boot/initrd.img-min" /out/initrd.img
 
 phase ramdisk
-# The small ramdisk: docs and locales stripped (strip.sh), extra packages purged,
-# "crushed", extra files deleted.
-rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
-    "$root"/usr/share/locale/* "$root"/usr/share/lintian "$root"/usr/share/linda
+step scripts/strip.sh
 if [ -n "${KCI_REMOVE_PACKAGES:-}" ]; then
     # shellcheck disable=SC2086
     chroot "$root" dpkg --purge --force-remove-essential --force-depends $KCI_REMOVE_PACKAGES
 fi
-rm -rf "$root"/var/lib/apt/lists "$root"/var/cache/apt "$root"/var/cache/debconf/*.dat-old
+# shellcheck disable=SC2086
+step scripts/crush.sh ${KCI_CRUSH_OPTIONS:-}
+umount "$root/dev" "$root/sys" "$root/proc"
+trap - EXIT
 if [ -n "${KCI_FILES_REMOVE:-}" ]; then
     set -f
     for exp in $KCI_FILES_REMOVE; do
@@ -139,6 +173,7 @@ if [ -n "${KCI_FILES_REMOVE:-}" ]; then
     done
     set +f
 fi
+rm -rf "$root"/var/lib/apt/lists "$root"/var/cache/apt "$root"/var/cache/debconf/*.dat-old
 scrub "$root"
 tar --sort=name --numeric-owner --xattrs --xattrs-include='*' --format=pax \
     --pax-option=delete=atime,delete=ctime --mtime="@$SOURCE_DATE_EPOCH" --clamp-mtime \

@@ -64,6 +64,7 @@ pub async fn start<E: Engine>(
         // (Not a tmpfs: that is gone when the container stops, before collection.)
         volumes: vec!["/out".into()],
         tmpfs: vec!["/work".into()],
+        memory: job.memory,
     };
     if engine.state(name).await? == ContainerState::Missing {
         engine.create(name, &spec).await?;
@@ -126,6 +127,7 @@ mod tests {
             facts: Default::default(),
             source_date_epoch: 0,
             xz_preset: 1,
+            memory: None,
         };
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let name_a = container_name(&job, &store_tag(a.path()));

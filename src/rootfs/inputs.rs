@@ -1,59 +1,137 @@
 //! The files a rootfs build sends into its builder container under `/kci/`: kci-build's
-//! build script, the recipe's `script`, the base overlays and the recipe's `test_overlay`.
-//! Scanned once (hashes and normalised modes become key facts) and packed into one
-//! deterministic tar for the Docker API's archive upload.
+//! build script, the recipe's `script`, the steps every rootfs runs (`scripts/…`, as
+//! KernelCI's debos recipe names them) and the overlays. They come from a [`Tree`]: the
+//! pinned kernelci-core's `config/rootfs/debos/` (its pin is the key fact), or a directory
+//! (the recipes directory, or a kernelci-core checkout for development), whose files are
+//! each a key fact. Scanned once and packed into one deterministic tar for the Docker API's
+//! archive upload.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use super::plan::{InputFile, BASE_OVERLAYS, BUILD_SCRIPT};
+use super::plan::{InputFile, BASE_OVERLAYS, BUILD_SCRIPT, STEP_SCRIPTS};
 use super::RootfsRecipe;
 use crate::core::names::Digest;
+
+/// Where a recipe's scripts and overlays are read from.
+#[derive(Debug, Clone, Copy)]
+pub enum Tree<'a> {
+    /// A directory laid out like kernelci-core's `config/rootfs/debos/` (`scripts/`,
+    /// `overlays/`): every file is a key fact.
+    Dir(&'a Path),
+    /// The pinned kernelci-core's `config/rootfs/debos/`, exported from the store into this
+    /// directory: the pin (commit and tree) is the key fact, not its files.
+    Pinned(&'a Path),
+}
+
+impl Tree<'_> {
+    fn dir(&self) -> &Path {
+        match self {
+            Tree::Dir(d) | Tree::Pinned(d) => d,
+        }
+    }
+
+    fn is_pinned(&self) -> bool {
+        matches!(self, Tree::Pinned(_))
+    }
+
+    /// How a missing file's place is named: the directory, or the pinned source.
+    fn describe(&self, rel: &str) -> String {
+        match self {
+            Tree::Dir(d) => d.join(rel).display().to_string(),
+            Tree::Pinned(_) => format!(
+                "{rel} of the pinned kernelci-core ({}/{rel})",
+                crate::core::rootfs_recipe::KERNELCI_CORE_DEBOS_DIR
+            ),
+        }
+    }
+}
 
 /// The scanned inputs of one recipe, with where each file comes from.
 #[derive(Debug, Clone)]
 pub struct RecipeInputs {
     pub files: Vec<(InputFile, Option<PathBuf>)>,
+    /// The files came from a pinned tree: only `build.sh` is a key fact of its own.
+    pub pinned: bool,
 }
 
 impl RecipeInputs {
     pub fn key_files(&self) -> Vec<InputFile> {
-        self.files.iter().map(|(f, _)| f.clone()).collect()
+        self.files
+            .iter()
+            .filter(|(f, _)| !self.pinned || f.path == "build.sh")
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
+    /// What a recipe on a pinned tree has as key files without reading the tree (for
+    /// `why`, where the pin stands for them).
+    pub fn pinned_key_files() -> Vec<InputFile> {
+        vec![build_script()]
     }
 }
 
-/// Scans `recipe`'s files under `recipes_dir`; a missing file names the recipe and field.
-pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeInputs> {
+/// Scans `recipe`'s files in `tree`; a missing file names the recipe file and the field.
+pub fn scan(
+    recipes_dir: &Path,
+    tree: Tree<'_>,
+    recipe: &RootfsRecipe,
+) -> anyhow::Result<RecipeInputs> {
     let recipe_file = recipes_dir.join(format!("{}.toml", recipe.name));
+    let base = tree.dir();
     let mut files = Vec::new();
     if let Some(script) = &recipe.script {
-        let path = recipes_dir.join(script);
-        stays_inside(recipes_dir, &path, &recipe_file, "script")?;
+        let path = base.join(script);
+        stays_inside(base, &path, &recipe_file, "script")?;
         if !path.is_file() {
             bail!(
-                "{}: script: {} does not exist (scripts live under {})",
+                "{}: script: {} does not exist",
                 recipe_file.display(),
-                path.display(),
-                recipes_dir.join("scripts").display()
+                tree.describe(script)
             );
         }
         files.push((file_entry("script", &path, Some(0o755))?, Some(path)));
     }
+    files.push((
+        InputFile {
+            path: "scripts".to_owned(),
+            sha256: Digest::of(b""),
+            mode: 0o755,
+            is_dir: true,
+        },
+        None,
+    ));
+    for step in STEP_SCRIPTS {
+        let rel = format!("scripts/{step}");
+        let path = base.join(&rel);
+        stays_inside(base, &path, &recipe_file, "script")?;
+        if !path.is_file() {
+            bail!(
+                "{}: {} does not exist: every rootfs runs it (KernelCI's \
+                 {}/{rel}); pin kernelci-core with [git-source.{}]",
+                recipe_file.display(),
+                tree.describe(&rel),
+                crate::core::rootfs_recipe::KERNELCI_CORE_DEBOS_DIR,
+                crate::core::rootfs_recipe::KERNELCI_CORE
+            );
+        }
+        files.push((file_entry(&rel, &path, Some(0o755))?, Some(path)));
+    }
     let mut overlays: Vec<(String, PathBuf)> = BASE_OVERLAYS
         .iter()
-        .map(|o| (o.to_string(), recipes_dir.join("overlays").join(o)))
+        .map(|o| (o.to_string(), base.join("overlays").join(o)))
         .filter(|(_, p)| p.is_dir())
         .collect();
     if let Some(o) = &recipe.test_overlay {
-        let path = recipes_dir.join(o);
-        stays_inside(recipes_dir, &path, &recipe_file, "test-overlay")?;
+        let path = base.join(o);
+        stays_inside(base, &path, &recipe_file, "test-overlay")?;
         if !path.is_dir() {
             bail!(
                 "{}: test-overlay: {} is not a directory",
                 recipe_file.display(),
-                path.display()
+                tree.describe(o)
             );
         }
         overlays.push(("test".to_owned(), path));
@@ -99,21 +177,25 @@ pub fn scan(recipes_dir: &Path, recipe: &RootfsRecipe) -> anyhow::Result<RecipeI
             }
         }
     }
-    files.push((
-        InputFile {
-            path: "build.sh".to_owned(),
-            sha256: Digest::of(BUILD_SCRIPT.as_bytes()),
-            mode: 0o755,
-            is_dir: false,
-        },
-        None,
-    ));
+    files.push((build_script(), None));
     files.sort_by(|a, b| a.0.path.cmp(&b.0.path));
-    Ok(RecipeInputs { files })
+    Ok(RecipeInputs {
+        files,
+        pinned: tree.is_pinned(),
+    })
 }
 
-/// A recipe's path must resolve inside the recipes directory: a symlink in it that leads
-/// elsewhere would make a file of the machine an input of the build.
+fn build_script() -> InputFile {
+    InputFile {
+        path: "build.sh".to_owned(),
+        sha256: Digest::of(BUILD_SCRIPT.as_bytes()),
+        mode: 0o755,
+        is_dir: false,
+    }
+}
+
+/// A recipe's path must resolve inside its tree: a symlink in it that leads elsewhere would
+/// make a file of the machine an input of the build.
 fn stays_inside(
     recipes_dir: &Path,
     path: &Path,
@@ -252,6 +334,8 @@ mod tests {
             source_date_epoch: 1,
             mirror: "auto".into(),
             xz_preset: None,
+            imagesize: None,
+            debos_memory: None,
             git_source: Default::default(),
         }
     }
@@ -259,15 +343,24 @@ mod tests {
     #[test]
     fn scan_names_missing_files_and_packs_deterministically() {
         let d = tempfile::tempdir().unwrap();
-        let e = scan(d.path(), &recipe()).unwrap_err().to_string();
+        let tree = Tree::Dir(d.path());
+        let e = scan(d.path(), tree, &recipe()).unwrap_err().to_string();
         assert!(e.contains("tiny.toml: script:"), "{e}");
         std::fs::create_dir_all(d.path().join("scripts")).unwrap();
         std::fs::write(d.path().join("scripts/hello.sh"), "echo hi\n").unwrap();
-        let e = scan(d.path(), &recipe()).unwrap_err().to_string();
+        let e = scan(d.path(), tree, &recipe()).unwrap_err().to_string();
+        assert!(
+            e.contains("scripts/setup-networking.sh does not exist: every rootfs runs it"),
+            "{e}"
+        );
+        for step in STEP_SCRIPTS {
+            std::fs::write(d.path().join("scripts").join(step), "true\n").unwrap();
+        }
+        let e = scan(d.path(), tree, &recipe()).unwrap_err().to_string();
         assert!(e.contains("test-overlay:"), "{e}");
         std::fs::create_dir_all(d.path().join("overlays/tiny/etc")).unwrap();
         std::fs::write(d.path().join("overlays/tiny/etc/motd"), "hi\n").unwrap();
-        let inputs = scan(d.path(), &recipe()).unwrap();
+        let inputs = scan(d.path(), tree, &recipe()).unwrap();
         let paths: Vec<&str> = inputs.files.iter().map(|f| f.0.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -276,8 +369,25 @@ mod tests {
                 "overlays/test",
                 "overlays/test/etc",
                 "overlays/test/etc/motd",
-                "script"
+                "script",
+                "scripts",
+                "scripts/create_initrd_ramdisk.sh",
+                "scripts/crush.sh",
+                "scripts/setup-networking.sh",
+                "scripts/strip.sh",
             ]
+        );
+        assert_eq!(
+            inputs.key_files().len(),
+            paths.len(),
+            "a directory: all facts"
+        );
+        let pinned = scan(d.path(), Tree::Pinned(d.path()), &recipe()).unwrap();
+        assert_eq!(pinned.files.len(), paths.len(), "all sent");
+        assert_eq!(
+            pinned.key_files(),
+            RecipeInputs::pinned_key_files(),
+            "a pinned tree: its pin stands for its files"
         );
         let a = pack(&inputs, 7).unwrap();
         assert_eq!(a, pack(&inputs, 7).unwrap());

@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use crate::core::gitsource::GitSourceSpec;
+use crate::core::rootfs_recipe::{binary_size, decimal_size, release_lacks_arch, KERNELCI_CORE};
+
 /// The image target every rootfs is built in.
 pub const BUILDER_TARGET: &str = "rootfs-builder";
 
@@ -45,6 +48,8 @@ struct KciConfig {
     test_overlay: Option<String>,
     #[serde(default)]
     crush_image_options: Vec<String>,
+    imagesize: Option<String>,
+    debos_memory: Option<String>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_yaml_ng::Value>,
 }
@@ -56,6 +61,9 @@ pub struct ImportOptions {
     pub source_date_epoch: u64,
     /// Packages that exist in the target release, when known; others are reported.
     pub known_packages: Option<BTreeSet<String>>,
+    /// The kernelci-core whose `config/rootfs/debos/` the configs' `script` and
+    /// `test_overlay` name: every recipe gets it as `[git-source.kernelci-core]`.
+    pub kernelci_core: Option<GitSourceSpec>,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +137,8 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
         for field in c.rest.keys() {
             let msg = match field.as_str() {
                 "extra_firmware" | "linux_fw_version" => "firmware from linux-firmware.git is not supported yet; dropped (the rootfs has no extra firmware)",
+                "debos_scratchsize" => "debos' scratch disk: kci-build builds in the container's tmpfs, bounded by debos_memory; dropped",
+                "cross_compile" => "building the script's test suite outside the chroot is not supported (the script runs in the chroot, under qemu for a foreign arch); dropped",
                 _ => "unknown field; dropped",
             };
             out.problems.push(problem(field, msg.into()));
@@ -153,15 +163,31 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
         }
         let mut arches = Vec::new();
         for a in c.arch_list {
-            if DEBIAN_ARCHES.contains(&a.as_str()) {
-                arches.push(a);
-            } else {
+            if !DEBIAN_ARCHES.contains(&a.as_str()) {
                 out.problems.push(problem(
                     "arch_list",
                     format!("`{a}` is not a Debian architecture; dropped"),
                 ));
+            } else if let Some(why) = release_lacks_arch(&release, &a) {
+                out.problems.push(problem(
+                    "arch_list",
+                    format!("`{a}` is not in Debian {release} ({why}); dropped"),
+                ));
+            } else {
+                arches.push(a);
             }
         }
+        let mut size = |field: &str, value: Option<String>, parse: fn(&str) -> Option<u64>| {
+            let v = value?;
+            if parse(&v).is_some() {
+                return Some(v);
+            }
+            out.problems
+                .push(problem(field, format!("`{v}` is not a size; dropped")));
+            None
+        };
+        let imagesize = size("imagesize", c.imagesize, decimal_size);
+        let debos_memory = size("debos_memory", c.debos_memory, binary_size);
         let mut keep = |field: &str, list: Vec<String>| -> Vec<String> {
             let Some(known) = &opts.known_packages else {
                 return list;
@@ -198,7 +224,13 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                 source_date_epoch: opts.source_date_epoch,
                 mirror: "auto".into(),
                 xz_preset: None,
-                git_source: Default::default(),
+                imagesize,
+                debos_memory,
+                git_source: opts
+                    .kernelci_core
+                    .iter()
+                    .map(|s| (KERNELCI_CORE.to_owned(), s.clone()))
+                    .collect(),
             },
         ));
     }
@@ -247,6 +279,7 @@ rootfs_configs:
                 release: Some("bookworm".into()),
                 source_date_epoch: 7,
                 known_packages: Some(known),
+                kernelci_core: None,
             },
         )
         .unwrap();

@@ -19,11 +19,25 @@ pub const ROOTFS_KEY_FORMAT: &str = "rootfs-1";
 /// kci-build's recipe, run in the builder container.
 pub const BUILD_SCRIPT: &str = include_str!("build.sh");
 
-/// Size of `rootfs.ext4` before compression (KernelCI's debos recipe: 1 GB).
-pub const EXT4_SIZE: &str = "1G";
+/// Overlays every rootfs gets from its tree's `overlays/`, where they exist (KernelCI's
+/// debos recipe: the first five before the full archive, `nfs-initramfs` for the initrd).
+pub const BASE_OVERLAYS: &[&str] = &[
+    "auto-login",
+    "prompt",
+    "networkd",
+    "minimal",
+    "nosuspend",
+    "nfs-initramfs",
+];
 
-/// Overlays every rootfs gets, in order, from `recipes/overlays/` (DOMAIN.md §2).
-pub const BASE_OVERLAYS: &[&str] = &["auto-login", "prompt", "networkd", "nosuspend"];
+/// Scripts every rootfs runs, from its tree's `scripts/` (KernelCI's debos recipe):
+/// networking set-up, the NFS initrd, then the small ramdisk's strip and crush.
+pub const STEP_SCRIPTS: &[&str] = &[
+    "setup-networking.sh",
+    "create_initrd_ramdisk.sh",
+    "strip.sh",
+    "crush.sh",
+];
 
 /// Packages the debos recipe installs into every rootfs before the config's own.
 pub const BASE_PACKAGES: &[&str] = &[
@@ -58,6 +72,9 @@ pub struct RootfsJob {
     pub facts: BTreeMap<String, String>,
     pub source_date_epoch: u64,
     pub xz_preset: u32,
+    /// The container's memory limit (the recipe's `debos-memory`): not a key fact, it
+    /// changes whether a build fits, not its bytes.
+    pub memory: Option<u64>,
 }
 
 impl RootfsJob {
@@ -85,7 +102,10 @@ pub fn facts(
         f.insert(k.to_owned(), v);
     };
     put("key-format", ROOTFS_KEY_FORMAT.to_owned());
-    put("output-format", format!("{output_format} ext4={EXT4_SIZE}"));
+    put(
+        "output-format",
+        format!("{output_format} ext4={}", recipe.ext4_bytes()),
+    );
     put(BUILDER_FACT, builder_manifest.as_str().to_owned());
     put(
         "build-script",
@@ -168,13 +188,15 @@ pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest
         format!("KCI_SUITE={}", recipe.debian_release),
         format!("KCI_ARCH={arch}"),
         format!("KCI_MIRROR={mirror}"),
-        format!("KCI_EXTRA_PACKAGES={}", recipe.extra_packages.join(",")),
+        format!("KCI_EXTRA_PACKAGES={}", recipe.extra_packages.join(" ")),
         format!(
             "KCI_REMOVE_PACKAGES={}",
             recipe.extra_packages_remove.join(" ")
         ),
         format!("KCI_FILES_REMOVE={}", recipe.extra_files_remove.join(" ")),
-        format!("KCI_EXT4_SIZE={EXT4_SIZE}"),
+        format!("KCI_CRUSH_OPTIONS={}", recipe.crush_image_options.join(" ")),
+        // mke2fs reads a bare number as blocks: say kibibytes.
+        format!("KCI_EXT4_SIZE={}k", recipe.ext4_bytes() / 1024),
         format!("KCI_FS_UUID={uuid}"),
     ];
     if recipe.script.is_some() {
@@ -182,9 +204,6 @@ pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest
     }
     if recipe.test_overlay.is_some() {
         env.push("KCI_OVERLAY=1".to_owned());
-    }
-    if !recipe.git_source.is_empty() {
-        env.push("KCI_GIT=1".to_owned());
     }
     env
 }
@@ -207,6 +226,8 @@ mod tests {
             source_date_epoch: 1_764_547_200,
             mirror: "auto".into(),
             xz_preset: None,
+            imagesize: None,
+            debos_memory: None,
             git_source: Default::default(),
         }
     }

@@ -111,17 +111,13 @@ impl Workspace {
         );
     }
 
-    /// The `tiny` rootfs config (tests/data/rootfs-tiny, shared with bench/rootfs.sh) and
-    /// the standard overlays, as `recipes/`.
+    /// The `tiny` rootfs config (tests/data/rootfs-tiny, shared with bench/rootfs.sh), with
+    /// the stand-ins of kernelci-core's scripts and overlays it names, as `recipes/`.
     pub fn add_tiny_rootfs(&self) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         copy_dir(
             &root.join("tests/data/rootfs-tiny"),
             &self.path().join("recipes"),
-        );
-        copy_dir(
-            &root.join("recipes/overlays"),
-            &self.path().join("recipes/overlays"),
         );
     }
 

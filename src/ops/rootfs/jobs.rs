@@ -128,12 +128,36 @@ pub(super) async fn run_all<E: Engine>(
     Ok(())
 }
 
-/// The first URL the build's log shows it cloned without a pin (git's message names the
-/// path the URL was sent to).
-fn unpinned_clone(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .find_map(crate::core::gitsource::unpinned_url_in)
+/// What a build's log shows it fetched without a pin.
+#[derive(Debug, PartialEq, Eq)]
+enum Unpinned {
+    /// A git URL no source pins (git's message names the path the URL was sent to).
+    Clone(String),
+    /// A download through the build's proxy, which serves the pinned archive only (curl's
+    /// and wget's words for a refused tunnel), as the log line says it.
+    Download(String),
+}
+
+/// Each unpinned fetch of a build's log, once, in log order.
+fn unpinned_fetches(log: &Path) -> Vec<Unpinned> {
+    let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+    let mut found = Vec::new();
+    for l in text.lines() {
+        let u = if let Some(url) = crate::core::gitsource::unpinned_url_in(l) {
+            Unpinned::Clone(url)
+        } else if ["CONNECT tunnel failed", "Proxy tunneling failed"]
+            .iter()
+            .any(|w| l.contains(w))
+        {
+            Unpinned::Download(l.trim().chars().take(300).collect())
+        } else {
+            continue;
+        };
+        if !found.contains(&u) {
+            found.push(u);
+        }
+    }
+    found
 }
 
 fn tail(path: &Path, n: usize) -> Vec<String> {
@@ -187,20 +211,34 @@ async fn run_job<E: Engine>(
     })
     .await
     .map_err(|e| fail(e.to_string()))?;
-    if code != 0 {
+    // A script that fetched what no pin covers failed that fetch: the build fails too, even
+    // when the script went on (KernelCI's scripts do not all `set -e`).
+    let unpinned = unpinned_fetches(&log_path);
+    if code != 0 || !unpinned.is_empty() {
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
         let _ = engine.remove_container(&name).await;
-        let mut error = format!(
-            "the builder exited with {code} (log: {})",
-            log_path.display()
-        );
-        if let Some(url) = unpinned_clone(&log_path) {
-            error = format!(
-                "{error}: {}",
-                gitpins::unpinned_hint(&ctx.recipes, &job.config, &url)
-            );
+        let mut error = match code {
+            0 => format!(
+                "the build finished, but its script fetched what no pin covers (log: {})",
+                log_path.display()
+            ),
+            _ => format!(
+                "the builder exited with {code} (log: {})",
+                log_path.display()
+            ),
+        };
+        for u in unpinned {
+            let what = match u {
+                Unpinned::Clone(url) => gitpins::unpinned_hint(&ctx.recipes, &job.config, &url),
+                Unpinned::Download(line) => format!(
+                    "the script downloaded from the network, which a build cannot (only the \
+                     pinned Debian archive and the copies of pinned git sources reach it); \
+                     the log says: {line}"
+                ),
+            };
+            error = format!("{error}\n  {what}");
         }
         return Err(JobFailure {
             error,
@@ -343,6 +381,38 @@ fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_names_what_was_fetched_without_a_pin() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let cases = [
+            ("Reading package lists...\nDone\n", None),
+            (
+                "Cloning into 'bootrr'...\nfatal: '/kci-git/unpinned/https/github.com/kernelci/bootrr.git' does not appear to be a git repository\n",
+                Some(Unpinned::Clone("https://github.com/kernelci/bootrr.git".into())),
+            ),
+            (
+                "  % Total\ncurl: (56) CONNECT tunnel failed, response 405\n",
+                Some(Unpinned::Download("curl: (56) CONNECT tunnel failed, response 405".into())),
+            ),
+            (
+                "Proxy tunneling failed: Method Not AllowedUnable to establish SSL connection.\n",
+                Some(Unpinned::Download(
+                    "Proxy tunneling failed: Method Not AllowedUnable to establish SSL connection.".into(),
+                )),
+            ),
+        ];
+        let mut all = String::new();
+        for (text, want) in cases {
+            std::fs::write(&log, text).unwrap();
+            assert_eq!(unpinned_fetches(&log), Vec::from_iter(want), "{text}");
+            all.push_str(text);
+            all.push_str(text);
+        }
+        std::fs::write(&log, all).unwrap();
+        assert_eq!(unpinned_fetches(&log).len(), 3, "each once, in order");
+    }
     use crate::engine::fake::{FakeEngine, Script};
     use crate::printer::ColorChoice;
 
@@ -366,6 +436,7 @@ mod tests {
             facts: Default::default(),
             source_date_epoch: 1,
             xz_preset: 1,
+            memory: None,
         };
         (ctx, job)
     }

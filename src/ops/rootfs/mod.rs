@@ -34,6 +34,7 @@ use crate::core::lockfile::pins_of;
 use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
+use crate::core::rootfs_recipe::KERNELCI_CORE;
 use crate::engine::DockerEngine;
 use crate::gitpins;
 use crate::gitstore::GitStore;
@@ -76,6 +77,8 @@ pub struct RootfsOptions {
     pub arches: Vec<String>,
     pub recipes: PathBuf,
     pub lockfile: PathBuf,
+    /// `--kernelci-core PATH`: a development checkout instead of the pinned kernelci-core.
+    pub kernelci_core: Option<PathBuf>,
     pub jobs: usize,
     pub locked: bool,
     /// `--resume`: what a rerun does anyway (pick up an earlier run's containers, start only
@@ -106,16 +109,35 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
     let git_store = GitStore::new(ws.store.root());
+    let specs = |recipes: &[RootfsRecipe]| -> anyhow::Result<_> {
+        let mut specs = gitpins::specs_of(&opts.recipes, recipes)?;
+        if opts.kernelci_core.is_some() {
+            specs.remove(KERNELCI_CORE);
+        }
+        Ok(specs)
+    };
     let git_pins = gitpins::resolve(
         &git_store,
         &old_lock.git_source,
-        &gitpins::specs_of(&opts.recipes, &recipes)?,
-        &gitpins::specs_of(&opts.recipes, &selected)?,
+        &specs(&recipes)?,
+        &specs(&selected)?,
         opts.locked,
         &opts.lockfile,
         printer,
     )?;
-    let scanned = prepare::scan(&ws, &opts.recipes, selected)?;
+    let core = match &opts.kernelci_core {
+        Some(checkout) => {
+            printer.warn(format!(
+                "development build: kernelci-core from {}, not the pinned commit; \
+                 nothing is uploaded and {} is left as it is",
+                checkout.display(),
+                opts.lockfile.display()
+            ));
+            prepare::CoreTree::Local(checkout)
+        }
+        None => prepare::CoreTree::Pinned(&git_store, &git_pins),
+    };
+    let scanned = prepare::scan(&ws, &opts.recipes, selected, core)?;
     let builder_image = build_builder(ctx, &mut ws, opts.locked).await?;
     ctx.release_images_lock();
     let ws = &ws;
@@ -176,6 +198,9 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let mut new_lock = lock(&old_lock, &recipes, &prepared, &c.made, &published.urls);
     new_lock.apt_index = pins;
     new_lock.git_source = git_pins;
+    if opts.kernelci_core.is_some() {
+        new_lock = old_lock.clone();
+    }
     let written = edit.write(&new_lock.to_text(), opts.locked, "", || {
         let entries = |l: &RootfsLockfile| lockdiff::rootfs_entries(l);
         lockdiff::diff_kind(LockKind::Rootfs, &entries(&old_lock), &entries(&new_lock))

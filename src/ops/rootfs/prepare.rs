@@ -11,6 +11,7 @@ use crate::core::apt::{SuiteId, SuiteSource};
 use crate::core::gitsource::LockedSource;
 use crate::core::names::{Digest, TargetName};
 use crate::core::rootfs_lock::config_version;
+use crate::core::rootfs_recipe::{KERNELCI_CORE, KERNELCI_CORE_DEBOS_DIR};
 use crate::gitpins;
 use crate::gitstore::GitStore;
 use crate::ops::Workspace;
@@ -25,6 +26,18 @@ pub(super) struct Scanned {
     /// The suite it installs from, pinned in the rootfs lockfile.
     pub suite: SuiteSource,
     inputs: inputs::RecipeInputs,
+    /// The pinned kernelci-core's files, exported for this run (removed when dropped).
+    _tree: Option<tempfile::TempDir>,
+}
+
+/// Where the recipes that name kernelci-core get it from in this run.
+#[derive(Clone, Copy)]
+pub(super) enum CoreTree<'a> {
+    /// The commit the lockfile pins, from the store.
+    Pinned(&'a GitStore, &'a BTreeMap<String, LockedSource>),
+    /// A kernelci-core checkout (`--kernelci-core PATH`, for development): its files are
+    /// the key facts, and the lockfile is not written.
+    Local(&'a Path),
 }
 
 /// A selected config, planned.
@@ -58,18 +71,37 @@ pub(super) fn scan(
     ws: &Workspace,
     recipes_dir: &Path,
     selected: Vec<RootfsRecipe>,
+    core: CoreTree<'_>,
 ) -> anyhow::Result<Vec<Scanned>> {
     selected
         .into_iter()
         .map(|recipe| {
             let mirror = mirror_of(recipes_dir, &recipe, ws.env.debian_mirror.as_deref())?;
             let suite = crate::aptpins::rootfs_suite(&mirror, &recipe)?;
-            let inputs = inputs::scan(recipes_dir, &recipe)?;
+            let mut exported = None;
+            let local;
+            let tree = match (recipe.uses_kernelci_core(), core) {
+                (false, _) => inputs::Tree::Dir(recipes_dir),
+                (true, CoreTree::Local(checkout)) => {
+                    local = checkout.join(KERNELCI_CORE_DEBOS_DIR);
+                    inputs::Tree::Dir(&local)
+                }
+                (true, CoreTree::Pinned(store, pins)) => {
+                    let pin = pins
+                        .get(KERNELCI_CORE)
+                        .expect("the recipe's sources are pinned before the scan");
+                    let dir = tempfile::tempdir()?;
+                    store.export(KERNELCI_CORE, pin, KERNELCI_CORE_DEBOS_DIR, dir.path())?;
+                    inputs::Tree::Pinned(exported.insert(dir).path())
+                }
+            };
+            let inputs = inputs::scan(recipes_dir, tree, &recipe)?;
             Ok(Scanned {
                 recipe,
                 mirror,
                 suite,
                 inputs,
+                _tree: exported,
             })
         })
         .collect()
@@ -106,8 +138,13 @@ fn plan_one(
         mirror,
         suite,
         inputs,
+        _tree,
     } = s;
-    let git = crate::core::gitsource::pins_for(&r.git_source, git_pins);
+    let mut git = crate::core::gitsource::pins_for(&r.git_source, git_pins);
+    if !inputs.pinned {
+        // A kernelci-core checkout's files are the facts, not a pin.
+        git.remove(KERNELCI_CORE);
+    }
     let source = plan::Source {
         mirror: &mirror,
         apt_index: pins.get(&suite.id),
@@ -134,6 +171,7 @@ fn plan_one(
             facts,
             source_date_epoch: r.source_date_epoch,
             xz_preset: r.xz_preset(),
+            memory: r.memory_bytes(),
         });
     }
     let selected = r
@@ -142,12 +180,16 @@ fn plan_one(
         .filter(|a| arches.is_empty() || arches.contains(a))
         .cloned()
         .collect();
-    // The served copies of its git sources go into the build with its files.
-    let served = match git.is_empty() {
+    // The served copies of the git sources its script clones go into the build with its
+    // files (kernelci-core's files are already there), and the git configuration that
+    // sends every other URL nowhere, even when there are none.
+    let mut cloned = git;
+    cloned.remove(KERNELCI_CORE);
+    let served = match r.script.is_none() {
         true => None,
         false => {
             let dir = tempfile::tempdir()?;
-            gitpins::serve(git_store, &git, dir.path())?;
+            gitpins::serve(git_store, &cloned, dir.path())?;
             Some(dir)
         }
     };
