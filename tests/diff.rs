@@ -191,7 +191,8 @@ fn git_diff_uses_kci_build_as_driver_and_textconv() {
 fn diff_between_revisions_covers_every_lockfile() {
     let dir = repo();
     let root = env!("CARGO_MANIFEST_DIR");
-    let full = std::fs::read_to_string(format!("{root}/lockfiles/rootfs.lock")).unwrap();
+    // The bookworm set's lockfile of July 2026 (tests/data), as the lockfile of the tree.
+    let full = std::fs::read_to_string(format!("{root}/tests/data/rootfs-bookworm.lock")).unwrap();
     let mut lock =
         kci_build::core::rootfs_lock::RootfsLockfile::parse(Path::new("rootfs.lock"), &full)
             .unwrap();

@@ -70,15 +70,17 @@ fn imports_the_real_rootfs_configs_and_names_what_it_drops() {
         igt.contains("# NOTE bullseye-igt.extra_firmware:"),
         "dropped fields are recorded in the recipe:\n{igt}"
     );
-    // The committed recipes parse (recipes/ also holds scripts/ and overlays/).
+    // The committed recipes parse: today's trixie set, each pinning kernelci-core, whose
+    // scripts and overlays it names.
     let committed = kci_build::ops::rootfs::load_recipes(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/recipes"
     )))
     .unwrap();
-    assert_eq!(committed.len(), 9);
+    assert_eq!(committed.len(), 18);
     for r in committed {
-        assert_eq!(r.debian_release, "bookworm", "{}", r.name);
+        assert_eq!(r.debian_release, "trixie", "{}", r.name);
+        assert!(r.uses_kernelci_core(), "{}", r.name);
     }
 }
 
@@ -110,4 +112,57 @@ fn a_field_name_with_a_line_break_stays_in_its_comment() {
     );
     let recipe: kci_build::rootfs::RootfsRecipe = toml::from_str(&text).unwrap();
     assert_eq!(recipe.script, None, "{text}");
+}
+
+/// Today's fields, in a kernelci-core checkout's layout (a file written here, shaped like
+/// KernelCI's 2026 trixie entries): `imagesize` and `debos_memory` are carried over, arches
+/// trixie lacks are dropped and named, every recipe pins kernelci-core, and each URL the
+/// config's script fetches at build time is noted — the Debian archive without its host.
+#[test]
+fn imports_todays_fields_and_notes_what_a_script_fetches() {
+    let checkout = tempfile::tempdir().unwrap();
+    let core = checkout.path().join("config/core");
+    let scripts = checkout.path().join("config/rootfs/debos/scripts");
+    std::fs::create_dir_all(&core).unwrap();
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(
+        core.join("rootfs-configs.yaml"),
+        "rootfs_configs:\n  trixie-suite:\n    rootfs_type: debos\n    debian_release: trixie\n    \
+         imagesize: 4GB\n    debos_memory: 8G\n    arch_list: [amd64, arm64, mipsel]\n    \
+         script: \"scripts/trixie-suite.sh\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        scripts.join("trixie-suite.sh"),
+        "#!/bin/sh\n# https://example.org/docs is a comment\nSITE=https://git.example.org/suite.git\n\
+         git clone $SITE\necho 'deb http://mirror.example/debian trixie-backports main' > /etc/apt/sources.list.d/b.list\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .args(["import", "rootfs-configs"])
+        .arg(core.join("rootfs-configs.yaml"))
+        .args(["--source-date-epoch", "1764547200", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(out.path().join("trixie-suite.toml")).unwrap();
+    let recipe: kci_build::rootfs::RootfsRecipe = toml::from_str(&text).unwrap();
+    assert_eq!(recipe.arch_list, ["amd64", "arm64"]);
+    assert_eq!(recipe.ext4_bytes(), 4_000_000_000);
+    assert_eq!(recipe.memory_bytes(), Some(8 << 30));
+    assert!(recipe.uses_kernelci_core(), "{text}");
+    for note in [
+        "# NOTE trixie-suite.arch_list: `mipsel` is not in Debian trixie",
+        "# NOTE trixie-suite.script: scripts/trixie-suite.sh fetches https://git.example.org/suite.git at build time",
+        "# NOTE trixie-suite.script: scripts/trixie-suite.sh adds an apt source of a Debian archive",
+    ] {
+        assert!(text.contains(note), "missing `{note}` in:\n{text}");
+    }
+    assert!(
+        !text.contains("example.org/docs") && !text.contains("mirror.example"),
+        "comments and mirror hosts stay out:\n{text}"
+    );
 }
