@@ -371,7 +371,7 @@ impl GitStore {
             .ok_or_else(|| no_path(subdir, " directory"))?;
         let mut failed = None;
         std::fs::create_dir_all(dest).map_err(|e| local("creating".into(), dest, io(e)))?;
-        tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
+        let walked = tree.walk(git2::TreeWalkMode::PreOrder, |dir, e| {
             let rel = format!("{dir}{}", e.name().unwrap_or("\u{fffd}"));
             let path = dest.join(&rel);
             let written = match (e.kind(), e.filemode()) {
@@ -400,12 +400,12 @@ impl GitStore {
                     git2::TreeWalkResult::Abort
                 }
             }
-        })
-        .or_else(|e| match failed.take() {
-            Some(_) => Ok(()),
-            None => Err(local("reading the tree".into(), repo.path(), e)),
-        })?;
-        failed.map_or(Ok(()), Err)
+        });
+        match (failed, walked) {
+            (Some(refused), _) => Err(refused),
+            (None, Err(e)) => Err(local("reading the tree".into(), repo.path(), e)),
+            (None, Ok(())) => Ok(()),
+        }
     }
 }
 
@@ -523,5 +523,24 @@ mod tests {
         assert!(matches!(e, GitSourceError::NoPath { .. }), "{e}");
         assert_eq!(e.fault(), Fault::BadInput);
         assert!(e.to_string().contains("has no config/nothing"), "{e}");
+
+        // A symlink in the exported directory is refused, not skipped.
+        std::os::unix::fs::symlink("/etc/shadow", work.join("config/rootfs/debos/shadow")).unwrap();
+        git(work, &["add", "-A"]);
+        git(work, &["commit", "-q", "-m", "link"]);
+        let linked = store.resolve("suite", &url, "main").unwrap();
+        let e = store
+            .export(
+                "suite",
+                &linked,
+                "config/rootfs/debos",
+                &out.path().join("y"),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("config/rootfs/debos/shadow as a plain file or directory"),
+            "{e}"
+        );
     }
 }
