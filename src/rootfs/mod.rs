@@ -102,6 +102,23 @@ fn refusals(
         .collect()
 }
 
+/// The arches of `list` a recipe of `release` can build, and a message for each dropped one
+/// (not a Debian arch, or not in that release).
+fn arches_of(release: &str, list: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for a in list {
+        if !DEBIAN_ARCHES.contains(&a.as_str()) {
+            dropped.push(format!("`{a}` is not a Debian architecture; dropped"));
+        } else if let Some(why) = release_lacks_arch(release, &a) {
+            dropped.push(format!("`{a}` is not in Debian {release} ({why}); dropped"));
+        } else {
+            kept.push(a);
+        }
+    }
+    (kept, dropped)
+}
+
 /// Converts KernelCI's `rootfs-configs.yaml` (anchors, aliases and merge keys included).
 pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
     crate::core::deploy::check_alias_expansion(yaml)?;
@@ -161,22 +178,9 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                 .extend(refused.into_iter().map(|(f, msg)| problem(f, msg)));
             continue;
         }
-        let mut arches = Vec::new();
-        for a in c.arch_list {
-            if !DEBIAN_ARCHES.contains(&a.as_str()) {
-                out.problems.push(problem(
-                    "arch_list",
-                    format!("`{a}` is not a Debian architecture; dropped"),
-                ));
-            } else if let Some(why) = release_lacks_arch(&release, &a) {
-                out.problems.push(problem(
-                    "arch_list",
-                    format!("`{a}` is not in Debian {release} ({why}); dropped"),
-                ));
-            } else {
-                arches.push(a);
-            }
-        }
+        let (arches, dropped) = arches_of(&release, c.arch_list);
+        out.problems
+            .extend(dropped.into_iter().map(|m| problem("arch_list", m)));
         let mut size = |field: &str, value: Option<String>, parse: fn(&str) -> Option<u64>| {
             let v = value?;
             if parse(&v).is_some() {

@@ -128,6 +128,36 @@ pub(super) async fn run_all<E: Engine>(
     Ok(())
 }
 
+/// Why a build failed: its exit code (or, for 0, that it fetched what no pin covers) and each
+/// unpinned fetch, with how to pin a clone.
+fn failure_message(
+    code: i64,
+    log: &Path,
+    unpinned: Vec<Unpinned>,
+    recipes: &Path,
+    config: &str,
+) -> String {
+    let mut error = match code {
+        0 => format!(
+            "the build finished, but its script fetched what no pin covers (log: {})",
+            log.display()
+        ),
+        _ => format!("the builder exited with {code} (log: {})", log.display()),
+    };
+    for u in unpinned {
+        let what = match u {
+            Unpinned::Clone(url) => gitpins::unpinned_hint(recipes, config, &url),
+            Unpinned::Download(line) => format!(
+                "the script downloaded from the network, which a build cannot (only the \
+                 pinned Debian archive and the copies of pinned git sources reach it); the \
+                 log says: {line}"
+            ),
+        };
+        error = format!("{error}\n  {what}");
+    }
+    error
+}
+
 /// What a build's log shows it fetched without a pin.
 #[derive(Debug, PartialEq, Eq)]
 enum Unpinned {
@@ -219,29 +249,8 @@ async fn run_job<E: Engine>(
             b.finish_and_clear();
         }
         let _ = engine.remove_container(&name).await;
-        let mut error = match code {
-            0 => format!(
-                "the build finished, but its script fetched what no pin covers (log: {})",
-                log_path.display()
-            ),
-            _ => format!(
-                "the builder exited with {code} (log: {})",
-                log_path.display()
-            ),
-        };
-        for u in unpinned {
-            let what = match u {
-                Unpinned::Clone(url) => gitpins::unpinned_hint(&ctx.recipes, &job.config, &url),
-                Unpinned::Download(line) => format!(
-                    "the script downloaded from the network, which a build cannot (only the \
-                     pinned Debian archive and the copies of pinned git sources reach it); \
-                     the log says: {line}"
-                ),
-            };
-            error = format!("{error}\n  {what}");
-        }
         return Err(JobFailure {
-            error,
+            error: failure_message(code, &log_path, unpinned, &ctx.recipes, &job.config),
             log_tail: tail(&log_path, 20),
             disk_full: false,
         });

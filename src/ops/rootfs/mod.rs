@@ -195,12 +195,15 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         Some(s) => publish::publish(&store_dir(ws), &prepared, &c.made, s, printer).await?,
         None => publish::Published::default(),
     };
-    let mut new_lock = lock(&old_lock, &recipes, &prepared, &c.made, &published.urls);
-    new_lock.apt_index = pins;
-    new_lock.git_source = git_pins;
-    if opts.kernelci_core.is_some() {
-        new_lock = old_lock.clone();
-    }
+    // A development build (another kernelci-core) locks nothing.
+    let new_lock = match opts.kernelci_core {
+        Some(_) => old_lock.clone(),
+        None => RootfsLockfile {
+            apt_index: pins,
+            git_source: git_pins,
+            ..lock(&old_lock, &recipes, &prepared, &c.made, &published.urls)
+        },
+    };
     let written = edit.write(&new_lock.to_text(), opts.locked, "", || {
         let entries = |l: &RootfsLockfile| lockdiff::rootfs_entries(l);
         lockdiff::diff_kind(LockKind::Rootfs, &entries(&old_lock), &entries(&new_lock))
