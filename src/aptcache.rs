@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use futures_util::StreamExt;
+use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 
 use crate::core::apt::{deb_file_parts, parse_packages, Deb, Release, Request, SuiteId};
 use crate::core::names::Digest;
+use crate::httpserve::{blob_response, text, Response};
+use crate::pinserve::{self, Downloads, Refusals};
 use crate::settings::AptUpstream;
 use crate::store::{Store, StoreError};
 
@@ -109,6 +109,8 @@ struct Inner {
     upstream: AptUpstream,
     client: reqwest::Client,
     pins: BTreeMap<SuiteId, Digest>,
+    /// What a script may download besides apt ([`crate::pinserve`]).
+    downloads: Arc<Downloads>,
     releases: Mutex<HashMap<SuiteId, Arc<Release>>>,
     debs: Mutex<DebIndex>,
     verified: Mutex<HashSet<Digest>>,
@@ -140,6 +142,7 @@ impl AptCache {
                 upstream,
                 client,
                 pins,
+                downloads: Arc::default(),
                 releases: Mutex::default(),
                 debs: Mutex::default(),
                 verified: Mutex::default(),
@@ -147,6 +150,19 @@ impl AptCache {
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The same cache, also serving `downloads` (a script's pinned curl and wget fetches).
+    pub fn with_downloads(self, downloads: Downloads) -> AptCache {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_downloads is called on a new cache, before any clone")
+        });
+        AptCache {
+            inner: Arc::new(Inner {
+                downloads: Arc::new(downloads),
+                ..inner
             }),
         }
     }
@@ -474,12 +490,22 @@ impl AptCache {
                             if let Some(answer) = control_request(control.as_ref(), &req) {
                                 return Ok::<_, Infallible>(answer);
                             }
+                            if req.method() == Method::CONNECT {
+                                let refusals = s.refusals(req.headers());
+                                return Ok(pinserve::connect(
+                                    cache.inner.store.clone(),
+                                    cache.inner.downloads.clone(),
+                                    refusals,
+                                    req,
+                                ));
+                            }
                             Ok::<_, Infallible>(cache.answer(&s, req).await)
                         }
                     });
                     let io = hyper_util::rt::TokioIo::new(conn);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -512,12 +538,30 @@ impl AptCache {
         };
         let path = uri.path().to_owned();
         let head = req.method() == Method::HEAD;
+        if Request::parse(&path).is_none()
+            || self.inner.downloads.pinned(&uri.to_string()).is_some()
+        {
+            // Not apt: a script's download, pinned or refused.
+            let url = format!(
+                "{origin}{}",
+                uri.path_and_query().map_or("/", |p| p.as_str())
+            );
+            let refusals = session.refusals(req.headers());
+            return pinserve::get(
+                &self.inner.store,
+                &self.inner.downloads,
+                &url,
+                head,
+                &refusals,
+            )
+            .await;
+        }
         let client = proxy_client(req.headers());
         match self
             .resolve(&origin, &path, session, client.as_deref())
             .await
         {
-            Ok(digest) => self.file(&digest, head).await,
+            Ok(digest) => blob_response(&self.inner.store, &digest, head).await,
             Err(e @ AptError::NotListed { .. }) => text(StatusCode::NOT_FOUND, &e.to_string()),
             Err(e) if matches!(e, AptError::Gone { .. }) && is_index(&path) => {
                 // apt tries the next compression of an index; a missing translation is fine.
@@ -569,34 +613,6 @@ impl AptCache {
             }
         }
     }
-
-    async fn file(&self, digest: &Digest, head: bool) -> Response {
-        let path = self.inner.store.blob_path(digest);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        };
-        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let body = if head {
-            Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
-        } else if len <= 16 << 20 {
-            // Most packages: one read on the blocking pool, one frame.
-            match tokio::fs::read(&path).await {
-                Ok(bytes) => Full::new(Bytes::from(bytes))
-                    .map_err(|n| match n {})
-                    .boxed(),
-                Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        } else {
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
-            BodyExt::boxed(StreamBody::new(stream.map_ok(Frame::data)))
-        };
-        hyper::Response::builder()
-            .status(StatusCode::OK)
-            .header(hyper::header::CONTENT_LENGTH, len)
-            .body(body)
-            .expect("a valid response")
-    }
 }
 
 /// How a proxy listens and what it does besides apt.
@@ -619,6 +635,16 @@ struct Session {
     served: Mutex<BTreeMap<String, Digest>>,
     errors: Mutex<Vec<String>>,
     clients: Option<PathBuf>,
+}
+
+impl Session {
+    /// Where a request's client has its fetches without a pin recorded.
+    fn refusals(&self, headers: &hyper::HeaderMap) -> Refusals {
+        Refusals {
+            dir: self.clients.clone(),
+            client: proxy_client(headers),
+        }
+    }
 }
 
 /// The client a request names: the user of a `Basic` Proxy-Authorization, when it is 1–64
@@ -706,8 +732,6 @@ impl Drop for Proxy {
     }
 }
 
-type Response = hyper::Response<BoxBody<Bytes, std::io::Error>>;
-
 /// Answers kci-build's own requests to a proxy: `(path, query) → (status, body)`. The
 /// detached rootfs proxy takes its leases this way ([`crate::aptproxy`]).
 pub type Control = Arc<dyn Fn(&str, &str) -> (StatusCode, String) + Send + Sync>;
@@ -728,18 +752,6 @@ fn control_request<B>(control: Option<&Control>, req: &hyper::Request<B>) -> Opt
         }
         None => text(StatusCode::NOT_FOUND, "no control requests here"),
     })
-}
-
-fn text(status: StatusCode, message: &str) -> Response {
-    hyper::Response::builder()
-        .status(status)
-        .header(hyper::header::CONTENT_TYPE, "text/plain")
-        .body(
-            Full::new(Bytes::from(format!("{message}\n")))
-                .map_err(|n| match n {})
-                .boxed(),
-        )
-        .expect("a valid response")
 }
 
 fn is_index(path: &str) -> bool {

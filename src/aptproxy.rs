@@ -28,6 +28,7 @@ use crate::aptcache::{AptCache, Control, Listen, CONTROL_PREFIX};
 use crate::core::apt::SuiteId;
 use crate::core::names::Digest;
 use crate::engine::{ContainerState, DockerEngine, Engine};
+use crate::pinserve::Downloads;
 use crate::printer::Printer;
 use crate::rootfs::builder;
 use crate::settings::Settings;
@@ -56,9 +57,33 @@ fn read_state(store: &Store) -> Option<State> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// What a proxy serves: the pinned apt indexes and the pinned downloads (URL → sha256).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyPins {
+    pub apt: BTreeMap<SuiteId, Digest>,
+    pub downloads: BTreeMap<String, Digest>,
+}
+
+impl ProxyPins {
+    /// `kci-build apt-proxy`'s arguments for them.
+    fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (suite, digest) in &self.apt {
+            out.extend(["--pin".to_owned(), format!("{suite}={digest}")]);
+        }
+        for (url, digest) in &self.downloads {
+            out.extend(["--download".to_owned(), format!("{digest}={url}")]);
+        }
+        out
+    }
+}
+
 /// One digest for a set of pins: a proxy serves exactly the pins it was started with.
-pub fn fingerprint(pins: &BTreeMap<SuiteId, Digest>) -> Digest {
-    let text: String = pins.iter().map(|(s, d)| format!("{s} {d}\n")).collect();
+pub fn fingerprint(pins: &ProxyPins) -> Digest {
+    let mut text: String = pins.apt.iter().map(|(s, d)| format!("{s} {d}\n")).collect();
+    for (url, d) in &pins.downloads {
+        text.push_str(&format!("download {d} {url}\n"));
+    }
     Digest::of(text.as_bytes())
 }
 
@@ -78,11 +103,7 @@ impl Leased {
 
 /// Leases the store's proxy for `pins`, for as long as this process lives: the one still
 /// running when it serves the same pins, else a new `kci-build apt-proxy`.
-pub async fn lease(
-    store: &Store,
-    pins: &BTreeMap<SuiteId, Digest>,
-    printer: &Printer,
-) -> anyhow::Result<Leased> {
+pub async fn lease(store: &Store, pins: &ProxyPins, printer: &Printer) -> anyhow::Result<Leased> {
     let fp = fingerprint(pins);
     let last = read_state(store);
     if let Some(s) = last.as_ref().filter(|s| s.pins == fp) {
@@ -120,7 +141,7 @@ async fn ask_lease(addr: SocketAddr, pins: &Digest) -> bool {
 /// terminal is not its business) and waits for the address it listens on.
 async fn spawn(
     store: &Store,
-    pins: &BTreeMap<SuiteId, Digest>,
+    pins: &ProxyPins,
     prefer: Option<SocketAddr>,
 ) -> anyhow::Result<SocketAddr> {
     let exe = std::env::current_exe().context("finding kci-build's own executable")?;
@@ -139,9 +160,7 @@ async fn spawn(
         .arg("apt-proxy")
         .arg("--lease")
         .arg(std::process::id().to_string());
-    for (suite, digest) in pins {
-        cmd.arg("--pin").arg(format!("{suite}={digest}"));
-    }
+    cmd.args(pins.args());
     if let Some(a) = prefer {
         cmd.arg("--prefer").arg(a.to_string());
     }
@@ -216,7 +235,7 @@ struct Leases {
 /// What `kci-build apt-proxy` is given.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub pins: BTreeMap<SuiteId, Digest>,
+    pub pins: ProxyPins,
     pub prefer: Option<SocketAddr>,
     pub lease: u32,
 }
@@ -238,11 +257,24 @@ pub async fn serve(
         let (leases, fp) = (leases.clone(), fp.clone());
         Arc::new(move |path: &str, query: &str| grant(&leases, &fp, path, query))
     };
+    let authority = match opts
+        .pins
+        .downloads
+        .keys()
+        .any(|u| u.starts_with("https://"))
+    {
+        true => Some(Arc::new(
+            crate::mitm::Authority::of_store(store.root())
+                .context("loading the store's download authority")?,
+        )),
+        false => None,
+    };
     let cache = AptCache::new(
         store.clone(),
         settings.apt_upstream.clone(),
-        opts.pins.clone(),
-    );
+        opts.pins.apt.clone(),
+    )
+    .with_downloads(Downloads::new(&opts.pins.downloads, authority));
     let proxy = cache
         .serve_with(Listen {
             preferred: opts.prefer,
@@ -360,16 +392,27 @@ async fn containers_running(engine: Option<&DockerEngine>, tag: &str) -> bool {
     false
 }
 
-/// The pins of `--pin SUITE=DIGEST` arguments.
-pub fn parse_pins(args: &[String]) -> Result<BTreeMap<SuiteId, Digest>, String> {
-    args.iter()
+/// The pins of `--pin SUITE=DIGEST` and `--download DIGEST=URL` arguments.
+pub fn parse_pins(apt: &[String], downloads: &[String]) -> Result<ProxyPins, String> {
+    let apt = apt
+        .iter()
         .map(|a| {
             let (s, d) = a
                 .split_once('=')
                 .ok_or_else(|| format!("`{a}` is not SUITE=DIGEST"))?;
             Ok((s.parse()?, d.parse().map_err(|e| format!("{e}"))?))
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    let downloads = downloads
+        .iter()
+        .map(|a| {
+            let (d, url) = a
+                .split_once('=')
+                .ok_or_else(|| format!("`{a}` is not DIGEST=URL"))?;
+            Ok((url.to_owned(), d.parse().map_err(|e| format!("{e}"))?))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(ProxyPins { apt, downloads })
 }
 
 #[cfg(test)]
@@ -414,12 +457,34 @@ mod tests {
 
     #[test]
     fn pins_round_trip_through_arguments() {
-        let pins = BTreeMap::from([(
-            "debian/bookworm".parse::<SuiteId>().unwrap(),
-            Digest::of(b"inrelease"),
-        )]);
-        let args: Vec<String> = pins.iter().map(|(s, d)| format!("{s}={d}")).collect();
-        assert_eq!(parse_pins(&args).unwrap(), pins);
-        assert!(parse_pins(&["debian/bookworm".into()]).is_err());
+        let pins = ProxyPins {
+            apt: BTreeMap::from([(
+                "debian/bookworm".parse::<SuiteId>().unwrap(),
+                Digest::of(b"inrelease"),
+            )]),
+            downloads: BTreeMap::from([(
+                "https://h/a.tar.gz?x=1&y=2".to_owned(),
+                Digest::of(b"tarball"),
+            )]),
+        };
+        let args = pins.args();
+        let of = |flag: &str| -> Vec<String> {
+            args.chunks(2)
+                .filter(|c| c[0] == flag)
+                .map(|c| c[1].clone())
+                .collect()
+        };
+        assert_eq!(parse_pins(&of("--pin"), &of("--download")).unwrap(), pins);
+        assert!(parse_pins(&["debian/bookworm".into()], &[]).is_err());
+        assert!(parse_pins(&[], &["https://h/a".into()]).is_err());
+        let mut moved = pins.clone();
+        moved
+            .downloads
+            .insert("https://h/b".into(), Digest::of(b"b"));
+        assert_ne!(
+            fingerprint(&pins),
+            fingerprint(&moved),
+            "downloads are pins too"
+        );
     }
 }

@@ -351,6 +351,9 @@ pub enum Command {
         /// `SUITE=DIGEST`: a pinned `InRelease` to serve.
         #[arg(long = "pin")]
         pins: Vec<String>,
+        /// `SHA256=URL`: a pinned download to serve.
+        #[arg(long = "download")]
+        downloads: Vec<String>,
         /// The address to listen on when it is free (a resumed container still names it).
         #[arg(long)]
         prefer: Option<std::net::SocketAddr>,

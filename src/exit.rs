@@ -1,5 +1,5 @@
 //! The exit code of an error: the list of the services' typed errors (store, engine,
-//! bootstrap, registry, storage, the apt cache, Jenkins, kernelci-backend), each asked whose fault it is
+//! bootstrap, registry, storage, the apt cache, pinned downloads, Jenkins, kernelci-backend), each asked whose fault it is
 //! ([`Fault`], decided where the error is defined). Above every module that defines one,
 //! below what needs an exit decision (the build scheduler stopping on an environment fault);
 //! `ops::exit_code` adds the procedure's errors (`prod`, on this floor) for the runner.
@@ -37,6 +37,9 @@ pub fn fault_of(cause: &(dyn std::error::Error + 'static)) -> Option<Fault> {
         return Some(e.fault());
     }
     if let Some(e) = cause.downcast_ref::<crate::aptcache::AptError>() {
+        return Some(e.fault());
+    }
+    if let Some(e) = cause.downcast_ref::<crate::urlpins::DownloadError>() {
         return Some(e.fault());
     }
     if let Some(e) = cause.downcast_ref::<crate::gitstore::GitSourceError>() {

@@ -29,26 +29,13 @@ pub fn specs_of(
     recipes_dir: &Path,
     recipes: &[RootfsRecipe],
 ) -> anyhow::Result<BTreeMap<String, GitSourceSpec>> {
-    let mut out: BTreeMap<String, (GitSourceSpec, &str)> = BTreeMap::new();
-    for r in recipes {
-        for (name, spec) in &r.git_source {
-            match out.get(name) {
-                Some((other, by)) if other != spec => anyhow::bail!(
-                    "git source `{name}` is {} {} in {} but {} {} in {}: one name, one source",
-                    other.url,
-                    other.git_ref,
-                    recipes_dir.join(format!("{by}.toml")).display(),
-                    spec.url,
-                    spec.git_ref,
-                    recipes_dir.join(format!("{}.toml", r.name)).display()
-                ),
-                _ => {
-                    out.insert(name.clone(), (spec.clone(), &r.name));
-                }
-            }
-        }
-    }
-    Ok(out.into_iter().map(|(n, (s, _))| (n, s)).collect())
+    crate::rootfs::recipes::named_sources(
+        recipes_dir,
+        recipes,
+        "git source",
+        |r| &r.git_source,
+        |s| format!("{} {}", s.url, s.git_ref),
+    )
 }
 
 /// The pins of a run: `have`'s pins of every source `all` names, plus a pin of today's

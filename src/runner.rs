@@ -195,13 +195,14 @@ fn apt_proxy(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
     let Command::AptProxy {
         lease,
         pins,
+        downloads,
         prefer,
     } = &cli.command
     else {
         unreachable!("dispatched on Command::AptProxy")
     };
     let opts = crate::aptproxy::ServeOptions {
-        pins: crate::aptproxy::parse_pins(pins).map_err(anyhow::Error::msg)?,
+        pins: crate::aptproxy::parse_pins(pins, downloads).map_err(anyhow::Error::msg)?,
         prefer: *prefer,
         lease: *lease,
     };

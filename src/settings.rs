@@ -31,6 +31,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "where kci-build's apt cache fetches what it lacks: `URL` for every archive, or `ORIGIN=URL` per archive host, several separated by spaces (default: the URL apt asked for; a closed port makes builds offline)",
     ),
     (
+        "KCI_DOWNLOAD_FROM",
+        "where kci-build fetches a download it pins (`[url-source]`): `PREFIX=URL` rules, several separated by spaces, the longest matching prefix replaced (default: the URL itself); the pin keeps the recipe's URL",
+    ),
+    (
         "KCI_REGISTRY_USER",
         "registry user name (with the password)",
     ),
@@ -245,6 +249,8 @@ pub struct Settings {
     pub debian_mirror: Option<String>,
     /// `$KCI_APT_UPSTREAM`: where the apt cache fetches from.
     pub apt_upstream: AptUpstream,
+    /// `$KCI_DOWNLOAD_FROM`: `(prefix, replacement)` rules for fetching pinned downloads.
+    pub download_from: Vec<(String, String)>,
     pub registry: RegistrySettings,
     pub storage_token: Option<Secret>,
     /// `NO_COLOR` is set.
@@ -287,6 +293,7 @@ impl Settings {
             },
             debian_mirror,
             apt_upstream: AptUpstream::parse(env.get("KCI_APT_UPSTREAM").unwrap_or(""))?,
+            download_from: download_rules(env.get("KCI_DOWNLOAD_FROM").unwrap_or(""))?,
             registry: RegistrySettings {
                 credentials,
                 docker_config: env
@@ -300,6 +307,28 @@ impl Settings {
             env: env.clone(),
         })
     }
+}
+
+/// `PREFIX=URL PREFIX=URL …`: where pinned downloads are fetched from.
+fn download_rules(text: &str) -> Result<Vec<(String, String)>, SettingError> {
+    text.split_whitespace()
+        .map(|rule| match rule.split_once('=') {
+            Some((from, to))
+                if ["http://", "https://"].iter().any(|s| from.starts_with(s))
+                    && ["http://", "https://", "file:///"]
+                        .iter()
+                        .any(|s| to.starts_with(s)) =>
+            {
+                Ok((from.to_owned(), to.to_owned()))
+            }
+            _ => Err(SettingError {
+                var: "KCI_DOWNLOAD_FROM",
+                value: rule.to_owned(),
+                reason:
+                    "each rule is PREFIX=URL, both http(s):// (the replacement may be file:///)",
+            }),
+        })
+        .collect()
 }
 
 /// The first Debian archive of the machine's apt sources (`/etc/apt/sources.list` and
@@ -439,11 +468,35 @@ mod tests {
             ("KCI_BUILD_DOCKER_TIMEOUT", "soon"),
             ("KCI_BUILD_DOCKER_TIMEOUT", "0"),
             ("KCI_REGISTRY_CHUNK_SIZE", "4096"),
+            ("KCI_DOWNLOAD_FROM", "https://github.com/"),
+            ("KCI_DOWNLOAD_FROM", "github.com=http://m/"),
         ] {
             let e = Settings::resolve(None, &env(&[(var, value)])).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
         }
+    }
+
+    #[test]
+    fn download_rules_are_prefix_replacement_pairs() {
+        let s = Settings::resolve(
+            None,
+            &env(&[(
+                "KCI_DOWNLOAD_FROM",
+                "https://github.com/=http://127.0.0.1:8/gh/  http://h/=file:///srv/h/",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.download_from,
+            [
+                (
+                    "https://github.com/".to_owned(),
+                    "http://127.0.0.1:8/gh/".to_owned()
+                ),
+                ("http://h/".to_owned(), "file:///srv/h/".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn lockfile(configs: &[(&str, &str, &[&str])], base: &str) -> String {
     let lock = RootfsLockfile {
         apt_index: Default::default(),
         git_source: Default::default(),
+        url_source: Default::default(),
         configs: configs
             .iter()
             .map(|(config, version, files)| {

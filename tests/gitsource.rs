@@ -268,8 +268,10 @@ fn a_pinned_git_source_is_served_from_the_store_and_moves_only_on_refresh() {
             && r.stderr.contains(&format!("the script cloned {loose_url}"))
             && r.stderr.contains("[git-source.other]")
             && r.stderr.contains("recipes/loose.toml")
-            && r.stderr.contains("the script downloaded from the network")
-            && r.stderr.contains("Proxy tunneling failed"),
+            && r.stderr.contains(
+                "the script downloaded from https://downloads.example.org, where no download"
+            )
+            && r.stderr.contains("[url-source.<name>]"),
         "{}",
         r.stderr
     );

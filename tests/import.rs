@@ -117,7 +117,8 @@ fn a_field_name_with_a_line_break_stays_in_its_comment() {
 /// Today's fields, in a kernelci-core checkout's layout (a file written here, shaped like
 /// KernelCI's 2026 trixie entries): `imagesize` and `debos_memory` are carried over, arches
 /// trixie lacks are dropped and named, every recipe pins kernelci-core, and each URL the
-/// config's script fetches at build time is noted — the Debian archive without its host.
+/// config's script fetches at build time is pinned (a download, as `[url-source]`) or noted
+/// (a clone; the Debian archive without its host).
 #[test]
 fn imports_todays_fields_and_notes_what_a_script_fetches() {
     let checkout = tempfile::tempdir().unwrap();
@@ -135,7 +136,8 @@ fn imports_todays_fields_and_notes_what_a_script_fetches() {
     std::fs::write(
         scripts.join("trixie-suite.sh"),
         "#!/bin/sh\n# https://example.org/docs is a comment\nSITE=https://git.example.org/suite.git\n\
-         git clone $SITE\necho 'deb http://mirror.example/debian trixie-backports main' > /etc/apt/sources.list.d/b.list\n",
+         git clone $SITE\necho 'deb http://mirror.example/debian trixie-backports main' > /etc/apt/sources.list.d/b.list\n\
+         curl -L -o /tmp/ucm.tar.gz https://github.com/alsa-project/alsa-ucm-conf/archive/refs/heads/master.tar.gz\n",
     )
     .unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -156,7 +158,7 @@ fn imports_todays_fields_and_notes_what_a_script_fetches() {
     assert!(recipe.uses_kernelci_core(), "{text}");
     for note in [
         "# NOTE trixie-suite.arch_list: `mipsel` is not in Debian trixie",
-        "# NOTE trixie-suite.script: scripts/trixie-suite.sh fetches https://git.example.org/suite.git at build time",
+        "# NOTE trixie-suite.script: scripts/trixie-suite.sh clones https://git.example.org/suite.git at build time",
         "# NOTE trixie-suite.script: scripts/trixie-suite.sh adds an apt source of a Debian archive",
     ] {
         assert!(text.contains(note), "missing `{note}` in:\n{text}");
@@ -165,4 +167,11 @@ fn imports_todays_fields_and_notes_what_a_script_fetches() {
         !text.contains("example.org/docs") && !text.contains("mirror.example"),
         "comments and mirror hosts stay out:\n{text}"
     );
+    assert_eq!(
+        recipe.url_source["alsa-ucm-conf"].url,
+        "https://github.com/alsa-project/alsa-ucm-conf/archive/refs/heads/master.tar.gz",
+        "the download is pinned, not noted:\n{text}"
+    );
+    assert!(!text
+        .contains("NOTE trixie-suite.script: scripts/trixie-suite.sh fetches https://github.com"));
 }

@@ -630,6 +630,7 @@ file_systems:
         RootfsLockfile {
             apt_index: Default::default(),
             git_source: Default::default(),
+            url_source: Default::default(),
             configs: configs
                 .iter()
                 .map(|(c, v, arches)| {

@@ -182,10 +182,14 @@ pub fn diff_entries(old: &BTreeMap<String, Entry>, new: &BTreeMap<String, Entry>
     d
 }
 
-/// One changed input. A git source's fact is `<url> <commit> <tree>`: its line names the
-/// source and the commits, `source bootrr: <old> -> <new>` (the URL when it moved).
+/// One changed input. A git source's fact is `<url> <commit> <tree>`, a download's `<url>
+/// <sha256>`: its line names the source and the commits (or sha256s), `source bootrr: <old>
+/// -> <new>` (the URL when it moved).
 fn input_line(path: &str, old: &str, new: &str) -> String {
-    let Some(name) = path.strip_prefix("git-source.") else {
+    let Some(name) = path
+        .strip_prefix("git-source.")
+        .or_else(|| path.strip_prefix("url-source."))
+    else {
         return format!("input {path}: {old} -> {new}");
     };
     let parts = |f: &str| -> (String, String) {
@@ -464,6 +468,16 @@ mod tests {
             ),
             format!("source x: (absent) -> {b}")
         );
+        let (d1, d2) = (Digest::of(b"1"), Digest::of(b"2"));
+        assert_eq!(
+            input_line(
+                "url-source.ucm",
+                &format!("https://h/ucm.tar.gz {d1}"),
+                &format!("https://h/ucm.tar.gz {d2}")
+            ),
+            format!("source ucm: {d1} -> {d2}"),
+            "a download that moved names its sha256s"
+        );
         assert_eq!(
             input_line("arch", "amd64", "arm64"),
             "input arch: amd64 -> arm64"
@@ -611,6 +625,7 @@ mod tests {
             RootfsLockfile {
                 apt_index: Default::default(),
                 git_source: Default::default(),
+                url_source: Default::default(),
                 configs: BTreeMap::from([(
                     "bookworm".to_owned(),
                     LockedConfig {

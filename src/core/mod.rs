@@ -19,4 +19,5 @@ pub mod rootfs_recipe;
 pub mod roots;
 pub mod schedule;
 pub mod site;
+pub mod urlsource;
 pub mod verdict;

@@ -19,6 +19,7 @@ use super::lockfile::{quote, LockedIndex, LockfileError};
 use super::names::Digest;
 pub use super::rootfs_recipe::valid_config_name;
 use super::rootfs_recipe::DEBIAN_ARCHES;
+use super::urlsource::{self, LockedUrl, UrlSourceSpec};
 
 pub const ROOTFS_LOCKFILE_VERSION: u32 = 1;
 
@@ -57,6 +58,8 @@ pub struct RootfsLockfile {
     pub apt_index: BTreeMap<SuiteId, LockedIndex>,
     /// Source name → the commit and tree of every git source the configs clone.
     pub git_source: BTreeMap<String, LockedSource>,
+    /// Source name → the sha256 and size of every file the configs' scripts download.
+    pub url_source: BTreeMap<String, LockedUrl>,
     /// Config name (`bookworm`, `bookworm-kselftest`) → what was built for it.
     pub configs: BTreeMap<String, LockedConfig>,
 }
@@ -106,6 +109,8 @@ struct RawRootfsLockfile {
     apt_index: BTreeMap<SuiteId, LockedIndex>,
     #[serde(default, rename = "git-source")]
     git_source: BTreeMap<String, LockedSource>,
+    #[serde(default, rename = "url-source")]
+    url_source: BTreeMap<String, LockedUrl>,
     #[serde(default)]
     rootfs: BTreeMap<String, LockedConfig>,
 }
@@ -150,9 +155,19 @@ impl RootfsLockfile {
                 return Err(err(format!("{field}: {m}")));
             }
         }
+        for (name, src) in &raw.url_source {
+            let spec = UrlSourceSpec {
+                url: src.url.clone(),
+                sha256: None,
+            };
+            if let Err((field, m)) = urlsource::validate(name, &spec) {
+                return Err(err(format!("{field}: {m}")));
+            }
+        }
         Ok(RootfsLockfile {
             apt_index: raw.apt_index,
             git_source: raw.git_source,
+            url_source: raw.url_source,
             configs: raw.rootfs,
         })
     }
@@ -168,6 +183,12 @@ impl RootfsLockfile {
             let _ = writeln!(out, "ref = {}", quote(&src.git_ref));
             let _ = writeln!(out, "commit = {}", quote(src.commit.as_str()));
             let _ = writeln!(out, "tree = {}", quote(src.tree.as_str()));
+        }
+        for (name, src) in &self.url_source {
+            let _ = writeln!(out, "\n[url-source.{}]", quote(name));
+            let _ = writeln!(out, "url = {}", quote(&src.url));
+            let _ = writeln!(out, "sha256 = {}", quote(src.sha256.as_str()));
+            let _ = writeln!(out, "size = {}", src.size);
         }
         for (name, config) in &self.configs {
             let _ = writeln!(out, "\n[rootfs.{}]", quote(name));
@@ -273,6 +294,14 @@ mod tests {
                     tree: "b".repeat(40).parse().unwrap(),
                 },
             )]),
+            url_source: BTreeMap::from([(
+                "alsa-ucm-conf".into(),
+                LockedUrl {
+                    url: "https://github.com/alsa-project/alsa-ucm-conf/archive/refs/heads/master.tar.gz".into(),
+                    sha256: Digest::of(b"tarball"),
+                    size: 7,
+                },
+            )]),
             configs: BTreeMap::from([(
                 "bookworm".into(),
                 LockedConfig {
@@ -294,6 +323,7 @@ mod tests {
         assert!(text.contains("\n[rootfs.\"bookworm\".arch.\"amd64\"]\n"));
         assert!(text.contains("\nartifact.\"rootfs.cpio.gz\".size = 42\n"));
         assert!(text.contains("\n[git-source.\"bootrr\"]\nurl = \"https://github.com/kernelci/bootrr.git\"\nref = \"main\"\n"));
+        assert!(text.contains("\n[url-source.\"alsa-ucm-conf\"]\nurl = \"https://github.com/alsa-project/alsa-ucm-conf/archive/refs/heads/master.tar.gz\"\nsha256 = \"sha256:"));
         assert_eq!(lock.to_text(), text);
     }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::gitsource::{self, GitSourceSpec};
+use super::urlsource::{self, UrlSourceSpec};
 
 /// xz level of the `.xz` files when a recipe does not say (KernelCI's `tar cJf`).
 pub const DEFAULT_XZ_PRESET: u32 = 6;
@@ -56,6 +57,10 @@ pub struct RootfsRecipe {
     /// runs come from its `config/rootfs/debos/`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub git_source: BTreeMap<String, GitSourceSpec>,
+    /// Files the script downloads (curl, wget), by name: each URL is served to the build
+    /// from the bytes the rootfs lockfile pins, and no other URL can be downloaded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub url_source: BTreeMap<String, UrlSourceSpec>,
 }
 
 /// The git source whose `config/rootfs/debos/` holds a recipe's `script`, `test-overlay` and
@@ -242,6 +247,9 @@ impl RootfsRecipe {
         }
         for (name, spec) in &r.git_source {
             gitsource::validate(name, spec).map_err(|(field, m)| err(format!("{field}: {m}")))?;
+        }
+        for (name, spec) in &r.url_source {
+            urlsource::validate(name, spec).map_err(|(field, m)| err(format!("{field}: {m}")))?;
         }
         Ok(r)
     }

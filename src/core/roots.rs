@@ -39,6 +39,9 @@ impl Roots {
     pub fn add_rootfs(&mut self, lock: &RootfsLockfile) {
         self.pins
             .extend(lock.apt_index.values().map(|i| i.inrelease.clone()));
+        // Pinned downloads: a rebuild needs their bytes, and the URL may serve others now.
+        self.blobs
+            .extend(lock.url_source.values().map(|u| u.sha256.clone()));
         for config in lock.configs.values() {
             for r in config.arch.values() {
                 self.rootfs_keys.insert(r.key.clone());

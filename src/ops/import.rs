@@ -1,6 +1,6 @@
 //! `kci-build import rootfs-configs FILE`: KernelCI's rootfs-configs.yaml → `recipes/*.toml`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -65,7 +65,7 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
     let mut imported = rootfs::import(&text, &opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     if let Some(debos) = debos_dir_beside(&args.file) {
-        let fetched = fetches_of_scripts(&debos, &imported.recipes);
+        let fetched = fetches_of_scripts(&debos, &mut imported.recipes);
         imported.problems.extend(fetched);
         imported.problems.sort();
     }
@@ -128,18 +128,24 @@ fn debos_dir_beside(file: &std::path::Path) -> Option<PathBuf> {
     debos.join("scripts").is_dir().then_some(debos)
 }
 
-/// What each recipe's script fetches at build time that no `[git-source]` of it pins, as
-/// `config.script:` notes: a build refuses such a fetch, so the note says what to pin.
+/// What each recipe's script fetches at build time. Each download (curl, wget) becomes a
+/// `[url-source]` of the recipe, pinned at its first build; what no pin can cover (a clone no
+/// `[git-source]` pins, a caching proxy) becomes a `config.script:` note, since a build
+/// refuses it.
 fn fetches_of_scripts(
     debos: &std::path::Path,
-    recipes: &[(String, rootfs::RootfsRecipe)],
+    recipes: &mut [(String, rootfs::RootfsRecipe)],
 ) -> Vec<String> {
+    use crate::core::urlsource::{self, UrlSourceSpec};
     let mut notes = Vec::new();
     for (from, r) in recipes {
-        let Some(script) = &r.script else { continue };
-        let Ok(text) = std::fs::read_to_string(debos.join(script)) else {
+        let Some(script) = r.script.clone() else {
             continue;
         };
+        let Ok(text) = std::fs::read_to_string(debos.join(&script)) else {
+            continue;
+        };
+        let downloads = urlsource::downloads_in_script(&text);
         let urls = crate::core::gitsource::urls_in_script(&text);
         let (mirrors, urls): (Vec<String>, Vec<String>) = urls
             .into_iter()
@@ -154,21 +160,37 @@ fn fetches_of_scripts(
         if mirrors.iter().any(|u| !is_debian_archive(u)) {
             notes.push(format!(
                 "{from}.script: {script} downloads through a caching proxy (its address is \
-                 in the script), which a build refuses; a download cannot be pinned yet"
+                 in the script), which a build refuses; pin what it fetches as [url-source]s"
             ));
         }
         for url in urls {
-            let pinned = r.git_source.values().any(|s| s.url == url);
-            if !pinned {
+            if downloads.contains(&url) {
+                if !r.url_source.values().any(|s| s.url == url) {
+                    let name = free_name(&r.url_source, &urlsource::suggested_name(&url));
+                    let spec = UrlSourceSpec { url, sha256: None };
+                    r.url_source.insert(name, spec);
+                }
+            } else if !r.git_source.values().any(|s| s.url == url) {
                 notes.push(format!(
-                    "{from}.script: {script} fetches {url} at build time, which a build \
-                     refuses unless a [git-source] pins it (a git clone); a download cannot \
-                     be pinned yet"
+                    "{from}.script: {script} clones {url} at build time, which a build \
+                     refuses unless a [git-source] pins it (with the branch, tag or commit \
+                     the script checks out)"
                 ));
             }
         }
     }
     notes
+}
+
+/// `name`, or `name-2`, `name-3`… when `taken` has it.
+fn free_name<V>(taken: &BTreeMap<String, V>, name: &str) -> String {
+    (1..)
+        .map(|i| match i {
+            1 => name.to_owned(),
+            i => format!("{name}-{i}"),
+        })
+        .find(|n| !taken.contains_key(n))
+        .expect("some name is free")
 }
 
 /// A URL of a Debian archive (`…/debian`, `…/debian/…`, `…/debian-ports…`): an apt source.

@@ -1,5 +1,6 @@
 //! `kci-build lock --check`: for CI, fail when the lockfile does not describe the recipes.
-//! `kci-build lock --refresh [SUITE…]`: move the apt index pins to today's index.
+//! `kci-build lock --refresh [SUITE…]`: move the apt index pins to today's index (and, with
+//! no suite named, the rootfs recipes' git sources and downloads to today's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::{Context, Report, Workspace};
 use crate::core::apt::{SuiteId, SuiteSource};
 use crate::core::lockfile::LockedIndex;
+use crate::core::names::Digest;
 use crate::lockedit::{LockfileEdit, Written};
 use crate::printer::Printer;
 use crate::store::Store;
@@ -92,12 +94,24 @@ pub struct RefreshedSource {
     pub new: String,
 }
 
+/// One download's pin before and after `lock --refresh`.
+#[derive(Debug, serde::Serialize)]
+pub struct RefreshedDownload {
+    pub name: String,
+    pub url: String,
+    pub old: Option<Digest>,
+    pub new: Digest,
+    pub size: u64,
+}
+
 /// What `lock --refresh` did.
 #[derive(Debug, serde::Serialize)]
 pub struct RefreshReport {
     pub suites: Vec<Refreshed>,
     /// The rootfs recipes' git sources (refreshed when no suite is named).
     pub git_sources: Vec<RefreshedSource>,
+    /// The rootfs recipes' downloads (fetched again when no suite is named).
+    pub downloads: Vec<RefreshedDownload>,
     /// The lockfiles written.
     pub changed: Vec<PathBuf>,
 }
@@ -135,6 +149,25 @@ impl Report for RefreshReport {
                     format!("{what}: {} -> {}", &old[..12], &g.new[..12]),
                 ),
                 None => printer.status("Pinned", format!("{what}: {}", &g.new[..12])),
+            }
+        }
+        for d in &self.downloads {
+            let what = format!("download {} ({})", d.name, d.url);
+            match &d.old {
+                Some(old) if *old == d.new => printer.status("Unchanged", what),
+                Some(old) => printer.status(
+                    "Refreshed",
+                    format!(
+                        "{what}: {} -> {} ({} bytes)",
+                        old.short(),
+                        d.new.short(),
+                        d.size
+                    ),
+                ),
+                None => printer.status(
+                    "Pinned",
+                    format!("{what}: {} ({} bytes)", d.new.short(), d.size),
+                ),
             }
         }
         for f in &self.changed {
@@ -192,6 +225,7 @@ pub async fn refresh(ctx: &Context, opts: &RefreshOptions) -> anyhow::Result<Ref
     let mut report = RefreshReport {
         suites: Vec::new(),
         git_sources: Vec::new(),
+        downloads: Vec::new(),
         changed: Vec::new(),
     };
     let mut images = ws.lock.clone();
@@ -224,6 +258,8 @@ pub async fn refresh(ctx: &Context, opts: &RefreshOptions) -> anyhow::Result<Ref
         if opts.suites.is_empty() {
             lock.git_source =
                 refresh_git_sources(&ws, &lock.git_source, &opts.recipes, &mut report)?;
+            lock.url_source =
+                refresh_downloads(&ws, &lock.url_source, &opts.recipes, &mut report).await?;
         }
         if rootfs.write(&lock.to_text(), false, "", Vec::new)? == Written::Written {
             report.changed.push(file.clone());
@@ -251,6 +287,34 @@ fn refresh_git_sources(
             git_ref: spec.git_ref.clone(),
             old: have.get(name).map(|p| p.commit.to_string()),
             new: pin.commit.to_string(),
+        });
+        pins.insert(name.clone(), pin);
+    }
+    Ok(pins)
+}
+
+/// Today's bytes of every download the rootfs recipes name (pins of downloads no recipe
+/// names are dropped); a recipe's own sha256 still has to match.
+async fn refresh_downloads(
+    ws: &Workspace,
+    have: &BTreeMap<String, crate::core::urlsource::LockedUrl>,
+    recipes: &Path,
+    report: &mut RefreshReport,
+) -> anyhow::Result<BTreeMap<String, crate::core::urlsource::LockedUrl>> {
+    let specs = crate::urlpins::specs_of(recipes, &crate::rootfs::recipes::load_recipes(recipes)?)?;
+    let downloader = crate::urlpins::Downloader {
+        store: &ws.store,
+        rules: &ws.env.download_from,
+    };
+    let mut pins = BTreeMap::new();
+    for (name, spec) in &specs {
+        let pin = downloader.pin(spec).await?;
+        report.downloads.push(RefreshedDownload {
+            name: name.clone(),
+            url: spec.url.clone(),
+            old: have.get(name).map(|p| p.sha256.clone()),
+            new: pin.sha256.clone(),
+            size: pin.size,
         });
         pins.insert(name.clone(), pin);
     }

@@ -186,10 +186,12 @@ fn rootfs_why(
     let lock = LockfileEdit::read(lockfile)?.rootfs()?;
     let suite = crate::aptpins::rootfs_suite(&mirror, r)?;
     let git = crate::core::gitsource::pins_for(&r.git_source, &lock.git_source);
+    let urls = crate::core::urlsource::pins_for(&r.url_source, &lock.url_source);
     let source = plan::Source {
         mirror: &mirror,
         apt_index: lock.apt_index.get(&suite.id).map(|i| &i.inrelease),
         git: &git,
+        urls: &urls,
     };
     let mut facts = plan::facts(
         r,

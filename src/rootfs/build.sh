@@ -56,12 +56,16 @@ if [ "${1:-}" = customize ]; then
         phase script
         # Nothing reaches the build that is not pinned. Git: pinned sources' URLs reach
         # their copies in /kci-git, any other URL fails (kci-build names it); the copies
-        # leave with the script. Everything else goes through kci-build's apt cache, which
-        # serves the pinned archive and refuses the rest (kci-build names the log line).
+        # leave with the script. Everything else goes through kci-build's proxy, which
+        # serves the pinned archive and the pinned downloads (https ones with a certificate
+        # of kci-build's own authority, which only these tools trust, for this step only)
+        # and refuses the rest (kci-build names each URL).
         cp -r /kci/git "$root/kci-git"
         step_env="GIT_CONFIG_GLOBAL=/kci-git/gitconfig GIT_CONFIG_NOSYSTEM=1 \
             https_proxy=${http_proxy:-} HTTPS_PROXY=${http_proxy:-} HTTP_PROXY=${http_proxy:-} \
-            ftp_proxy=${http_proxy:-} no_proxy= NO_PROXY="
+            ftp_proxy=${http_proxy:-} no_proxy= NO_PROXY= \
+            SSL_CERT_FILE=/kci-git/ca.pem CURL_CA_BUNDLE=/kci-git/ca.pem \
+            REQUESTS_CA_BUNDLE=/kci-git/ca.pem WGETRC=/kci-git/wgetrc"
         step script
         step_env=
         rm -rf "$root/kci-git"

@@ -337,6 +337,7 @@ mod tests {
             imagesize: None,
             debos_memory: None,
             git_source: Default::default(),
+            url_source: Default::default(),
         }
     }
 

@@ -235,6 +235,7 @@ pub fn import(yaml: &str, opts: &ImportOptions) -> Result<Imported, String> {
                     .iter()
                     .map(|s| (KERNELCI_CORE.to_owned(), s.clone()))
                     .collect(),
+                url_source: Default::default(),
             },
         ));
     }

@@ -12,6 +12,7 @@ use super::RootfsRecipe;
 use crate::core::gitsource::LockedSource;
 use crate::core::key::canonical_json;
 use crate::core::names::Digest;
+use crate::core::urlsource::LockedUrl;
 
 /// Bumped when the meaning of a fact changes.
 pub const ROOTFS_KEY_FORMAT: &str = "rootfs-1";
@@ -145,6 +146,9 @@ pub fn facts(
     for (name, pin) in source.git {
         put(&format!("git-source.{name}"), pin.fact());
     }
+    for (name, pin) in source.urls {
+        put(&format!("url-source.{name}"), pin.fact());
+    }
     for i in inputs {
         let value = if i.is_dir {
             format!("dir {:o}", i.mode)
@@ -170,6 +174,8 @@ pub struct Source<'a> {
     pub apt_index: Option<&'a Digest>,
     /// The pins of the recipe's git sources, by name.
     pub git: &'a BTreeMap<String, LockedSource>,
+    /// The pins of the recipe's downloads, by name.
+    pub urls: &'a BTreeMap<String, LockedUrl>,
 }
 
 pub fn environment(recipe: &RootfsRecipe, arch: &str, mirror: &str, key: &Digest) -> Vec<String> {
@@ -229,6 +235,7 @@ mod tests {
             imagesize: None,
             debos_memory: None,
             git_source: Default::default(),
+            url_source: Default::default(),
         }
     }
 
@@ -237,12 +244,14 @@ mod tests {
     }
 
     static NO_GIT: BTreeMap<String, LockedSource> = BTreeMap::new();
+    static NO_URLS: BTreeMap<String, LockedUrl> = BTreeMap::new();
 
     fn src(mirror: &'static str) -> Source<'static> {
         Source {
             mirror,
             apt_index: None,
             git: &NO_GIT,
+            urls: &NO_URLS,
         }
     }
 
@@ -340,6 +349,7 @@ mod tests {
             mirror: "http://m/debian",
             apt_index: Some(&pin),
             git: &NO_GIT,
+            urls: &NO_URLS,
         };
         variants.push(key(&facts(
             &r,
@@ -369,6 +379,7 @@ mod tests {
                     mirror: "http://m/debian",
                     apt_index: None,
                     git,
+                    urls: &NO_URLS,
                 },
                 std::slice::from_ref(&file),
                 "f1",
@@ -398,6 +409,39 @@ mod tests {
             )),
             base
         );
+    }
+
+    #[test]
+    fn a_download_pin_is_a_key_fact_and_its_bytes_move_the_key() {
+        let pin = |bytes: &[u8]| {
+            BTreeMap::from([(
+                "ucm".to_owned(),
+                LockedUrl {
+                    url: "https://h/ucm.tar.gz".into(),
+                    sha256: Digest::of(bytes),
+                    size: bytes.len() as u64,
+                },
+            )])
+        };
+        let (a, b) = (pin(b"a"), pin(b"b"));
+        let key_with = |urls: &BTreeMap<String, LockedUrl>| {
+            let s = Source {
+                urls,
+                ..src("http://m/debian")
+            };
+            key(&facts(&recipe(), "amd64", &builder(), &s, &[], "f"))
+        };
+        let none = key(&facts(
+            &recipe(),
+            "amd64",
+            &builder(),
+            &src("http://m/debian"),
+            &[],
+            "f",
+        ));
+        assert_ne!(key_with(&a), none);
+        assert_ne!(key_with(&a), key_with(&b));
+        assert_eq!(key_with(&a), key_with(&pin(b"a")));
     }
 
     #[test]

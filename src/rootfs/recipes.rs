@@ -27,6 +27,36 @@ pub fn load_recipes(dir: &Path) -> anyhow::Result<Vec<RootfsRecipe>> {
     Ok(out)
 }
 
+/// Every source of one kind (`[git-source.*]`, `[url-source.*]`) the recipes name, by name,
+/// picked by `pick`; two recipes naming one name for different sources are refused, naming
+/// both files and each source as `show` writes it.
+pub fn named_sources<S: Clone + PartialEq>(
+    recipes_dir: &Path,
+    recipes: &[RootfsRecipe],
+    kind: &str,
+    pick: impl Fn(&RootfsRecipe) -> &std::collections::BTreeMap<String, S>,
+    show: impl Fn(&S) -> String,
+) -> anyhow::Result<std::collections::BTreeMap<String, S>> {
+    let mut out: std::collections::BTreeMap<String, (S, &str)> = Default::default();
+    for r in recipes {
+        for (name, spec) in pick(r) {
+            match out.get(name) {
+                Some((other, by)) if other != spec => anyhow::bail!(
+                    "{kind} `{name}` is {} in {} but {} in {}: one name, one source",
+                    show(other),
+                    recipes_dir.join(format!("{by}.toml")).display(),
+                    show(spec),
+                    recipes_dir.join(format!("{}.toml", r.name)).display()
+                ),
+                _ => {
+                    out.insert(name.clone(), (spec.clone(), &r.name));
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(n, (s, _))| (n, s)).collect())
+}
+
 /// The recipe named `config`, or an error listing the known ones.
 pub fn find_recipe<'r>(
     recipes: &'r [RootfsRecipe],

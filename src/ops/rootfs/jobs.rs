@@ -18,6 +18,7 @@ use crate::core::names::Digest;
 use crate::engine::{ContainerState, Engine};
 use crate::fsutil;
 use crate::gitpins;
+use crate::pinserve::Refused;
 use crate::printer::Printer;
 use crate::rootfs::pack::{self, Packing};
 use crate::rootfs::plan::RootfsJob;
@@ -147,10 +148,12 @@ fn failure_message(
     for u in unpinned {
         let what = match u {
             Unpinned::Clone(url) => gitpins::unpinned_hint(recipes, config, &url),
+            Unpinned::Url(url) => crate::urlpins::unpinned_hint(recipes, config, &url),
+            Unpinned::Host(origin) => crate::urlpins::unpinned_host_hint(recipes, config, &origin),
             Unpinned::Download(line) => format!(
                 "the script downloaded from the network, which a build cannot (only the \
-                 pinned Debian archive and the copies of pinned git sources reach it); the \
-                 log says: {line}"
+                 pinned Debian archive, pinned downloads and the copies of pinned git sources \
+                 reach it); the log says: {line}"
             ),
         };
         error = format!("{error}\n  {what}");
@@ -166,6 +169,10 @@ enum Unpinned {
     /// A download through the build's proxy, which serves the pinned archive only (curl's
     /// and wget's words for a refused tunnel), as the log line says it.
     Download(String),
+    /// A URL the proxy refused, as it recorded it.
+    Url(String),
+    /// A tunnel to a host with no pinned download (`https://host`).
+    Host(String),
 }
 
 /// Each unpinned fetch of a build's log, once, in log order.
@@ -243,7 +250,16 @@ async fn run_job<E: Engine>(
     .map_err(|e| fail(e.to_string()))?;
     // A script that fetched what no pin covers failed that fetch: the build fails too, even
     // when the script went on (KernelCI's scripts do not all `set -e`).
-    let unpinned = unpinned_fetches(&log_path);
+    let mut unpinned = unpinned_fetches(&log_path);
+    let refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
+    if !refused.is_empty() {
+        // The proxy's record names each URL; the tools' words for the same refusals go.
+        unpinned.retain(|u| !matches!(u, Unpinned::Download(_)));
+        unpinned.extend(refused.into_iter().map(|r| match r {
+            Refused::Url(url) => Unpinned::Url(url),
+            Refused::Host(origin) => Unpinned::Host(origin),
+        }));
+    }
     if code != 0 || !unpinned.is_empty() {
         if let Some(b) = &bar {
             b.finish_and_clear();
@@ -350,13 +366,15 @@ async fn attach_or_start<E: Engine>(
                 .remove_container(name)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            // A fresh build: what the proxy served an earlier one of the key is not its.
+            // A fresh build: what the proxy served (or refused) an earlier one of the key
+            // is not its.
             let served = ctx.apt_served.join(format!("{}.debs", job.key.hex()));
             if let Err(e) = std::fs::remove_file(&served) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(fail(format!("removing {}: {e}", served.display())));
                 }
             }
+            crate::pinserve::clear_unpinned(&ctx.apt_served, job.key.hex());
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
             builder::start(engine, name, job, image_id, env, tar.to_vec())
                 .await

@@ -35,6 +35,7 @@ use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsLockfile;
 use crate::core::rootfs_merge::{self, ArchRun, ConfigRun};
 use crate::core::rootfs_recipe::KERNELCI_CORE;
+use crate::core::urlsource;
 use crate::engine::DockerEngine;
 use crate::gitpins;
 use crate::gitstore::GitStore;
@@ -44,6 +45,7 @@ use crate::printer::Printer;
 use crate::rootfs::pack;
 use crate::rootfs::RootfsRecipe;
 use crate::storage::Storage;
+use crate::urlpins::{self, Downloader};
 
 pub use crate::rootfs::recipes::load_recipes;
 use classify::Made;
@@ -109,22 +111,13 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let edit = LockfileEdit::read(&opts.lockfile)?;
     let old_lock = edit.rootfs()?;
     let git_store = GitStore::new(ws.store.root());
-    let specs = |recipes: &[RootfsRecipe]| -> anyhow::Result<_> {
-        let mut specs = gitpins::specs_of(&opts.recipes, recipes)?;
-        if opts.kernelci_core.is_some() {
-            specs.remove(KERNELCI_CORE);
-        }
-        Ok(specs)
-    };
-    let git_pins = gitpins::resolve(
-        &git_store,
-        &old_lock.git_source,
-        &specs(&recipes)?,
-        &specs(&selected)?,
-        opts.locked,
-        &opts.lockfile,
-        printer,
-    )?;
+    let SourcePins {
+        git: git_pins,
+        urls: url_pins,
+    } = source_pins(
+        &ws, &git_store, opts, &old_lock, &recipes, &selected, printer,
+    )
+    .await?;
     let core = match &opts.kernelci_core {
         Some(checkout) => {
             printer.warn(format!(
@@ -151,12 +144,18 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         printer,
     )
     .await?;
+    let authority = crate::mitm::Authority::of_store(ws.store.root())?;
     let prepared = prepare::plan(
         scanned,
         &builder_image.manifest,
         &opts.arches,
-        &pins_of(&pins),
-        (&git_store, &git_pins),
+        &prepare::RunPins {
+            apt: &pins_of(&pins),
+            git_store: &git_store,
+            git: &git_pins,
+            urls: &url_pins,
+            ca_pem: &authority.cert_pem(),
+        },
     )?;
 
     std::fs::create_dir_all(store_dir(ws))
@@ -166,7 +165,11 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     if !c.todo.is_empty() {
         // Every container's apt goes through the cache (host network: a loopback proxy), in
         // a process of its own that outlives this one as long as a container needs it.
-        let proxy = aptproxy::lease(&ws.store, &pins_of(&pins), printer).await?;
+        let proxy_pins = aptproxy::ProxyPins {
+            apt: pins_of(&pins),
+            downloads: urlsource::served(&url_pins),
+        };
+        let proxy = aptproxy::lease(&ws.store, &proxy_pins, printer).await?;
         for t in &mut c.todo {
             t.env
                 .push(format!("http_proxy={}", proxy.url_for(t.job.key.hex())));
@@ -201,6 +204,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         None => RootfsLockfile {
             apt_index: pins,
             git_source: git_pins,
+            url_source: url_pins,
             ..lock(&old_lock, &recipes, &prepared, &c.made, &published.urls)
         },
     };
@@ -222,6 +226,58 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         upload_skipped: published.skipped,
         lockfile_changed: written == Written::Written,
     })
+}
+
+/// The pins of the git sources and downloads a run's recipes name.
+struct SourcePins {
+    git: BTreeMap<String, crate::core::gitsource::LockedSource>,
+    urls: BTreeMap<String, crate::core::urlsource::LockedUrl>,
+}
+
+/// The lockfile's pins of every source `recipes` name, plus new pins of those `selected`
+/// lacks (refused under `--locked`), each in the store, verified. A development build's
+/// kernelci-core is not pinned.
+async fn source_pins(
+    ws: &Workspace,
+    git_store: &GitStore,
+    opts: &RootfsOptions,
+    old_lock: &RootfsLockfile,
+    recipes: &[RootfsRecipe],
+    selected: &[RootfsRecipe],
+    printer: &Printer,
+) -> anyhow::Result<SourcePins> {
+    let specs = |recipes: &[RootfsRecipe]| -> anyhow::Result<_> {
+        let mut specs = gitpins::specs_of(&opts.recipes, recipes)?;
+        if opts.kernelci_core.is_some() {
+            specs.remove(KERNELCI_CORE);
+        }
+        Ok(specs)
+    };
+    let git = gitpins::resolve(
+        git_store,
+        &old_lock.git_source,
+        &specs(recipes)?,
+        &specs(selected)?,
+        opts.locked,
+        &opts.lockfile,
+        printer,
+    )?;
+    let url_specs = |recipes: &[RootfsRecipe]| urlpins::specs_of(&opts.recipes, recipes);
+    let downloader = Downloader {
+        store: &ws.store,
+        rules: &ws.env.download_from,
+    };
+    let urls = downloader
+        .resolve(
+            &old_lock.url_source,
+            &url_specs(recipes)?,
+            &url_specs(selected)?,
+            opts.locked,
+            &opts.lockfile,
+            printer,
+        )
+        .await?;
+    Ok(SourcePins { git, urls })
 }
 
 /// The builder image, built (or found) like any other target, as stored.

@@ -12,12 +12,14 @@ use crate::core::gitsource::LockedSource;
 use crate::core::names::{Digest, TargetName};
 use crate::core::rootfs_lock::config_version;
 use crate::core::rootfs_recipe::{KERNELCI_CORE, KERNELCI_CORE_DEBOS_DIR};
+use crate::core::urlsource::LockedUrl;
 use crate::gitpins;
 use crate::gitstore::GitStore;
 use crate::ops::Workspace;
 use crate::rootfs::plan::{self, RootfsJob};
 use crate::rootfs::recipes::mirror_of;
 use crate::rootfs::{artifact, inputs, RootfsRecipe, BUILDER_TARGET};
+use crate::urlpins;
 
 /// A selected recipe with what its keys need besides the builder image.
 pub(super) struct Scanned {
@@ -112,17 +114,26 @@ pub fn builder_name() -> TargetName {
     BUILDER_TARGET.parse().expect("valid target name")
 }
 
+/// Every pin a run's builds see, and where their served copies come from.
+pub(super) struct RunPins<'a> {
+    pub apt: &'a BTreeMap<SuiteId, Digest>,
+    pub git_store: &'a GitStore,
+    pub git: &'a BTreeMap<String, LockedSource>,
+    pub urls: &'a BTreeMap<String, LockedUrl>,
+    /// The certificate of the store's download authority ([`crate::mitm`]).
+    pub ca_pem: &'a str,
+}
+
 /// Keys, environments, input tars and version directories of every scanned recipe.
 pub(super) fn plan(
     scanned: Vec<Scanned>,
     builder_manifest: &Digest,
     arches: &[String],
-    pins: &BTreeMap<SuiteId, Digest>,
-    git: (&GitStore, &BTreeMap<String, LockedSource>),
+    pins: &RunPins<'_>,
 ) -> anyhow::Result<Vec<Prepared>> {
     scanned
         .into_iter()
-        .map(|s| plan_one(s, builder_manifest, arches, pins, git))
+        .map(|s| plan_one(s, builder_manifest, arches, pins))
         .collect()
 }
 
@@ -130,8 +141,7 @@ fn plan_one(
     s: Scanned,
     builder: &Digest,
     arches: &[String],
-    pins: &BTreeMap<SuiteId, Digest>,
-    (git_store, git_pins): (&GitStore, &BTreeMap<String, LockedSource>),
+    pins: &RunPins<'_>,
 ) -> anyhow::Result<Prepared> {
     let Scanned {
         recipe: r,
@@ -140,15 +150,17 @@ fn plan_one(
         inputs,
         _tree,
     } = s;
-    let mut git = crate::core::gitsource::pins_for(&r.git_source, git_pins);
+    let mut git = crate::core::gitsource::pins_for(&r.git_source, pins.git);
+    let urls = crate::core::urlsource::pins_for(&r.url_source, pins.urls);
     if !inputs.pinned {
         // A kernelci-core checkout's files are the facts, not a pin.
         git.remove(KERNELCI_CORE);
     }
     let source = plan::Source {
         mirror: &mirror,
-        apt_index: pins.get(&suite.id),
+        apt_index: pins.apt.get(&suite.id),
         git: &git,
+        urls: &urls,
     };
     let files = inputs.key_files();
     let mut jobs = Vec::new();
@@ -182,14 +194,16 @@ fn plan_one(
         .collect();
     // The served copies of the git sources its script clones go into the build with its
     // files (kernelci-core's files are already there), and the git configuration that
-    // sends every other URL nowhere, even when there are none.
+    // sends every other URL nowhere, even when there are none; and the certificate its
+    // tools trust for pinned https downloads (served by the proxy).
     let mut cloned = git;
     cloned.remove(KERNELCI_CORE);
     let served = match r.script.is_none() {
         true => None,
         false => {
             let dir = tempfile::tempdir()?;
-            gitpins::serve(git_store, &cloned, dir.path())?;
+            gitpins::serve(pins.git_store, &cloned, dir.path())?;
+            urlpins::serve(pins.ca_pem, dir.path())?;
             Some(dir)
         }
     };
