@@ -72,12 +72,26 @@ pub enum StoreAction {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show the build graph with each target's key and status; changes nothing.
+    #[command(
+        after_help = "Examples:\n  kci-build plan\n  kci-build plan --engines 4            # the images a build would build, on 4 engines\n  kci-build plan --engines 16 --rootfs  # a Friday's whole rootfs matrix on 16\n\nDurations are the last ones the store recorded of each build; a job never built here is\nestimated (the mean of its kind) and marked ~."
+    )]
     Plan {
         /// Targets to plan (with their parents); all when none are given.
         targets: Vec<TargetName>,
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Print the schedule a build would run on N engines: makespan, critical path,
+        /// speed-up over one engine, and what each engine runs when.
+        #[arg(long, value_name = "N")]
+        engines: Option<usize>,
+        /// With --engines: schedule every target, as on an empty store.
+        #[arg(long, requires = "engines")]
+        cold: bool,
+        /// With --engines: schedule the rootfs matrix (every config and arch of the recipes
+        /// in DIR, after the builder image) instead of the images.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "recipes", requires = "engines")]
+        rootfs: Option<PathBuf>,
     },
     /// Explain whether a target, or a rootfs CONFIG/ARCH, is cached and which inputs changed
     /// since the lockfile. Builds nothing.

@@ -42,10 +42,19 @@ pub fn run(cli: &Cli, env: &Env, lockfile_given: bool, printer: &Printer) -> Exi
 
 fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Plan { targets, json } => {
+        Command::Plan {
+            targets,
+            json,
+            engines,
+            cold,
+            rootfs,
+        } => {
             let opts = ops::plan::PlanOptions {
                 targets: targets.clone(),
                 json: *json,
+                engines: *engines,
+                cold: *cold,
+                rootfs: rootfs.clone(),
             };
             // `--json` changes the plan's own text: it is data either way.
             finish(ctx, ops::plan::run(ctx, &opts), false)

@@ -148,6 +148,40 @@ impl Store {
 
     /// Rootfs files: a directory per key holding the five files and `manifest.json`, entered
     /// whole by renaming a finished temp directory beside it.
+    /// How long each build took, one `<what>\t<seconds>` line per build, appended (the last
+    /// line of a name wins): what `plan --engines` schedules with.
+    pub fn durations_path(&self) -> PathBuf {
+        self.root.join("durations.tsv")
+    }
+
+    /// Records that building `what` (`image:<target>`, `rootfs:<config>/<arch>`) took
+    /// `seconds`. A record that cannot be written costs the plan an estimate, not the build.
+    pub fn record_duration(&self, what: &str, seconds: f64) {
+        use std::io::Write as _;
+        let line = format!("{what}\t{seconds:.1}\n");
+        let write = || -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.durations_path())?;
+            f.write_all(line.as_bytes())
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot record how long {what} took: {e}");
+        }
+    }
+
+    /// The last recorded duration of each build.
+    pub fn durations(&self) -> BTreeMap<String, f64> {
+        let text = fs::read_to_string(self.durations_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (what, secs) = l.split_once('\t')?;
+                Some((what.to_owned(), secs.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     pub fn apt_served_dir(&self) -> PathBuf {
         self.root.join("apt-served")
     }
@@ -478,6 +512,28 @@ impl BlobWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_appended_and_the_last_of_a_name_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.durations().is_empty());
+        s.record_duration("image:gcc-10:x86", 300.04);
+        s.record_duration("rootfs:trixie/amd64", 180.0);
+        s.record_duration("image:gcc-10:x86", 250.0);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.durations_path())
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"torn line\n"))
+            .unwrap();
+        assert_eq!(
+            s.durations(),
+            BTreeMap::from([
+                ("image:gcc-10:x86".to_owned(), 250.0),
+                ("rootfs:trixie/amd64".to_owned(), 180.0)
+            ])
+        );
+    }
 
     #[test]
     fn blobs_are_named_by_content_and_records_need_their_blobs() {

@@ -27,6 +27,31 @@ fn second_build_does_no_docker_build_and_reproduces_digests() {
         .unwrap()
         .modified()
         .unwrap();
+    // Each build recorded how long it took: the plan of a cold rebuild on two engines uses
+    // those durations and runs the child after its parent.
+    let plan = ws
+        .kci(&["plan", "--engines", "2", "--cold", "--json"])
+        .ok()
+        .json();
+    let jobs = plan["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{plan}");
+    assert!(
+        jobs.iter()
+            .all(|j| j["measured"] == true && j["seconds"].as_f64().unwrap() > 0.0),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["schedule"]["critical_path"],
+        serde_json::json!(["busybox", "child:hello"]),
+        "{plan}"
+    );
+    let slots = plan["schedule"]["slots"].as_array().unwrap();
+    assert!(
+        slots[1]["start"].as_f64() >= slots[0]["end"].as_f64(),
+        "the child starts after its parent: {plan}"
+    );
+    let warm = ws.kci(&["plan", "--engines", "2"]).ok();
+    assert!(warm.stdout.starts_with("0 builds on 2 engines"), "{}", warm.stdout);
 
     let since = next_second();
     let second = ws.kci(&["build", "--json"]).ok();

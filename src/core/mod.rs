@@ -9,6 +9,7 @@ pub mod graph;
 pub mod key;
 pub mod lockdiff;
 pub mod lockfile;
+pub mod makespan;
 pub mod names;
 pub mod plan;
 pub mod procedure;

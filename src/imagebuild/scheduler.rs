@@ -330,6 +330,9 @@ impl<E: Engine> Scheduler<'_, E> {
                 let took = human_secs(secs);
                 self.printer
                     .status(verb, format!("{name} → {} in {took}", img.manifest.short()));
+                if action == TargetAction::Built {
+                    self.store.record_duration(&format!("image:{name}"), secs);
+                }
                 self.succeed(name, inputs, img, action, secs);
             }
             // The environment failing is not one target's problem: stop here.

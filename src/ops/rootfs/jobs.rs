@@ -36,6 +36,8 @@ pub(super) struct JobCtx<E> {
     pub apt_served: PathBuf,
     pub printer: Printer,
     pub packing: Arc<Packing>,
+    /// The store, where a finished build records how long it took (`plan --engines`).
+    pub store: crate::store::Store,
 }
 
 /// A job that did not make its files: why, and the end of its build log.
@@ -322,6 +324,13 @@ async fn run_job<E: Engine>(
         .remove_container(&name)
         .await
         .map_err(|e| fail(e.to_string()))?;
+    if !resumed {
+        // A resumed build's time is a part of it: not a duration to plan with.
+        ctx.store.record_duration(
+            &format!("rootfs:{}/{}", job.config, job.arch),
+            started.elapsed().as_secs_f64(),
+        );
+    }
     Ok((manifest, resumed))
 }
 
@@ -454,6 +463,7 @@ mod tests {
             apt_served: dir.join("apt-served"),
             printer: Printer::new(ColorChoice::Never, true),
             packing: Arc::new(pack::PackSettings::default().resolve()),
+            store: crate::store::Store::at(dir),
         };
         std::fs::create_dir_all(&ctx.store_root).unwrap();
         let job = RootfsJob {

@@ -185,6 +185,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             apt_served: ws.store.apt_served_dir(),
             printer: printer.clone(),
             packing: Arc::new(opts.packing.resolve()),
+            store: ws.store.clone(),
         };
         jobs::run_all(ctx, c.todo, opts.jobs, &mut c.outcomes, &mut c.made).await?;
     }

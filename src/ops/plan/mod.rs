@@ -1,6 +1,10 @@
-//! `kci-build plan`: the graph with keys and status, computed without side effects.
+//! `kci-build plan`: the graph with keys and status, computed without side effects; with
+//! `--engines N`, the schedule a build would run on N engines (image targets, or with
+//! `--rootfs` the rootfs matrix), from the durations the store recorded of earlier builds.
 
 use serde::Serialize;
+
+mod schedule;
 
 use super::{Context, TextReport, Workspace};
 use crate::core::names::TargetName;
@@ -35,13 +39,22 @@ pub struct PlanOptions {
     /// Targets to plan (with their parents); all when empty.
     pub targets: Vec<TargetName>,
     pub json: bool,
+    /// Schedule the build on this many engines.
+    pub engines: Option<usize>,
+    /// Schedule as on an empty store: every target (or rootfs build) counts.
+    pub cold: bool,
+    /// Schedule the rootfs matrix of this recipes directory instead of the images.
+    pub rootfs: Option<std::path::PathBuf>,
 }
 
-/// Runs the plan and renders it for stdout: JSON, or an indented tree.
+/// Runs the plan and renders it for stdout: JSON, or an indented tree; or the schedule.
 pub fn run(ctx: &Context, opts: &PlanOptions) -> anyhow::Result<TextReport> {
-    Ok(TextReport {
-        text: render(&ctx.workspace()?, &opts.targets, opts.json)?,
-    })
+    let ws = ctx.workspace()?;
+    let text = match opts.engines {
+        Some(n) => schedule::render(&ws, opts, n)?,
+        None => render(&ws, &opts.targets, opts.json)?,
+    };
+    Ok(TextReport { text })
 }
 
 fn render(ws: &Workspace, targets: &[TargetName], json: bool) -> anyhow::Result<String> {
