@@ -625,7 +625,8 @@ pub struct Listen {
     pub control: Option<Control>,
     /// Where to append, per client, the `.deb`s it was served: `<dir>/<client>.debs`, one
     /// `<archive>/<pool path> <sha256>` line each. A client names itself as the user of its
-    /// proxy URL (`http://<client>@127.0.0.1:<port>`; apt sends it as Proxy-Authorization).
+    /// proxy URL (`http://<client>:kci@127.0.0.1:<port>`; apt, curl and wget send it as
+    /// Proxy-Authorization).
     pub clients: Option<PathBuf>,
 }
 

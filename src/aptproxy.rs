@@ -97,7 +97,9 @@ impl Leased {
     /// The `http_proxy` of one build: `client` (hex digits: the build's key) is where the
     /// proxy records the `.deb`s it serves that build (see [`Listen::clients`]).
     pub fn url_for(&self, client: &str) -> String {
-        format!("http://{client}@{}", self.addr)
+        // A password too, though the proxy ignores it: wget sends its Proxy-Authorization
+        // (on a CONNECT as well) only when the URL has both.
+        format!("http://{client}:kci@{}", self.addr)
     }
 }
 

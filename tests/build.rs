@@ -51,7 +51,11 @@ fn second_build_does_no_docker_build_and_reproduces_digests() {
         "the child starts after its parent: {plan}"
     );
     let warm = ws.kci(&["plan", "--engines", "2"]).ok();
-    assert!(warm.stdout.starts_with("0 builds on 2 engines"), "{}", warm.stdout);
+    assert!(
+        warm.stdout.starts_with("0 builds on 2 engines"),
+        "{}",
+        warm.stdout
+    );
 
     let since = next_second();
     let second = ws.kci(&["build", "--json"]).ok();

@@ -32,22 +32,6 @@ fn tarball(text: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-/// `path` out of the stored rootfs.cpio.gz of `report`'s build.
-fn ramdisk_file(ws: &Workspace, report: &serde_json::Value, path: &str) -> String {
-    let key = report["builds"][0]["key"].as_str().unwrap();
-    let cpio = ws
-        .store()
-        .join("rootfs")
-        .join(key.strip_prefix("sha256:").unwrap())
-        .join("rootfs.cpio.gz");
-    sh(&format!(
-        "zcat {} | cpio -i --quiet --to-stdout {path}",
-        cpio.display()
-    ))
-    .trim()
-    .to_owned()
-}
-
 #[test]
 fn pinned_downloads_are_served_from_the_store_and_move_only_on_refresh() {
     let _g = daemon_lock();

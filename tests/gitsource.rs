@@ -66,22 +66,6 @@ fn kernelci_core(work: &Path, extra: &[(&str, &str)]) -> String {
     push(work, &extra, "rootfs")
 }
 
-/// `path` out of the stored rootfs.cpio.gz of `report`'s build.
-fn ramdisk_file(ws: &Workspace, report: &serde_json::Value, path: &str) -> String {
-    let key = report["builds"][0]["key"].as_str().unwrap();
-    let cpio = ws
-        .store()
-        .join("rootfs")
-        .join(key.strip_prefix("sha256:").unwrap())
-        .join("rootfs.cpio.gz");
-    sh(&format!(
-        "zcat {} | cpio -i --quiet --to-stdout {path}",
-        cpio.display()
-    ))
-    .trim()
-    .to_owned()
-}
-
 fn rootfs(ws: &Workspace, config: &str) -> Run {
     ws.kci(&[
         "--images", IMAGES, "rootfs", config, "--arch", "amd64", "--json",

@@ -122,30 +122,24 @@ impl LockedSource {
     }
 }
 
-/// The pins of `specs` that `locked` holds for them (same URL and ref); a source without
-/// one is left out (it is pinned before a build, or refused under `--locked`).
+impl super::rootfs_recipe::SourcePin<GitSourceSpec> for LockedSource {
+    fn pins(&self, spec: &GitSourceSpec) -> bool {
+        LockedSource::pins(self, spec)
+    }
+}
+
+/// The pins of `specs` that `locked` holds for them (same URL and ref).
 pub fn pins_for(
     specs: &BTreeMap<String, GitSourceSpec>,
     locked: &BTreeMap<String, LockedSource>,
 ) -> BTreeMap<String, LockedSource> {
-    specs
-        .iter()
-        .filter_map(|(name, spec)| {
-            let pin = locked.get(name).filter(|p| p.pins(spec))?;
-            Some((name.clone(), pin.clone()))
-        })
-        .collect()
+    super::rootfs_recipe::pins_for(specs, locked)
 }
 
 /// Why a recipe's git source is refused: `(field, message)`.
 pub fn validate(name: &str, spec: &GitSourceSpec) -> Result<(), (String, String)> {
     let field = |f: &str| format!("git-source.{name}{f}");
-    if !super::rootfs_recipe::valid_config_name(name) {
-        return Err((
-            field(""),
-            "a source name is letters, digits, `-`, `_`, `.`".into(),
-        ));
-    }
+    super::rootfs_recipe::check_source_name("git-source", name)?;
     let url = spec.url.as_str();
     let scheme_ok =
         NETWORK_SCHEMES.iter().any(|s| url.starts_with(s)) || url.starts_with("file:///");

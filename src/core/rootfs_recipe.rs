@@ -63,6 +63,38 @@ pub struct RootfsRecipe {
     pub url_source: BTreeMap<String, UrlSourceSpec>,
 }
 
+/// A lockfile's pin of a source a recipe names (`[git-source]`, `[url-source]`).
+pub trait SourcePin<Spec>: Clone {
+    /// Whether this pin is of `spec` (a recipe that changed its source needs a new pin).
+    fn pins(&self, spec: &Spec) -> bool;
+}
+
+/// The pins of `specs` that `locked` holds for them; a source without one is left out (it
+/// is pinned before a build, or refused under `--locked`).
+pub fn pins_for<S, P: SourcePin<S>>(
+    specs: &BTreeMap<String, S>,
+    locked: &BTreeMap<String, P>,
+) -> BTreeMap<String, P> {
+    specs
+        .iter()
+        .filter_map(|(name, spec)| {
+            let pin = locked.get(name).filter(|p| p.pins(spec))?;
+            Some((name.clone(), pin.clone()))
+        })
+        .collect()
+}
+
+/// A source's name (`[<kind>.<name>]`) is refused unless it is a config-like name.
+pub fn check_source_name(kind: &str, name: &str) -> Result<(), (String, String)> {
+    match valid_config_name(name) {
+        true => Ok(()),
+        false => Err((
+            format!("{kind}.{name}"),
+            "a source name is letters, digits, `-`, `_`, `.`".into(),
+        )),
+    }
+}
+
 /// The git source whose `config/rootfs/debos/` holds a recipe's `script`, `test-overlay` and
 /// the steps every rootfs runs (`scripts/strip.sh`, `scripts/crush.sh`, …), as in KernelCI.
 pub const KERNELCI_CORE: &str = "kernelci-core";

@@ -47,19 +47,18 @@ impl LockedUrl {
     }
 }
 
-/// The pins of `specs` that `locked` holds for them; a download without one is left out (it
-/// is fetched and pinned before a build, or refused under `--locked`).
+impl super::rootfs_recipe::SourcePin<UrlSourceSpec> for LockedUrl {
+    fn pins(&self, spec: &UrlSourceSpec) -> bool {
+        LockedUrl::pins(self, spec)
+    }
+}
+
+/// The pins of `specs` that `locked` holds for them (same URL, the asked sha256).
 pub fn pins_for(
     specs: &BTreeMap<String, UrlSourceSpec>,
     locked: &BTreeMap<String, LockedUrl>,
 ) -> BTreeMap<String, LockedUrl> {
-    specs
-        .iter()
-        .filter_map(|(name, spec)| {
-            let pin = locked.get(name).filter(|p| p.pins(spec))?;
-            Some((name.clone(), pin.clone()))
-        })
-        .collect()
+    super::rootfs_recipe::pins_for(specs, locked)
 }
 
 /// What the build's proxy serves: URL → sha256.
@@ -72,12 +71,7 @@ pub fn served(pins: &BTreeMap<String, LockedUrl>) -> BTreeMap<String, Digest> {
 /// Why a recipe's download is refused: `(field, message)`.
 pub fn validate(name: &str, spec: &UrlSourceSpec) -> Result<(), (String, String)> {
     let field = |f: &str| format!("url-source.{name}{f}");
-    if !super::rootfs_recipe::valid_config_name(name) {
-        return Err((
-            field(""),
-            "a source name is letters, digits, `-`, `_`, `.`".into(),
-        ));
-    }
+    super::rootfs_recipe::check_source_name("url-source", name)?;
     let url = spec.url.as_str();
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err((field(".url"), format!("`{url}` is not a URL")));

@@ -265,3 +265,20 @@ pub fn rootfs_sums(report: &serde_json::Value) -> std::collections::BTreeMap<Str
     }
     out
 }
+
+/// `path` out of the stored rootfs.cpio.gz of the first build of a `rootfs --json` report
+/// (empty when the ramdisk has no such file).
+pub fn ramdisk_file(ws: &Workspace, report: &serde_json::Value, path: &str) -> String {
+    let key = report["builds"][0]["key"].as_str().unwrap();
+    let cpio = ws
+        .store()
+        .join("rootfs")
+        .join(key.strip_prefix("sha256:").unwrap())
+        .join("rootfs.cpio.gz");
+    sh(&format!(
+        "zcat {} | cpio -i --quiet --to-stdout {path}",
+        cpio.display()
+    ))
+    .trim()
+    .to_owned()
+}
