@@ -32,7 +32,7 @@ use hyper::{Method, StatusCode};
 use crate::core::apt::{deb_file_parts, parse_packages, Deb, Release, Request, SuiteId};
 use crate::core::names::Digest;
 use crate::httpserve::{blob_response, text, Response};
-use crate::pinserve::{self, Downloads, Refusals};
+use crate::pinserve::{self, Downloads, FetchLog};
 use crate::settings::AptUpstream;
 use crate::store::{Store, StoreError};
 
@@ -491,11 +491,11 @@ impl AptCache {
                                 return Ok::<_, Infallible>(answer);
                             }
                             if req.method() == Method::CONNECT {
-                                let refusals = s.refusals(req.headers());
+                                let log = s.fetch_log(req.headers());
                                 return Ok(pinserve::connect(
                                     cache.inner.store.clone(),
                                     cache.inner.downloads.clone(),
-                                    refusals,
+                                    log,
                                     req,
                                 ));
                             }
@@ -546,15 +546,8 @@ impl AptCache {
                 "{origin}{}",
                 uri.path_and_query().map_or("/", |p| p.as_str())
             );
-            let refusals = session.refusals(req.headers());
-            return pinserve::get(
-                &self.inner.store,
-                &self.inner.downloads,
-                &url,
-                head,
-                &refusals,
-            )
-            .await;
+            let log = session.fetch_log(req.headers());
+            return pinserve::get(&self.inner.store, &self.inner.downloads, &url, head, &log).await;
         }
         let client = proxy_client(req.headers());
         match self
@@ -640,8 +633,8 @@ struct Session {
 
 impl Session {
     /// Where a request's client has its fetches without a pin recorded.
-    fn refusals(&self, headers: &hyper::HeaderMap) -> Refusals {
-        Refusals {
+    fn fetch_log(&self, headers: &hyper::HeaderMap) -> FetchLog {
+        FetchLog {
             dir: self.clients.clone(),
             client: proxy_client(headers),
         }

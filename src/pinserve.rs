@@ -6,8 +6,11 @@
 //! `CONNECT host:443`: for a host with pinned downloads the proxy accepts the tunnel and
 //! answers the TLS handshake with a certificate of the store's authority ([`crate::mitm`]),
 //! then serves the requests inside; any other `CONNECT` is refused (the script sees
-//! "CONNECT tunnel failed"). Either way a URL that is not pinned gets a 404 and a line in
-//! `<clients>/<client>.unpinned`, read back by the build ([`read_unpinned`]).
+//! "CONNECT tunnel failed"). Either way a URL that is not pinned gets a 404. Every download
+//! served and every refusal is a line of `<clients>/<client>.fetches` (the client is the
+//! build's key): the build reads them back ([`read_unpinned`], [`read_served`]) and fails
+//! on a refusal, or on a download its own recipe does not pin (the proxy serves every pin of
+//! the run, but only the recipe's own are in its key).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -61,29 +64,38 @@ impl Downloads {
     }
 }
 
-/// Where a proxy records what its clients asked for without a pin.
+/// Where a proxy records, per client (build), the downloads it served and those it refused:
+/// the build checks both against its own pins (the proxy serves every pin of the run).
 #[derive(Clone)]
-pub struct Refusals {
+pub struct FetchLog {
     pub dir: Option<PathBuf>,
     pub client: Option<String>,
 }
 
-impl Refusals {
+impl FetchLog {
     /// Appends one refusal to the client's list (one short `O_APPEND` write).
     pub fn record(&self, what: &Refused) {
-        let (Some(dir), Some(client)) = (&self.dir, &self.client) else {
-            return;
-        };
-        let line = match what {
+        self.append(match what {
             Refused::Url(url) => format!("url {url}\n"),
             Refused::Host(origin) => format!("host {origin}\n"),
+        });
+    }
+
+    /// Appends a pinned download served to the client.
+    pub fn served(&self, url: &str) {
+        self.append(format!("served {url}\n"));
+    }
+
+    fn append(&self, line: String) {
+        let (Some(dir), Some(client)) = (&self.dir, &self.client) else {
+            return;
         };
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(unpinned_path(dir, client))?;
+                .open(fetch_log_path(dir, client))?;
             f.write_all(line.as_bytes())
         };
         if let Err(e) = write() {
@@ -105,13 +117,13 @@ pub enum Refused {
     Host(String),
 }
 
-fn unpinned_path(dir: &Path, client: &str) -> PathBuf {
-    dir.join(format!("{client}.unpinned"))
+fn fetch_log_path(dir: &Path, client: &str) -> PathBuf {
+    dir.join(format!("{client}.fetches"))
 }
 
 /// What a client fetched without a pin, each once, in order.
 pub fn read_unpinned(dir: &Path, client: &str) -> Vec<Refused> {
-    let text = std::fs::read_to_string(unpinned_path(dir, client)).unwrap_or_default();
+    let text = std::fs::read_to_string(fetch_log_path(dir, client)).unwrap_or_default();
     let mut out: Vec<Refused> = Vec::new();
     for l in text.lines() {
         let r = match l.split_once(' ') {
@@ -126,9 +138,22 @@ pub fn read_unpinned(dir: &Path, client: &str) -> Vec<Refused> {
     out
 }
 
-/// Forgets a client's refusals (a new build under the same key starts clean).
+/// The pinned downloads a client was served, each once, in order.
+pub fn read_served(dir: &Path, client: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(fetch_log_path(dir, client)).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for url in text.lines().filter_map(|l| l.strip_prefix("served ")) {
+        if !out.iter().any(|o| o == url) {
+            out.push(url.to_owned());
+        }
+    }
+    out
+}
+
+/// Forgets what a client fetched and was refused (a new build under the same key starts
+/// clean).
 pub fn clear_unpinned(dir: &Path, client: &str) {
-    let _ = std::fs::remove_file(unpinned_path(dir, client));
+    let _ = std::fs::remove_file(fetch_log_path(dir, client));
 }
 
 /// The answer to a `GET` for `url` that is no apt request: the pinned bytes, or a refusal.
@@ -137,12 +162,15 @@ pub async fn get(
     downloads: &Downloads,
     url: &str,
     head: bool,
-    refusals: &Refusals,
+    log: &FetchLog,
 ) -> Response {
     match downloads.pinned(url) {
-        Some(d) => blob_response(store, d, head).await,
+        Some(d) => {
+            log.served(url);
+            blob_response(store, d, head).await
+        }
         None => {
-            refusals.record(&Refused::Url(url.to_owned()));
+            log.record(&Refused::Url(url.to_owned()));
             text(
                 StatusCode::NOT_FOUND,
                 &format!("kci-build: {url} is not a pinned download of this build (pin it with [url-source] in its recipe)"),
@@ -156,7 +184,7 @@ pub async fn get(
 pub fn connect(
     store: Store,
     downloads: Arc<Downloads>,
-    refusals: Refusals,
+    log: FetchLog,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
     let Some((host, port)) = req
@@ -180,7 +208,7 @@ pub fn connect(
             )
         }
         None => {
-            refusals.record(&Refused::Host(origin));
+            log.record(&Refused::Host(origin));
             return text(
                 StatusCode::FORBIDDEN,
                 &format!("kci-build: no pinned download on {host}"),
@@ -201,10 +229,10 @@ pub fn connect(
             Err(e) => return tracing::debug!("build proxy: TLS with a client of {origin}: {e}"),
         };
         let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-            let (store, downloads, refusals, origin) = (
+            let (store, downloads, log, origin) = (
                 store.clone(),
                 downloads.clone(),
-                refusals.clone(),
+                log.clone(),
                 origin.clone(),
             );
             async move {
@@ -221,7 +249,7 @@ pub fn connect(
                     .to_owned();
                 let url = format!("{origin}{path}");
                 let head = req.method() == Method::HEAD;
-                Ok(get(&store, &downloads, &url, head, &refusals).await)
+                Ok(get(&store, &downloads, &url, head, &log).await)
             }
         });
         let _ = hyper::server::conn::http1::Builder::new()
@@ -295,6 +323,13 @@ mod tests {
                 Refused::Url("https://dl.example.org/other.tar.gz".into()),
                 Refused::Host("https://elsewhere.example.net".into()),
                 Refused::Url("http://plain.example.org/x".into()),
+            ]
+        );
+        assert_eq!(
+            read_served(&clients, client),
+            [
+                "https://dl.example.org/a.tar.gz",
+                "http://plain.example.org/b"
             ]
         );
         clear_unpinned(&clients, client);

@@ -219,8 +219,8 @@ pub fn serve(ca_pem: &str, dir: &Path) -> anyhow::Result<()> {
 /// The error for a build whose proxy refused `url`, which `config` does not pin.
 pub fn unpinned_hint(recipes_dir: &Path, config: &str, url: &str) -> String {
     format!(
-        "the script downloaded {url}, which no download of the recipe pins, so it got nothing; \
-         pin it in {}:\n    [url-source.{}]\n    url = \"{url}\"",
+        "the script downloaded {url}, which no download of the recipe pins (refused, or \
+         another recipe's pin, which this build's key does not cover); pin it in {}:\n    [url-source.{}]\n    url = \"{url}\"",
         recipes_dir.join(format!("{config}.toml")).display(),
         urlsource::suggested_name(url)
     )

@@ -54,7 +54,8 @@ fn pinned_downloads_are_served_from_the_store_and_move_only_on_refresh() {
          wget -nv -O /etc/kci-plain {plain_url}\nrm /tmp/suite.tar.gz\n\
          apt-get purge -y --auto-remove curl wget\n"
     );
-    // Fetches what no recipe pins, on a pinned host and on another, and exits 0 anyway.
+    // Fetches another recipe's pin and what no recipe pins, on a pinned host and on another,
+    // and exits 0 anyway.
     let loose = format!(
         "#!/bin/sh\napt-get install -y --no-install-recommends curl\n\
          curl -fsS -o /tmp/a {tar_url}\n\
@@ -217,12 +218,15 @@ fn pinned_downloads_are_served_from_the_store_and_move_only_on_refresh() {
     );
 
     // 5. A script fetching what no recipe pins fails, naming each URL and how to pin it.
+    //    Its recipe pins nothing: the URL `tiny` pins, which the run's proxy serves, is named
+    //    too (this build's key does not cover it).
     ws.write(
         "recipes/loose.toml",
         &std::fs::read_to_string(ws.path().join("recipes/tiny.toml"))
             .unwrap()
             .replace("name = \"tiny\"", "name = \"loose\"")
-            .replace("scripts/dl.sh", "scripts/loose.sh"),
+            .replace("scripts/dl.sh", "scripts/loose.sh")
+            .replace(&sources, ""),
     );
     let r = ws.kci_env(
         &[
@@ -233,6 +237,7 @@ fn pinned_downloads_are_served_from_the_store_and_move_only_on_refresh() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     for want in [
         "the build finished, but its script fetched what no pin covers",
+        &format!("the script downloaded {tar_url}, which no download of the recipe pins"),
         &format!("the script downloaded https://{HOST}/other.tar.gz"),
         "the script downloaded from https://elsewhere.example.net, where no download",
         "[url-source.other]",
@@ -244,10 +249,4 @@ fn pinned_downloads_are_served_from_the_store_and_move_only_on_refresh() {
             r.stderr
         );
     }
-    assert!(
-        !r.stderr
-            .contains(&format!("the script downloaded {tar_url}")),
-        "a pinned URL is served, not refused:\n{}",
-        r.stderr
-    );
 }

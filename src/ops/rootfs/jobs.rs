@@ -163,6 +163,23 @@ fn failure_message(
     error
 }
 
+/// The downloads the proxy served this build that its own recipe does not pin: the proxy
+/// serves every pin of the run, but only the recipe's own are in the build's key.
+fn served_unpinned<E>(ctx: &JobCtx<E>, job: &RootfsJob) -> Vec<Refused> {
+    use crate::core::urlsource::normalized;
+    let own: std::collections::BTreeSet<String> = job
+        .facts
+        .iter()
+        .filter(|(k, _)| k.starts_with("url-source."))
+        .filter_map(|(_, fact)| fact.rsplit_once(' ').map(|(url, _)| normalized(url)))
+        .collect();
+    crate::pinserve::read_served(&ctx.apt_served, job.key.hex())
+        .into_iter()
+        .filter(|url| !own.contains(&normalized(url)))
+        .map(Refused::Url)
+        .collect()
+}
+
 /// What a build's log shows it fetched without a pin.
 #[derive(Debug, PartialEq, Eq)]
 enum Unpinned {
@@ -253,7 +270,8 @@ async fn run_job<E: Engine>(
     // A script that fetched what no pin covers failed that fetch: the build fails too, even
     // when the script went on (KernelCI's scripts do not all `set -e`).
     let mut unpinned = unpinned_fetches(&log_path);
-    let refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
+    let mut refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
+    refused.extend(served_unpinned(ctx, job));
     if !refused.is_empty() {
         // The proxy's record names each URL; the tools' words for the same refusals go.
         unpinned.retain(|u| !matches!(u, Unpinned::Download(_)));
