@@ -42,23 +42,7 @@ pub fn run(cli: &Cli, env: &Env, lockfile_given: bool, printer: &Printer) -> Exi
 
 fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Plan {
-            targets,
-            json,
-            engines,
-            cold,
-            rootfs,
-        } => {
-            let opts = ops::plan::PlanOptions {
-                targets: targets.clone(),
-                json: *json,
-                engines: *engines,
-                cold: *cold,
-                rootfs: rootfs.clone(),
-            };
-            // `--json` changes the plan's own text: it is data either way.
-            finish(ctx, ops::plan::run(ctx, &opts), false)
-        }
+        Command::Plan { .. } => plan(ctx, cli),
         Command::Why {
             target,
             recipes,
@@ -197,6 +181,29 @@ fn store(ctx: &Context, action: &StoreAction) -> anyhow::Result<()> {
     let StoreAction::Verify { repair, json } = action;
     let opts = ops::store::VerifyOptions { repair: *repair };
     finish(ctx, ops::store::verify(ctx, &opts), *json)
+}
+
+/// `kci-build plan`: the graph, or with `--engines N` the schedule of a build.
+fn plan(ctx: &Context, cli: &Cli) -> anyhow::Result<()> {
+    let Command::Plan {
+        targets,
+        json,
+        engines,
+        cold,
+        rootfs,
+    } = &cli.command
+    else {
+        unreachable!("dispatched on Command::Plan")
+    };
+    let opts = ops::plan::PlanOptions {
+        targets: targets.clone(),
+        json: *json,
+        engines: *engines,
+        cold: *cold,
+        rootfs: rootfs.clone(),
+    };
+    // `--json` changes the plan's own text: it is data either way.
+    finish(ctx, ops::plan::run(ctx, &opts), false)
 }
 
 /// `kci-build apt-proxy` (hidden): serves until nothing holds it, under the store's shared lock.

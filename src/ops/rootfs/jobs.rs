@@ -163,6 +163,23 @@ fn failure_message(
     error
 }
 
+/// Every fetch of a finished build that no pin of its recipe covers: what its log shows, and
+/// what the proxy refused it or served it from another recipe's pins.
+fn unpinned_of<E>(ctx: &JobCtx<E>, job: &RootfsJob, log_path: &Path) -> Vec<Unpinned> {
+    let mut unpinned = unpinned_fetches(log_path);
+    let mut refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
+    refused.extend(served_unpinned(ctx, job));
+    if !refused.is_empty() {
+        // The proxy's record names each URL; the tools' words for the same refusals go.
+        unpinned.retain(|u| !matches!(u, Unpinned::Download(_)));
+        unpinned.extend(refused.into_iter().map(|r| match r {
+            Refused::Url(url) => Unpinned::Url(url),
+            Refused::Host(origin) => Unpinned::Host(origin),
+        }));
+    }
+    unpinned
+}
+
 /// The downloads the proxy served this build that its own recipe does not pin: the proxy
 /// serves every pin of the run, but only the recipe's own are in the build's key.
 fn served_unpinned<E>(ctx: &JobCtx<E>, job: &RootfsJob) -> Vec<Refused> {
@@ -269,17 +286,7 @@ async fn run_job<E: Engine>(
     .map_err(|e| fail(e.to_string()))?;
     // A script that fetched what no pin covers failed that fetch: the build fails too, even
     // when the script went on (KernelCI's scripts do not all `set -e`).
-    let mut unpinned = unpinned_fetches(&log_path);
-    let mut refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
-    refused.extend(served_unpinned(ctx, job));
-    if !refused.is_empty() {
-        // The proxy's record names each URL; the tools' words for the same refusals go.
-        unpinned.retain(|u| !matches!(u, Unpinned::Download(_)));
-        unpinned.extend(refused.into_iter().map(|r| match r {
-            Refused::Url(url) => Unpinned::Url(url),
-            Refused::Host(origin) => Unpinned::Host(origin),
-        }));
-    }
+    let unpinned = unpinned_of(ctx, job, &log_path);
     if code != 0 || !unpinned.is_empty() {
         if let Some(b) = &bar {
             b.finish_and_clear();

@@ -163,31 +163,11 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     let storage = open_storage(opts.storage.as_ref(), ws.env.storage_token.as_ref())?;
     let mut c = classify::classify(&store_dir(ws), &prepared, storage.as_ref(), printer).await?;
     if !c.todo.is_empty() {
-        // Every container's apt goes through the cache (host network: a loopback proxy), in
-        // a process of its own that outlives this one as long as a container needs it.
-        let proxy_pins = aptproxy::ProxyPins {
+        let pins = aptproxy::ProxyPins {
             apt: pins_of(&pins),
             downloads: urlsource::served(&url_pins),
         };
-        let proxy = aptproxy::lease(&ws.store, &proxy_pins, printer).await?;
-        for t in &mut c.todo {
-            t.env
-                .push(format!("http_proxy={}", proxy.url_for(t.job.key.hex())));
-        }
-        let engine = DockerEngine::connect(&ws.env.engine).await?;
-        build::ensure_loaded(&engine, &ws.store, &builder_image).await?;
-        let ctx = jobs::JobCtx {
-            engine,
-            image_id: builder_image.config.as_str().to_owned(),
-            store_root: store_dir(ws),
-            recipes: opts.recipes.clone(),
-            logs: ws.store.logs_dir(),
-            apt_served: ws.store.apt_served_dir(),
-            printer: printer.clone(),
-            packing: Arc::new(opts.packing.resolve()),
-            store: ws.store.clone(),
-        };
-        jobs::run_all(ctx, c.todo, opts.jobs, &mut c.outcomes, &mut c.made).await?;
+        build_all(ws, opts, &builder_image, &pins, &mut c, printer).await?;
     }
     if opts.resume && !c.outcomes.iter().any(|o| o.action == RootfsAction::Resumed) {
         printer.warn("--resume: no container of an earlier run was left to pick up");
@@ -227,6 +207,39 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         upload_skipped: published.skipped,
         lockfile_changed: written == Written::Written,
     })
+}
+
+/// Runs every build `c` has to do, each through the leased proxy (its apt and downloads go
+/// through the cache: host network, a loopback proxy in a process of its own that outlives
+/// this one as long as a container needs it).
+async fn build_all(
+    ws: &Workspace,
+    opts: &RootfsOptions,
+    builder_image: &crate::store::StoredImage,
+    pins: &aptproxy::ProxyPins,
+    c: &mut classify::Classified,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let proxy = aptproxy::lease(&ws.store, pins, printer).await?;
+    for t in &mut c.todo {
+        t.env
+            .push(format!("http_proxy={}", proxy.url_for(t.job.key.hex())));
+    }
+    let engine = DockerEngine::connect(&ws.env.engine).await?;
+    build::ensure_loaded(&engine, &ws.store, builder_image).await?;
+    let ctx = jobs::JobCtx {
+        engine,
+        image_id: builder_image.config.as_str().to_owned(),
+        store_root: store_dir(ws),
+        recipes: opts.recipes.clone(),
+        logs: ws.store.logs_dir(),
+        apt_served: ws.store.apt_served_dir(),
+        printer: printer.clone(),
+        packing: Arc::new(opts.packing.resolve()),
+        store: ws.store.clone(),
+    };
+    let todo = std::mem::take(&mut c.todo);
+    jobs::run_all(ctx, todo, opts.jobs, &mut c.outcomes, &mut c.made).await
 }
 
 /// The pins of the git sources and downloads a run's recipes name.
