@@ -112,7 +112,7 @@ pub enum Command {
     Build {
         /// Targets to build (with their parents); all when none are given.
         targets: Vec<TargetName>,
-        /// How many targets to build at once.
+        /// How many targets to build at once (on each engine of --engines).
         #[arg(short, long, default_value_t = 2)]
         jobs: usize,
         /// Refuse to change the lockfile: any difference is an error that says what changed.
@@ -128,6 +128,19 @@ pub enum Command {
         /// Push every selected target after building it.
         #[arg(long, requires = "registry")]
         push: bool,
+        /// Build on these engines, --jobs at once on each: Docker context names (`docker
+        /// context create arm-box --docker host=unix:///run/arm.sock`), `default` (the engine
+        /// DOCKER_HOST names) or addresses (`unix://…`, `tcp://…`). A target goes to an engine
+        /// of its platform when one is named (an arm64 target to an arm64 engine), else to any;
+        /// parents reach each engine from the store; an engine that stops answering has its
+        /// builds moved to the others.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "default",
+            env = "KCI_ENGINES"
+        )]
+        engines: Vec<String>,
     },
     /// What changed between two lockfiles (files or git revisions): targets, digests, inputs
     /// and Debian packages (added, removed, upgraded, downgraded).

@@ -49,6 +49,9 @@ pub struct BuildOptions {
     pub registry: Option<String>,
     /// Push every selected target to `registry` after the build.
     pub push: bool,
+    /// The engines to build on (`default`, Docker contexts, addresses), `jobs` builds at
+    /// once on each: `["default"]` unless `--engines` says otherwise.
+    pub engines: Vec<String>,
 }
 
 /// What a build does with the lockfile.
@@ -81,6 +84,9 @@ pub struct Outcome {
     pub manifest: String,
     pub action: TargetAction,
     pub seconds: f64,
+    /// The engine that built it (`--engines` name; `default` without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,10 +142,17 @@ pub async fn run_in(
         .as_deref()
         .map(|r| Registry::new(r, &ws.env.registry))
         .transpose()?;
+    let engines = crate::engine::contexts::resolve(
+        &opts.engines,
+        ws.env.registry.docker_config.as_deref(),
+        &ws.env.engine,
+    )?;
     let maker = EngineMaker::docker(
-        ws.env.engine.clone(),
+        engines,
+        opts.jobs,
         registry.clone(),
         ws.settings.prefix.clone(),
+        printer.clone(),
     );
     let started = Instant::now();
     let scheduled = schedule(ws, store, opts, printer, maker).await?;
@@ -282,7 +295,9 @@ pub(crate) fn human_secs(s: f64) -> String {
     }
 }
 
-/// One target to build, with everything it needs owned.
+/// One target to build, with everything it needs owned (cloned when an engine of the pool
+/// fails and the build moves to another).
+#[derive(Clone)]
 pub struct Job {
     recipe: TargetRecipe,
     key: Digest,

@@ -334,6 +334,7 @@ fn build_options(command: &Command, verbose: bool) -> ops::build::BuildOptions {
         locked,
         registry,
         push,
+        engines,
         json: _,
     } = command
     else {
@@ -350,6 +351,7 @@ fn build_options(command: &Command, verbose: bool) -> ops::build::BuildOptions {
         verbose,
         registry: registry.clone(),
         push: *push,
+        engines: engines.clone(),
     }
 }
 

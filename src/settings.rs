@@ -165,7 +165,7 @@ impl Env {
 }
 
 /// Where the container engine is and how long a request may wait.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineSettings {
     /// `DOCKER_HOST`: `unix://…`, `tcp://…` or `http://…`; `None`: the local socket.
     pub host: Option<String>,

@@ -78,6 +78,22 @@ impl DockerEngine {
 }
 
 impl Engine for DockerEngine {
+    async fn arch(&self) -> Result<String, DaemonError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(api("asking the engine its platform"))?;
+        Ok(super::pool::oci_arch(
+            info.architecture.as_deref().unwrap_or("x86_64"),
+        ))
+    }
+
+    async fn ping(&self) -> Result<(), DaemonError> {
+        self.docker.ping().await.map_err(api("ping"))?;
+        Ok(())
+    }
+
     async fn has_image(&self, id: &str) -> Result<bool, DaemonError> {
         match self.docker.inspect_image(id).await {
             Ok(_) => Ok(true),

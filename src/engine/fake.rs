@@ -70,6 +70,10 @@ pub struct FakeEngine {
     pub peak: Arc<AtomicUsize>,
     /// Image names in the order their builds started.
     pub builds: Arc<Mutex<Vec<String>>>,
+    /// The engine is gone: pings and every build from now on fail as a stopped daemon's do.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// Its CPU (`amd64` when empty).
+    pub arch: Arc<Mutex<String>>,
 }
 
 impl FakeEngine {
@@ -201,11 +205,31 @@ fn invalid(what: impl Into<String>) -> DaemonError {
 }
 
 impl Engine for FakeEngine {
+    async fn arch(&self) -> Result<String, DaemonError> {
+        let arch = self.arch.lock().unwrap().clone();
+        Ok(if arch.is_empty() {
+            "amd64".into()
+        } else {
+            arch
+        })
+    }
+
+    async fn ping(&self) -> Result<(), DaemonError> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(DaemonError::Unreachable(EnvironmentError {
+                message: "cannot reach the Docker daemon: connection refused".into(),
+                hint: "start it".into(),
+            })),
+            false => Ok(()),
+        }
+    }
+
     async fn has_image(&self, id: &str) -> Result<bool, DaemonError> {
         Ok(self.resolve(id).is_some())
     }
 
     async fn load(&self, archive: &Path) -> Result<(), DaemonError> {
+        self.call("load", &archive.display().to_string());
         let bytes = std::fs::read(archive).map_err(|source| DaemonError::Io {
             context: format!("reading {}", archive.display()),
             source,
@@ -260,7 +284,7 @@ impl Engine for FakeEngine {
         let time = *self.build_time.lock().unwrap();
         tokio::time::sleep(time).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        if self.unreachable.lock().unwrap().contains(&name) {
+        if self.unreachable.lock().unwrap().contains(&name) || self.down.load(Ordering::SeqCst) {
             return Err(DaemonError::Unreachable(EnvironmentError {
                 message: "cannot reach the Docker daemon: connection refused".into(),
                 hint: "start it".into(),

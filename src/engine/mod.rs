@@ -7,6 +7,7 @@
 //! CLI); the integration tests run it against the real daemon. [`fake`] is an in-memory
 //! engine for unit tests of the image scheduler and the rootfs job runner: its builds make
 //! real `docker save` archives, so everything above the seam runs as it does on Docker.
+//! [`pool`] spreads builds over several engines, named as Docker [`contexts`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,9 +18,11 @@ use futures_util::stream::BoxStream;
 
 use crate::error::{EnvironmentError, Fault};
 
+pub mod contexts;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod pool;
 
 pub use docker::DockerEngine;
 
@@ -97,6 +100,11 @@ pub struct ContainerSpec {
 
 /// What kci-build needs of a container engine.
 pub trait Engine: Clone + Send + Sync + 'static {
+    /// The engine's CPU, as OCI names architectures (`amd64`, `arm64`…).
+    fn arch(&self) -> impl Future<Output = Result<String, DaemonError>> + Send;
+    /// Whether the engine still answers (a pool retires one that does not).
+    fn ping(&self) -> impl Future<Output = Result<(), DaemonError>> + Send;
+
     // Images: the image build loop.
     fn has_image(&self, id: &str) -> impl Future<Output = Result<bool, DaemonError>> + Send;
     /// Loads a `docker load` archive from a file.

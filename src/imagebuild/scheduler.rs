@@ -18,68 +18,188 @@ use crate::core::names::{Digest, Platform, TargetName};
 use crate::core::plan::key_inputs;
 use crate::core::recipe::{TargetKind, TargetRecipe};
 use crate::core::schedule::{self, Next, Progress};
+use crate::engine::contexts::NamedEngine;
+use crate::engine::pool::{Member, Pool};
 use crate::engine::{DockerEngine, Engine};
 use crate::image;
 use crate::printer::Printer;
 use crate::registry::Registry;
-use crate::settings::EngineSettings;
 use crate::store::{Store, StoredImage};
 use crate::workspace::Workspace;
 
 /// How a target that is neither stored nor an index gets made: pulled from the registry
-/// cache (with `--registry`), else built by the engine, connected on first use (a build
-/// whose targets are all stored or cached never needs Docker). The unit tests give it the
-/// in-memory engine.
+/// cache (with `--registry`), else built on an engine of the pool (`--engines`; the one
+/// `DOCKER_HOST` names by default), connected on first use (a build whose targets are all
+/// stored or cached never needs Docker). An engine that stops answering mid-build is
+/// retired and the build goes to another. The unit tests give it in-memory engines.
 #[derive(Clone)]
 pub(super) struct EngineMaker<E> {
-    engine: Arc<OnceCell<E>>,
-    connect: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<E>> + Send + Sync>,
+    pool: Arc<OnceCell<Arc<Pool<E>>>>,
+    connect: Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Pool<E>>> + Send + Sync>,
+    /// How many engines were named (the scheduler runs `--jobs` builds on each).
+    engines: usize,
     registry: Option<Registry>,
     prefix: String,
+    printer: Printer,
 }
 
 impl EngineMaker<DockerEngine> {
-    pub fn docker(settings: EngineSettings, registry: Option<Registry>, prefix: String) -> Self {
+    /// The engines of `engines` (resolved `--engines`), `slots` builds at once on each.
+    pub fn docker(
+        engines: Vec<NamedEngine>,
+        slots: usize,
+        registry: Option<Registry>,
+        prefix: String,
+        printer: Printer,
+    ) -> Self {
+        let count = engines.len();
+        let warn = printer.clone();
         EngineMaker {
-            engine: Arc::new(OnceCell::new()),
+            pool: Arc::new(OnceCell::new()),
             connect: Arc::new(move || {
-                let settings = settings.clone();
-                Box::pin(async move { Ok(DockerEngine::connect(&settings).await?) })
+                let engines = engines.clone();
+                let printer = warn.clone();
+                Box::pin(async move { connect_pool(engines, slots, &printer).await })
             }),
+            engines: count,
             registry,
             prefix,
+            printer,
         }
     }
 }
 
+/// Connects every engine of the pool at once; one that cannot be reached is left out with a
+/// warning when others can (all unreachable: the first one's error).
+async fn connect_pool(
+    engines: Vec<NamedEngine>,
+    slots: usize,
+    printer: &Printer,
+) -> anyhow::Result<Pool<DockerEngine>> {
+    let connected = futures_util::future::join_all(engines.iter().map(|e| async move {
+        let engine = DockerEngine::connect(&e.settings).await?;
+        let arch = engine.arch().await?;
+        anyhow::Ok(Member {
+            name: e.name.clone(),
+            engine,
+            arch,
+        })
+    }))
+    .await;
+    let mut members = Vec::new();
+    let mut first_error = None;
+    for (named, result) in engines.iter().zip(connected) {
+        match result {
+            Ok(m) => members.push(m),
+            Err(e) if engines.len() > 1 => {
+                printer.warn(format!(
+                    "engine `{}` left out: {}",
+                    named.name,
+                    crate::error::Rendered(&e)
+                ));
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if members.is_empty() {
+        return Err(first_error.expect("engines were named"));
+    }
+    if members.len() > 1 {
+        let list: Vec<String> = members
+            .iter()
+            .map(|m| format!("{} ({})", m.name, m.arch))
+            .collect();
+        printer.status(
+            "Engines",
+            format!("{}, {slots} builds each", list.join(", ")),
+        );
+    }
+    Ok(Pool::new(members, slots))
+}
+
 impl<E: Engine> EngineMaker<E> {
-    /// A maker over an engine already at hand (the unit tests' fake).
+    /// A maker over engines already at hand (the unit tests' fakes): `(name, engine)`,
+    /// architecture from the engine, `slots` builds at once on each.
     #[cfg(test)]
-    pub fn with(engine: E, prefix: String) -> Self {
+    pub async fn with_engines(engines: Vec<(&str, E)>, slots: usize, prefix: String) -> Self {
+        let mut members = Vec::new();
+        for (name, engine) in engines {
+            let arch = engine.arch().await.expect("fake arch");
+            members.push(Member {
+                name: name.into(),
+                engine,
+                arch,
+            });
+        }
+        let count = members.len();
         EngineMaker {
-            engine: Arc::new(OnceCell::new_with(Some(engine))),
-            connect: Arc::new(|| Box::pin(async { anyhow::bail!("the engine was given") })),
+            pool: Arc::new(OnceCell::new_with(Some(Arc::new(Pool::new(
+                members, slots,
+            ))))),
+            connect: Arc::new(|| Box::pin(async { anyhow::bail!("the engines were given") })),
+            engines: count,
             registry: None,
             prefix,
+            printer: Printer::new(crate::printer::ColorChoice::Never, true),
+        }
+    }
+
+    /// How many builds may run at once: `jobs` on each engine named.
+    pub fn capacity(&self, jobs: usize) -> usize {
+        jobs.max(1) * self.engines.max(1)
+    }
+
+    /// Makes `job`'s image; returns it, how it was made, and the engine that built it.
+    pub async fn make(&self, job: Job) -> anyhow::Result<Made> {
+        let name = job.recipe.name.clone();
+        if let Some(reg) = &self.registry {
+            if let Some(img) = push::fetch(reg, &job.store, &self.prefix, &name, &job.key).await? {
+                return Ok((img, TargetAction::Pulled, None));
+            }
+        }
+        let pool = self
+            .pool
+            .get_or_try_init(|| async { (self.connect)().await.map(Arc::new) })
+            .await?
+            .clone();
+        let want = job.recipe.platform.architecture.clone();
+        loop {
+            let lease = pool.lease(&want).await?;
+            let member = lease.member().clone();
+            match job.clone().run(&member.engine).await {
+                Ok(img) => return Ok((img, TargetAction::Built, Some(member.name))),
+                Err(e)
+                    if pool.len() > 1
+                        && engine_fault(&e)
+                        && member.engine.ping().await.is_err() =>
+                {
+                    let why = crate::error::Rendered(&e).to_string();
+                    let why = why.lines().next().unwrap_or_default().to_owned();
+                    tracing::warn!(engine = %member.name, target = %name, error = %why, "engine retired");
+                    lease.retire(why);
+                    self.printer.line(
+                        crate::printer::Tone::Bad,
+                        "Moving",
+                        format!(
+                            "{name}: engine `{}` stopped answering; building on the others",
+                            member.name
+                        ),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
 
-impl<E: Engine> EngineMaker<E> {
-    pub async fn make(&self, job: Job) -> anyhow::Result<(StoredImage, TargetAction)> {
-        let name = &job.recipe.name;
-        if let Some(reg) = &self.registry {
-            if let Some(img) = push::fetch(reg, &job.store, &self.prefix, name, &job.key).await? {
-                return Ok((img, TargetAction::Pulled));
-            }
-        }
-        let engine = self
-            .engine
-            .get_or_try_init(|| (self.connect)())
-            .await?
-            .clone();
-        job.run(&engine).await.map(|img| (img, TargetAction::Built))
-    }
+/// A made image, how it was made, and the engine that built it (none when pulled).
+pub(super) type Made = (StoredImage, TargetAction, Option<String>);
+
+/// Whether `e` is the machine's fault (an engine that fails this way and then does not
+/// answer a ping is gone).
+fn engine_fault(e: &anyhow::Error) -> bool {
+    crate::exit::exit_code(e) == crate::error::ExitCode::Environment
 }
 
 /// What the scheduler ends with.
@@ -166,12 +286,7 @@ pub(super) struct Scheduler<'w, E> {
 
 /// What a build task hands back: the target, its key inputs, the image and how it was
 /// made, and the seconds it took.
-pub(super) type TaskResult = (
-    TargetName,
-    KeyInputs,
-    anyhow::Result<(StoredImage, TargetAction)>,
-    f64,
-);
+pub(super) type TaskResult = (TargetName, KeyInputs, anyhow::Result<Made>, f64);
 
 impl<E: Engine> Scheduler<'_, E> {
     pub async fn run(mut self) -> anyhow::Result<Scheduled> {
@@ -233,15 +348,15 @@ impl<E: Engine> Scheduler<'_, E> {
                 self.printer
                     .status("Fresh", format!("{} ({})", t.name, key.short()));
             }
-            self.succeed(t.name.clone(), inputs, img, TargetAction::Cached, 0.0);
+            self.succeed(t.name.clone(), inputs, img, TargetAction::Cached, 0.0, None);
             return Ok(true);
         }
         if let TargetKind::Index { members } = &t.kind {
             let img = self.write_index(t, &key, members)?;
-            self.succeed(t.name.clone(), inputs, img, TargetAction::Built, 0.0);
+            self.succeed(t.name.clone(), inputs, img, TargetAction::Built, 0.0, None);
             return Ok(true);
         }
-        if self.running.len() < self.opts.jobs.max(1) {
+        if self.running.len() < self.maker.capacity(self.opts.jobs) {
             self.spawn(t, key, inputs);
         }
         Ok(false)
@@ -317,23 +432,29 @@ impl<E: Engine> Scheduler<'_, E> {
         &mut self,
         name: TargetName,
         inputs: KeyInputs,
-        result: anyhow::Result<(StoredImage, TargetAction)>,
+        result: anyhow::Result<Made>,
         secs: f64,
     ) -> anyhow::Result<()> {
         match result {
-            Ok((img, action)) => {
+            Ok((img, action, engine)) => {
                 let verb = if action == TargetAction::Pulled {
                     "Pulled"
                 } else {
                     "Built"
                 };
                 let took = human_secs(secs);
-                self.printer
-                    .status(verb, format!("{name} → {} in {took}", img.manifest.short()));
+                let on = match (&engine, self.maker.capacity(1) > 1) {
+                    (Some(e), true) => format!(" on {e}"),
+                    _ => String::new(),
+                };
+                self.printer.status(
+                    verb,
+                    format!("{name} → {} in {took}{on}", img.manifest.short()),
+                );
                 if action == TargetAction::Built {
                     self.store.record_duration(&format!("image:{name}"), secs);
                 }
-                self.succeed(name, inputs, img, action, secs);
+                self.succeed(name, inputs, img, action, secs, engine);
             }
             // The environment failing is not one target's problem: stop here.
             Err(e) if crate::exit::exit_code(&e) == crate::error::ExitCode::Environment => {
@@ -359,6 +480,7 @@ impl<E: Engine> Scheduler<'_, E> {
         img: StoredImage,
         action: TargetAction,
         seconds: f64,
+        engine: Option<String>,
     ) {
         self.progress.started.insert(name.clone());
         self.progress.done.insert(name.clone());
@@ -368,6 +490,7 @@ impl<E: Engine> Scheduler<'_, E> {
             manifest: img.manifest.to_string(),
             action,
             seconds,
+            engine,
         });
         self.out.done.insert(name, (inputs, img));
     }

@@ -2,7 +2,7 @@
 //! environment fault stopping the run — without Docker, but through the real build path
 //! (context tar, `docker save` archive, canonical layers, parents loaded by archive).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -63,23 +63,126 @@ fn opts(jobs: usize) -> BuildOptions {
         verbose: false,
         registry: None,
         push: false,
+        engines: vec!["default".into()],
     }
 }
 
 fn run(ws: &Workspace, jobs: usize, fake: &FakeEngine) -> anyhow::Result<Scheduled> {
+    run_on(ws, jobs, vec![("default", fake.clone())])
+}
+
+/// Builds `ws` on a pool of fakes, `jobs` builds at once on each.
+fn run_on(
+    ws: &Workspace,
+    jobs: usize,
+    engines: Vec<(&str, FakeEngine)>,
+) -> anyhow::Result<Scheduled> {
     let store = Store::open(&ws.paths.store).unwrap();
     let printer = Printer::new(ColorChoice::Never, true);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(schedule(
-            ws,
-            &store,
-            &opts(jobs),
-            &printer,
-            EngineMaker::with(fake.clone(), ws.settings.prefix.clone()),
-        ))
+        .block_on(async {
+            let prefix = ws.settings.prefix.clone();
+            let maker = EngineMaker::with_engines(engines, jobs, prefix).await;
+            schedule(ws, &store, &opts(jobs), &printer, maker).await
+        })
+}
+
+fn engines_of(out: &Scheduled) -> BTreeMap<String, String> {
+    out.outcomes
+        .iter()
+        .map(|o| (o.name.clone(), o.engine.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn a_pool_runs_jobs_on_each_engine_and_gives_the_same_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = tree(dir.path());
+    let (a, b) = (engine(200), engine(200));
+    let out = run_on(&ws, 1, vec![("a", a.clone()), ("b", b.clone())]).unwrap();
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    let on = engines_of(&out);
+    assert!(
+        on.values().any(|e| e == "a") && on.values().any(|e| e == "b"),
+        "both engines build: {on:?}"
+    );
+    // One build at a time on each engine, two in all.
+    assert_eq!(a.peak.load(Ordering::SeqCst), 1);
+    assert_eq!(b.peak.load(Ordering::SeqCst), 1);
+    // A child built on the other engine than its parent got the parent by `docker load`.
+    let loaded = |e: &FakeEngine| e.calls().iter().filter(|c| c.starts_with("load")).count();
+    assert!(loaded(&a) + loaded(&b) > 0, "{on:?}");
+
+    // The same manifests as one engine makes, in a fresh store.
+    let dir1 = tempfile::tempdir().unwrap();
+    let one = run(&tree(dir1.path()), 2, &engine(0)).unwrap();
+    let manifests = |s: &Scheduled| -> BTreeMap<String, String> {
+        s.outcomes
+            .iter()
+            .map(|o| (o.name.clone(), o.manifest.clone()))
+            .collect()
+    };
+    assert_eq!(manifests(&out), manifests(&one));
+}
+
+#[test]
+fn an_arm64_target_goes_to_the_arm64_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = tree(dir.path());
+    std::fs::write(
+        dir.path().join("images/rust/image.toml"),
+        "[[target]]\nname = \"rust\"\nparent = \"base\"\nplatform = \"linux/arm64\"\n",
+    )
+    .unwrap();
+    let ws = Workspace::load(&ws.paths, &Default::default()).unwrap();
+    let (x86, arm) = (engine(50), engine(50));
+    *arm.arch.lock().unwrap() = "arm64".into();
+    let out = run_on(&ws, 2, vec![("x86", x86), ("arm", arm)]).unwrap();
+    let on = engines_of(&out);
+    assert_eq!(on["rust"], "arm", "{on:?}");
+    assert!(
+        ["base", "gcc", "clang", "kselftest"]
+            .iter()
+            .all(|t| on[*t] == "x86"),
+        "amd64 targets stay on the amd64 engine: {on:?}"
+    );
+}
+
+#[test]
+fn an_engine_that_stops_answering_has_its_builds_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = tree(dir.path());
+    let (a, b) = (engine(100), engine(100));
+    // `b` dies as soon as its first build starts: that build and everything after goes to `a`.
+    b.down.store(true, Ordering::SeqCst);
+    let out = run_on(&ws, 1, vec![("a", a.clone()), ("b", b.clone())]).unwrap();
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    assert_eq!(out.done.len(), 5);
+    let on = engines_of(&out);
+    assert!(on.values().all(|e| e == "a"), "{on:?}");
+    assert!(
+        !b.builds.lock().unwrap().is_empty(),
+        "b was tried before it was retired"
+    );
+
+    // Every engine gone: the run stops with exit 2, naming each.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = tree(dir.path());
+    let (a, b) = (engine(10), engine(10));
+    a.down.store(true, Ordering::SeqCst);
+    b.down.store(true, Ordering::SeqCst);
+    let err = run_on(&ws, 1, vec![("a", a), ("b", b)])
+        .err()
+        .expect("stops");
+    assert_eq!(
+        crate::exit::exit_code(&err),
+        crate::error::ExitCode::Environment
+    );
+    let text = format!("{err:#}");
+    assert!(text.contains("no engine of the pool is left"), "{text}");
 }
 
 fn position(order: &[String], name: &str) -> usize {

@@ -95,6 +95,7 @@ async fn rebuild_and_compare(
         verbose,
         registry: None,
         push: false,
+        engines: vec!["default".into()],
     };
     let report = build::run_in(ws, &scratch, &opts, printer).await?;
     // A target that could not be rebuilt is not reproduced (the summary said why).

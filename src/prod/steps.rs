@@ -368,6 +368,7 @@ async fn docker(p: &mut Procedure<'_>) -> anyhow::Result<Facts> {
         verbose: p.verbose,
         registry: Some(registry.clone()),
         push: true,
+        engines: vec!["default".into()],
     };
     let report = crate::imagebuild::build(&mut ws, &opts, p.printer).await?;
     drop(lock);

@@ -310,6 +310,7 @@ async fn build_builder(
         },
         verbose: ctx.verbose,
         registry: None,
+        engines: vec!["default".into()],
         push: false,
     };
     let report = build::build(ws, &build_opts, &ctx.printer).await?;
