@@ -212,6 +212,12 @@ pub enum Command {
         /// The storage API's path prefix [default: images/rootfs/debian].
         #[arg(long)]
         storage_prefix: Option<String>,
+        /// The OCI registry (`host[:port]` or URL) every machine shares results through, the
+        /// Nix substituter way: each (config, arch) is looked up there by key before it is
+        /// built (`pulled`, every file checked against its sha256) and pushed when missing,
+        /// as an OCI artifact `<prefix>rootfs-<config>:<arch>-<key>`; the builder image too.
+        #[arg(long, env = "KCI_REGISTRY")]
+        registry: Option<String>,
         /// Memory, in MiB, the xz encoders of a run may take at once: each encoder gets
         /// as many threads as fit (165 MiB each at preset 6, 80 at preset 1, by liblzma's
         /// account) and free cores allow, and waits while none fits. The default keeps a

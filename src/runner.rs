@@ -392,6 +392,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
         storage,
         public_url,
         storage_prefix,
+        registry,
         xz_memory,
         stall_timeout,
         json: _,
@@ -413,6 +414,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
             public_url: public_url.clone(),
             prefix: storage_prefix.clone(),
         }),
+        registry: registry.clone(),
         packing: PackSettings {
             xz_memory: xz_memory << 20,
             transfer: Transfer {

@@ -220,6 +220,61 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     assert_eq!(again["lockfile_changed"], false);
     eprintln!("cached rerun: {cached_secs:.2}s");
 
+    // 2b. The registry as the cache machines share: this store's results go up (each
+    // (config, arch) as an artifact addressed by its key, the builder image by key); a
+    // machine with an empty store pulls them, every file checked, and builds nothing.
+    let registry = registry::Registry::start(registry::Auth::None);
+    let addr = registry.addr();
+    let shared = rootfs(&ws, &["--registry", &addr]).ok();
+    let shared_report = shared.json();
+    assert_eq!(shared_report["pushed"], 2, "{}", shared.stderr);
+    assert_eq!(actions_of(&shared_report), actions_of(&again));
+    let tags = sh(&format!(
+        "curl -sf http://{addr}/v2/kernelci/rootfs-tiny/tags/list"
+    ));
+    for b in first_report["builds"].as_array().unwrap() {
+        let key = b["key"].as_str().unwrap().strip_prefix("sha256:").unwrap();
+        let tag = format!("{}-{key}", b["arch"].as_str().unwrap());
+        assert!(tags.contains(&tag), "{tag} not in {tags}");
+    }
+    let twice = rootfs(&ws, &["--registry", &addr]).ok().json();
+    assert_eq!(twice["pushed"], 0, "the registry has them already");
+    let other_store = tempfile::tempdir().unwrap();
+    let since = next_second();
+    let pulled = ws
+        .kci_env(
+            &[
+                "--images",
+                IMAGES,
+                "rootfs",
+                "tiny",
+                "--json",
+                "--registry",
+                &addr,
+            ],
+            &[("KCI_BUILD_STORE", other_store.path().to_str().unwrap())],
+        )
+        .ok();
+    let pulled_report = pulled.json();
+    assert_eq!(
+        actions_of(&pulled_report),
+        BTreeMap::from([
+            ("amd64".to_owned(), "pulled".to_owned()),
+            ("arm64".to_owned(), "pulled".to_owned())
+        ]),
+        "{}",
+        pulled.stderr
+    );
+    assert_eq!(rootfs_sums(&pulled_report), first_sums);
+    assert_eq!(pulled_report["lockfile_changed"], false);
+    assert_eq!(
+        containers_created_since(since),
+        0,
+        "a machine that finds everything in the registry runs no build: {}",
+        pulled.stderr
+    );
+    drop(registry);
+
     // 3. An empty rootfs store, but the files are on the storage: nothing is rebuilt.
     std::fs::remove_dir_all(ws.store().join("rootfs")).unwrap();
     let remote = rootfs(&ws, &["--storage", &storage_arg, "--public-url", public]).ok();

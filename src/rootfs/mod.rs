@@ -12,6 +12,7 @@ pub mod binfmt;
 pub mod builder;
 pub mod collect;
 pub mod inputs;
+pub mod oci;
 pub mod pack;
 pub mod plan;
 pub mod recipes;

@@ -1,5 +1,6 @@
 //! Stage "classify": for every selected (config, arch), is it made already — in the store
-//! (`cached`) or on the storage (`on-storage`) — or left to build?
+//! (`cached`), in the registry (`pulled` into the store, with `--registry`) or on the
+//! storage (`on-storage`) — or left to build?
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,8 @@ use super::report::{RootfsAction, RootfsOutcome};
 use super::{ARTIFACTS, MANIFEST};
 use crate::core::rootfs_lock::RootfsManifest;
 use crate::printer::Printer;
+use crate::registry::Registry;
+use crate::rootfs::oci::{self, Pulled};
 use crate::rootfs::plan::RootfsJob;
 use crate::rootfs::recipes::read_manifest;
 use crate::storage::Storage;
@@ -35,10 +38,14 @@ pub(super) struct Classified {
     pub made: BTreeMap<(String, String), Made>,
 }
 
+/// The registry a run shares its results through, and the repository prefix.
+pub(super) type SharedCache<'a> = Option<(&'a Registry, &'a str)>;
+
 /// `store_dir` is the store's rootfs directory (`<store>/rootfs`, a directory per key).
 pub(super) async fn classify(
     store_dir: &Path,
     prepared: &[Prepared],
+    registry: SharedCache<'_>,
     storage: Option<&Storage>,
     printer: &Printer,
 ) -> anyhow::Result<Classified> {
@@ -49,15 +56,18 @@ pub(super) async fn classify(
     };
     for p in prepared {
         for job in p.selected_jobs() {
-            let found = match read_manifest(&store_dir.join(job.key.hex())) {
-                Some(m) => Some((m, RootfsAction::Cached)),
-                None => match storage {
-                    Some(s) => stored_remotely(s, &p.dir(), job, printer)
-                        .await?
-                        .map(|m| (m, RootfsAction::OnStorage)),
-                    None => None,
-                },
-            };
+            let mut found =
+                read_manifest(&store_dir.join(job.key.hex())).map(|m| (m, RootfsAction::Cached));
+            if let (None, Some((reg, prefix))) = (&found, registry) {
+                found = pulled(reg, prefix, job, store_dir, printer)
+                    .await?
+                    .map(|m| (m, RootfsAction::Pulled));
+            }
+            if let (None, Some(s)) = (&found, storage) {
+                found = stored_remotely(s, &p.dir(), job, printer)
+                    .await?
+                    .map(|m| (m, RootfsAction::OnStorage));
+            }
             let Some((manifest, action)) = found else {
                 c.todo.push(Todo {
                     job: job.clone(),
@@ -67,9 +77,13 @@ pub(super) async fn classify(
                 continue;
             };
             let on_storage = action == RootfsAction::OnStorage;
-            let where_ = if on_storage { " on the storage" } else { "" };
+            let (verb, where_) = match action {
+                RootfsAction::OnStorage => ("Fresh", " on the storage"),
+                RootfsAction::Pulled => ("Pulled", " from the registry"),
+                _ => ("Fresh", ""),
+            };
             printer.status(
-                "Fresh",
+                verb,
                 format!("{} ({}){where_}", job.label(), job.key.short()),
             );
             c.outcomes
@@ -84,6 +98,31 @@ pub(super) async fn classify(
         }
     }
     Ok(c)
+}
+
+/// The files of `job` from the registry's artifact of its key, checked and stored; a
+/// registry that serves something else is named and the (config, arch) is built instead.
+async fn pulled(
+    reg: &Registry,
+    prefix: &str,
+    job: &RootfsJob,
+    store_dir: &Path,
+    printer: &Printer,
+) -> anyhow::Result<Option<RootfsManifest>> {
+    match oci::pull(reg, prefix, job, store_dir).await? {
+        Pulled::Stored(m) => Ok(Some(m)),
+        Pulled::Missing => Ok(None),
+        Pulled::Bad(why) => {
+            let (repo, tag) = oci::reference(prefix, job);
+            printer.warn(format!(
+                "{}/{repo}:{tag} is not what the key makes ({why}): building {}, whose push \
+                 does not replace it (delete the tag to let it)",
+                reg.host(),
+                job.label()
+            ));
+            Ok(None)
+        }
+    }
 }
 
 /// The manifest of `job` on the storage, if it is there for the same key and every file it

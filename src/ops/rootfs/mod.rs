@@ -87,6 +87,9 @@ pub struct RootfsOptions {
     /// what is missing), said out loud: a warning when there was nothing to pick up.
     pub resume: bool,
     pub storage: Option<StorageArgs>,
+    /// `--registry`: the OCI registry every machine shares results through — the builder
+    /// image and each (config, arch) by key, looked up before building, pushed when missing.
+    pub registry: Option<String>,
     /// Download rules and the xz memory budget of the packing step.
     pub packing: pack::PackSettings,
 }
@@ -131,7 +134,12 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
         None => prepare::CoreTree::Pinned(&git_store, &git_pins),
     };
     let scanned = prepare::scan(&ws, &opts.recipes, selected, core)?;
-    let builder_image = build_builder(ctx, &mut ws, opts.locked).await?;
+    let registry = opts
+        .registry
+        .as_deref()
+        .map(|r| crate::registry::Registry::new(r, &ws.env.registry))
+        .transpose()?;
+    let builder_image = build_builder(ctx, &mut ws, opts.locked, opts.registry.as_deref()).await?;
     ctx.release_images_lock();
     let ws = &ws;
     let suites: Vec<SuiteSource> = scanned.iter().map(|s| s.suite.clone()).collect();
@@ -161,7 +169,10 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     std::fs::create_dir_all(store_dir(ws))
         .with_context(|| format!("creating {}", store_dir(ws).display()))?;
     let storage = open_storage(opts.storage.as_ref(), ws.env.storage_token.as_ref())?;
-    let mut c = classify::classify(&store_dir(ws), &prepared, storage.as_ref(), printer).await?;
+    let prefix = ws.settings.prefix.as_str();
+    let shared = registry.as_ref().map(|r| (r, prefix));
+    let mut c =
+        classify::classify(&store_dir(ws), &prepared, shared, storage.as_ref(), printer).await?;
     if !c.todo.is_empty() {
         let pins = aptproxy::ProxyPins {
             apt: pins_of(&pins),
@@ -174,6 +185,10 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
     }
     c.outcomes
         .sort_by(|a, b| (&a.config, &a.arch).cmp(&(&b.config, &b.arch)));
+    let pushed = match &registry {
+        Some(reg) => share(reg, prefix, &store_dir(ws), &prepared, &c.made, printer).await?,
+        None => 0,
+    };
 
     let published = match &storage {
         Some(s) => publish::publish(&store_dir(ws), &prepared, &c.made, s, printer).await?,
@@ -205,6 +220,7 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             .collect(),
         uploaded: published.uploaded,
         upload_skipped: published.skipped,
+        pushed,
         lockfile_changed: written == Written::Written,
     })
 }
@@ -240,6 +256,39 @@ async fn build_all(
     };
     let todo = std::mem::take(&mut c.todo);
     jobs::run_all(ctx, todo, opts.jobs, &mut c.outcomes, &mut c.made).await
+}
+
+/// Pushes every made (config, arch) whose files are in the store and which the registry
+/// lacks; returns how many it pushed.
+async fn share(
+    reg: &crate::registry::Registry,
+    prefix: &str,
+    store_dir: &std::path::Path,
+    prepared: &[Prepared],
+    made: &BTreeMap<(String, String), Made>,
+    printer: &Printer,
+) -> anyhow::Result<usize> {
+    let mut pushed = 0;
+    for job in prepared.iter().flat_map(|p| p.selected_jobs()) {
+        let dir = store_dir.join(job.key.hex());
+        if !made.contains_key(&(job.config.clone(), job.arch.clone()))
+            || !dir.join(MANIFEST).is_file()
+        {
+            continue;
+        }
+        if crate::rootfs::oci::push(reg, prefix, job, &dir)
+            .await
+            .with_context(|| format!("pushing {} to {}", job.label(), reg.host()))?
+        {
+            let (repo, tag) = crate::rootfs::oci::reference(prefix, job);
+            printer.status(
+                "Pushed",
+                format!("{} → {}/{repo}:{tag}", job.label(), reg.host()),
+            );
+            pushed += 1;
+        }
+    }
+    Ok(pushed)
 }
 
 /// The pins of the git sources and downloads a run's recipes name.
@@ -295,10 +344,13 @@ async fn source_pins(
 }
 
 /// The builder image, built (or found) like any other target, as stored.
+/// With a registry it is looked up there by key first and pushed when missing, like
+/// `build --push --registry`.
 async fn build_builder(
     ctx: &Context,
     ws: &mut Workspace,
     locked: bool,
+    registry: Option<&str>,
 ) -> anyhow::Result<crate::store::StoredImage> {
     let build_opts = BuildOptions {
         targets: vec![prepare::builder_name()],
@@ -309,9 +361,9 @@ async fn build_builder(
             LockMode::Update
         },
         verbose: ctx.verbose,
-        registry: None,
+        registry: registry.map(str::to_owned),
         engines: vec!["default".into()],
-        push: false,
+        push: registry.is_some(),
     };
     let report = build::build(ws, &build_opts, &ctx.printer).await?;
     report

@@ -18,6 +18,8 @@ pub enum RootfsAction {
     Cached,
     /// On the storage already (and maybe nowhere else).
     OnStorage,
+    /// From the registry (`--registry`), checked, into the store.
+    Pulled,
     /// An earlier run's container, picked up and collected.
     Resumed,
     Failed,
@@ -29,6 +31,7 @@ impl RootfsAction {
             RootfsAction::Built => "built",
             RootfsAction::Cached => "cached",
             RootfsAction::OnStorage => "on-storage",
+            RootfsAction::Pulled => "pulled",
             RootfsAction::Resumed => "resumed",
             RootfsAction::Failed => "failed",
         }
@@ -96,6 +99,8 @@ pub struct RootfsReport {
     pub versions: BTreeMap<String, String>,
     pub uploaded: usize,
     pub upload_skipped: usize,
+    /// Artifacts pushed to the registry (`--registry`): those it lacked.
+    pub pushed: usize,
     pub lockfile_changed: bool,
 }
 
