@@ -22,6 +22,40 @@ pub struct ImportArgs {
     pub kernelci_core: crate::core::gitsource::GitSourceSpec,
 }
 
+/// How a recipe's header names the file it came from: its name, and when it is in a git
+/// work tree, its path there and the commit checked out (`HEAD`), marked `modified` when
+/// the file differs from that commit — so a reviewer can tell which kernelci-core a recipe
+/// was converted from.
+fn source_of(file: &std::path::Path) -> String {
+    let name = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let in_git = || -> Option<String> {
+        let abs = std::fs::canonicalize(file).ok()?;
+        let repo = git2::Repository::discover(abs.parent()?).ok()?;
+        let workdir = std::fs::canonicalize(repo.workdir()?).ok()?;
+        let rel = abs.strip_prefix(&workdir).ok()?;
+        let head = repo.head().ok()?.peel_to_commit().ok()?;
+        let origin = repo
+            .find_remote("origin")
+            .ok()
+            .and_then(|r| r.url().map(|u| format!("{u} ")))
+            .unwrap_or_default();
+        let modified = match repo.status_file(rel) {
+            Ok(st) if st.is_empty() => "",
+            _ => ", modified",
+        };
+        let id = head.id().to_string();
+        Some(format!(
+            "{} of {origin}commit {}{modified}",
+            rel.display(),
+            &id[..12]
+        ))
+    };
+    in_git().unwrap_or(name)
+}
+
 /// Converts and writes the recipes, then says how many and what was not carried over.
 pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
     let printer = &ctx.printer;
@@ -69,11 +103,7 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Done> {
         imported.problems.extend(fetched);
         imported.problems.sort();
     }
-    let source = args
-        .file
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let source = source_of(&args.file);
     for (from, recipe) in &imported.recipes {
         let mut header = format!(
             "# Converted by `kci-build import rootfs-configs` from {source} (config `{from}`).\n"
@@ -237,5 +267,44 @@ mod tests {
         ));
         assert!(!is_debian_archive("https://github.com/kernelci/bootrr.git"));
         assert!(!is_debian_archive("https://h.example/debianutils.tar.gz"));
+    }
+
+    #[test]
+    fn a_file_in_a_git_tree_is_named_with_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let loose = dir.path().join("rootfs-configs.yaml");
+        std::fs::write(&loose, "rootfs_configs: {}\n").unwrap();
+        assert_eq!(source_of(&loose), "rootfs-configs.yaml");
+
+        let repo = git2::Repository::init(dir.path().join("core")).unwrap();
+        repo.remote("origin", "https://git.example/kernelci-core.git")
+            .unwrap();
+        let file = dir.path().join("core/config/core/rootfs-configs.yaml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "rootfs_configs: {}\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index
+            .add_path(std::path::Path::new("config/core/rootfs-configs.yaml"))
+            .unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::new("t", "t@example.org", &git2::Time::new(0, 0)).unwrap();
+        let id = repo
+            .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            source_of(&file),
+            format!(
+                "config/core/rootfs-configs.yaml of https://git.example/kernelci-core.git commit {}",
+                &id[..12]
+            )
+        );
+        std::fs::write(&file, "rootfs_configs: {x: {}}\n").unwrap();
+        assert!(
+            source_of(&file).ends_with(", modified"),
+            "{}",
+            source_of(&file)
+        );
     }
 }
