@@ -5,7 +5,7 @@
 //! One artifact per (config, arch): repository `<prefix>rootfs-<config>`, tag
 //! `<arch>-<key hex>`; an OCI image manifest with `artifactType`
 //! [`ARTIFACT_TYPE`], the empty config, and one layer per file (`manifest.json` first, then
-//! the five files in KernelCI's order), each titled with its file name. Pulled files are
+//! the files it lists, by name), each titled with its file name. Pulled files are
 //! checked three ways before they enter the store: each blob against its digest, the
 //! manifest.json against the (config, arch, key) asked for, and every file against the
 //! sha256 and size manifest.json records — a registry that serves anything else is
@@ -199,13 +199,9 @@ pub async fn push(
         digest: Digest::of(&manifest_bytes),
         size: manifest_bytes.len() as u64,
     }];
-    for name in crate::ops::rootfs::ARTIFACTS {
-        let a = manifest
-            .artifacts
-            .get(*name)
-            .with_context(|| format!("{}: no {name}", manifest_path.display()))?;
+    for (name, a) in &manifest.artifacts {
         files.push(FileBlob {
-            name: (*name).into(),
+            name: name.clone(),
             digest: a.sha256.clone(),
             size: a.size,
         });
