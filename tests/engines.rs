@@ -1,5 +1,5 @@
 //! `build --engines`: the image graph over two real Docker engines — the CI daemon and a
-//! second `dockerd` on its own socket, data root and exec root, named by a real Docker
+//! second `dockerd` on its own socket, data root, exec root and network namespace, named by a real Docker
 //! context (made with the docker CLI). A graph split over both gives the digests a
 //! one-engine build gives; the second engine killed mid-build has its work moved to the
 //! first.
@@ -26,14 +26,16 @@ impl SecondEngine {
         // Its own config file: the machine's daemon.json names the first engine's data root.
         std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        // Its own process group, so that killing it takes its containerd and shims too.
-        let daemon = Command::new("dockerd")
+        // Its own process group, so that killing it takes its containerd and shims too; its
+        // own network namespace, so that its bridge is not the first engine's (a dockerd on
+        // the host's network with `--bridge none` deletes the host's docker0).
+        let daemon = Command::new("unshare")
             .process_group(0)
-            .args(["--config-file", &p("daemon.json")])
+            .args(["--net", "dockerd", "--config-file", &p("daemon.json")])
             .args(["--host", &format!("unix://{}", p("docker.sock"))])
             .args(["--data-root", &p("root"), "--exec-root", &p("exec")])
             .args(["--pidfile", &p("dockerd.pid")])
-            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
+            .args(["--iptables=false", "--ip-masq=false"])
             // vfs works on any file system the first engine's data root may be on.
             .args(["--storage-driver", "vfs"])
             .stdout(Stdio::null())
