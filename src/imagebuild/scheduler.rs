@@ -443,7 +443,7 @@ impl<E: Engine> Scheduler<'_, E> {
                     "Built"
                 };
                 let took = human_secs(secs);
-                let on = match (&engine, self.maker.capacity(1) > 1) {
+                let on = match (&engine, self.maker.engines > 1) {
                     (Some(e), true) => format!(" on {e}"),
                     _ => String::new(),
                 };

@@ -17,12 +17,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::pack::MANIFEST;
 use super::plan::RootfsJob;
 use crate::core::names::Digest;
 use crate::core::rootfs_lock::RootfsManifest;
+use crate::layer::HashWriter;
 use crate::registry::Registry;
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.kernelci.rootfs.v1";
@@ -230,7 +230,7 @@ pub enum Pulled {
 }
 
 /// Pulls the artifact of `job` into `store_dir/<key hex>` (through a temp directory of the
-/// store, renamed once every file is checked).
+/// store, moved into place once every file is checked, as a build's files are).
 pub async fn pull(
     reg: &Registry,
     prefix: &str,
@@ -250,11 +250,17 @@ pub async fn pull(
         .prefix(&crate::store::Store::rootfs_temp_prefix(&job.key))
         .tempdir_in(store_dir)
         .with_context(|| format!("creating a temp dir in {}", store_dir.display()))?;
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
     for f in &files {
-        let path = tmp.path().join(&f.name);
-        let mut out = HashingFile::create(&path)?;
-        reg.get_blob(&repo, &f.digest, &mut out).await?;
-        let (got, size) = out.finish()?;
+        let path = out.join(&f.name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = HashWriter::new(std::io::BufWriter::new(file));
+        reg.get_blob(&repo, &f.digest, &mut w).await?;
+        w.flush()?;
+        w.inner.get_ref().sync_all()?;
+        let (got, size) = w.digest();
         if got != f.digest || size != f.size {
             return Ok(Pulled::Bad(format!(
                 "blob {} ({}) came as {got}, {size} bytes",
@@ -262,7 +268,7 @@ pub async fn pull(
             )));
         }
     }
-    let manifest_path = tmp.path().join(MANIFEST);
+    let manifest_path = out.join(MANIFEST);
     let manifest: RootfsManifest = match serde_json::from_slice(&std::fs::read(&manifest_path)?) {
         Ok(m) => m,
         Err(e) => return Ok(Pulled::Bad(format!("its {MANIFEST}: {e}"))),
@@ -271,58 +277,10 @@ pub async fn pull(
         return Ok(Pulled::Bad(why));
     }
     let final_dir = store_dir.join(job.key.hex());
-    let tmp_path = tmp.keep();
-    match std::fs::rename(&tmp_path, &final_dir) {
-        Ok(()) => {}
-        // Another run stored the same key first: same inputs, same bytes.
-        Err(_) if final_dir.join(MANIFEST).is_file() => {
-            let _ = std::fs::remove_dir_all(&tmp_path);
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp_path);
-            return Err(e).with_context(|| format!("storing {}", final_dir.display()));
-        }
-    }
+    super::pack::commit_key_dir(&out, &final_dir)
+        .with_context(|| format!("storing {}", final_dir.display()))?;
     crate::fsutil::sync_dir(store_dir)?;
     Ok(Pulled::Stored(manifest))
-}
-
-/// A file being written and hashed at once.
-struct HashingFile {
-    file: std::io::BufWriter<std::fs::File>,
-    hash: Sha256,
-    size: u64,
-}
-
-impl HashingFile {
-    fn create(path: &Path) -> anyhow::Result<HashingFile> {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(HashingFile {
-            file: std::io::BufWriter::new(file),
-            hash: Sha256::new(),
-            size: 0,
-        })
-    }
-
-    fn finish(mut self) -> anyhow::Result<(Digest, u64)> {
-        self.file.flush()?;
-        self.file.get_ref().sync_all()?;
-        Ok((Digest::from_hash(&self.hash.finalize()), self.size))
-    }
-}
-
-impl std::io::Write for HashingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,16 @@ use crate::layer::{self, Section};
 /// The manifest's name in a stored rootfs directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// Moves a complete key directory `out` into place as `final_dir`. When another run stored
+/// the same key first, that is fine: same inputs, same bytes (`out` is left to its temp dir).
+pub fn commit_key_dir(out: &Path, final_dir: &Path) -> std::io::Result<()> {
+    match std::fs::rename(out, final_dir) {
+        Ok(()) => Ok(()),
+        Err(_) if final_dir.join(MANIFEST).is_file() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Memory the xz encoders of a run may take at once unless `--xz-memory` says otherwise:
 /// one thread at preset 6 by liblzma's account (165 MiB, worst case: incompressible data),
 /// so the whole process stays under 300 MB whatever the config (two threads would be

@@ -13,7 +13,6 @@ use tokio::sync::Semaphore;
 
 use super::classify::{Made, Todo};
 use super::report::{RootfsAction, RootfsOutcome};
-use super::MANIFEST;
 use crate::core::names::Digest;
 use crate::engine::{ContainerState, Engine};
 use crate::fsutil;
@@ -329,18 +328,13 @@ async fn run_job<E: Engine>(
     }
     let manifest = made.map_err(|e| fail_store("making the files".into(), &e, store_root))?;
     let final_dir = store_root.join(job.key.hex());
-    match std::fs::rename(&out, &final_dir) {
-        Ok(()) => {}
-        // Another run committed the same key first: same inputs, same bytes.
-        Err(_) if final_dir.join(MANIFEST).is_file() => {}
-        Err(e) => {
-            return Err(fail_store(
-                format!("storing {}", final_dir.display()),
-                &e.into(),
-                store_root,
-            ))
-        }
-    }
+    pack::commit_key_dir(&out, &final_dir).map_err(|e| {
+        fail_store(
+            format!("storing {}", final_dir.display()),
+            &e.into(),
+            store_root,
+        )
+    })?;
     fsutil::sync_dir(store_root).map_err(|e| fail(e.to_string()))?;
     drop(tmp);
     // The list is in the stored manifest now.
