@@ -684,6 +684,11 @@ fn record_served(dir: &std::path::Path, client: &str, name: &str, sha256: &Diges
 /// Lines that do not parse are skipped.
 pub fn read_served(dir: &std::path::Path, client: &str) -> BTreeMap<String, Digest> {
     let text = std::fs::read_to_string(dir.join(format!("{client}.debs"))).unwrap_or_default();
+    parse_served(&text)
+}
+
+/// The `<name> <sha256>` lines of a client's list.
+pub fn parse_served(text: &str) -> BTreeMap<String, Digest> {
     text.lines()
         .filter_map(|l| {
             let (name, sha) = l.split_once(' ')?;

@@ -257,7 +257,13 @@ pub async fn serve(
     }
     let control: Control = {
         let (leases, fp) = (leases.clone(), fp.clone());
-        Arc::new(move |path: &str, query: &str| grant(&leases, &fp, path, query))
+        let served = store.apt_served_dir();
+        Arc::new(move |path: &str, query: &str| {
+            match path.strip_prefix(&format!("{CONTROL_PREFIX}{SERVED_PATH}")) {
+                Some(client) => served_list(&served, client),
+                None => grant(&leases, &fp, path, query),
+            }
+        })
     };
     let authority = match opts
         .pins
@@ -340,6 +346,26 @@ pub async fn serve(
 }
 
 /// Answers a control request: a lease for `pid=N` when `pins=` names this proxy's pins.
+/// Where a build asks for the list of `.deb`s it was served (`…/served/<client>`): a Swarm
+/// task packs on its node and writes that list into its manifest.
+pub const SERVED_PATH: &str = "served/";
+
+/// The client's `.deb` list, as the proxy recorded it (`<name> <sha256>` lines).
+fn served_list(dir: &std::path::Path, client: &str) -> (StatusCode, String) {
+    let valid = (1..=64).contains(&client.len())
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !valid {
+        return (StatusCode::BAD_REQUEST, "not a client name".into());
+    }
+    match std::fs::read_to_string(dir.join(format!("{client}.debs"))) {
+        Ok(text) => (StatusCode::OK, text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StatusCode::OK, String::new()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn grant(leases: &Mutex<Leases>, fp: &Digest, path: &str, query: &str) -> (StatusCode, String) {
     if path != format!("{CONTROL_PREFIX}{LEASE_PATH}") {
         return (StatusCode::NOT_FOUND, format!("no {path} here"));
@@ -381,7 +407,9 @@ async fn containers_running(engine: Option<&DockerEngine>, tag: &str) -> bool {
         return true;
     };
     for (name, _) in all {
-        if !name.ends_with(&format!("-{tag}")) {
+        // A Swarm task's container is `<job>.<slot>.<task id>`.
+        let job = name.split('.').next().unwrap_or(&name);
+        if !job.ends_with(&format!("-{tag}")) {
             continue;
         }
         if matches!(

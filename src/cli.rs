@@ -218,6 +218,15 @@ pub enum Command {
         /// as an OCI artifact `<prefix>rootfs-<config>:<arch>-<key>`; the builder image too.
         #[arg(long, env = "KCI_REGISTRY")]
         registry: Option<String>,
+        /// Build every (config, arch) as a job of the Docker daemon's swarm (it must be a
+        /// manager: `docker swarm init`; other machines `docker swarm join`). Each job
+        /// builds and packs on its node in the builder image plus this kci-build, pushes its
+        /// files to --registry, and the files are checked here before they are stored.
+        /// Jobs run on nodes of this machine's platform (foreign arches emulated). The
+        /// registry credentials reach the jobs as a Swarm secret. A rerun attaches to the
+        /// jobs an interrupted run left. --jobs does not apply: Swarm places by CPU.
+        #[arg(long, requires = "registry", conflicts_with = "kernelci_core")]
+        swarm: bool,
         /// Memory, in MiB, the xz encoders of a run may take at once: each encoder gets
         /// as many threads as fit (165 MiB each at preset 6, 80 at preset 1, by liblzma's
         /// account) and free cores allow, and waits while none fits. The default keeps a
@@ -372,6 +381,9 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// One (config, arch) of `rootfs --swarm`, as its Swarm task runs it on a node.
+    #[command(hide = true)]
+    RootfsTask(RootfsTaskArgs),
     /// The apt proxy of rootfs builds, as its own process: started and leased by `kci-build
     /// rootfs` so that the builder containers keep their apt when kci-build is killed.
     /// Prints its address; exits once no lease holder lives and no rootfs container of
@@ -468,4 +480,37 @@ pub enum ImportWhat {
 /// `--xz-memory`'s default, in MiB.
 const fn kci_build_default_xz_mib() -> u64 {
     crate::rootfs::pack::DEFAULT_XZ_MEMORY >> 20
+}
+
+/// What a Swarm task of `rootfs --swarm` is told (by the coordinator, never by hand): build
+/// one (config, arch) here, pack it, push it to the registry under a candidate tag.
+#[derive(Debug, clap::Args)]
+pub struct RootfsTaskArgs {
+    #[arg(long)]
+    pub registry: String,
+    /// The rootfs artifact's repository.
+    #[arg(long)]
+    pub repo: String,
+    /// The candidate tag to push the files under.
+    #[arg(long)]
+    pub tag: String,
+    /// The repository holding the inputs blob.
+    #[arg(long)]
+    pub inputs_repo: String,
+    /// The inputs tar's digest.
+    #[arg(long)]
+    pub inputs: crate::core::names::Digest,
+    #[arg(long)]
+    pub config: String,
+    #[arg(long)]
+    pub arch: String,
+    #[arg(long)]
+    pub key: crate::core::names::Digest,
+    #[arg(long)]
+    pub source_date_epoch: u64,
+    #[arg(long)]
+    pub xz_preset: u32,
+    /// MiB the xz encoders may take at once.
+    #[arg(long)]
+    pub xz_memory: u64,
 }

@@ -151,6 +151,22 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         Command::Gc { .. } => gc(ctx, cli),
         Command::Store { action } => store(ctx, action),
         Command::AptProxy { .. } => apt_proxy(ctx, cli),
+        Command::RootfsTask(args) => {
+            let opts = ops::rootfs_task::TaskOptions {
+                registry: args.registry.clone(),
+                repo: args.repo.clone(),
+                tag: args.tag.clone(),
+                inputs_repo: args.inputs_repo.clone(),
+                inputs: args.inputs.clone(),
+                config: args.config.clone(),
+                arch: args.arch.clone(),
+                key: args.key.clone(),
+                source_date_epoch: args.source_date_epoch,
+                xz_preset: args.xz_preset,
+                xz_memory: args.xz_memory << 20,
+            };
+            cancellable(ops::rootfs_task::run(&opts), "the task stopped")?
+        }
         Command::Prod { .. } => prod(ctx, cli),
     }
 }
@@ -393,6 +409,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
         public_url,
         storage_prefix,
         registry,
+        swarm,
         xz_memory,
         stall_timeout,
         json: _,
@@ -415,6 +432,7 @@ fn rootfs_options(command: &Command) -> ops::rootfs::RootfsOptions {
             prefix: storage_prefix.clone(),
         }),
         registry: registry.clone(),
+        swarm: *swarm,
         packing: PackSettings {
             xz_memory: xz_memory << 20,
             transfer: Transfer {

@@ -275,6 +275,8 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     );
     drop(registry);
 
+    swarm_jobs_make_the_same_files(&ws, &first_sums);
+
     // 3. An empty rootfs store, but the files are on the storage: nothing is rebuilt.
     std::fs::remove_dir_all(ws.store().join("rootfs")).unwrap();
     let remote = rootfs(&ws, &["--storage", &storage_arg, "--public-url", public]).ok();
@@ -518,4 +520,189 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
         volumes_before,
         "rootfs builds left volumes behind"
     );
+}
+
+/// A single-node swarm made for a test, left (with the bridge `docker swarm leave` leaves
+/// behind) when dropped, even when the test fails.
+struct SwarmGuard;
+
+impl SwarmGuard {
+    fn init() -> SwarmGuard {
+        let state = sh("docker info --format '{{.Swarm.LocalNodeState}}'");
+        assert_eq!(state.trim(), "inactive", "the daemon is in a swarm already");
+        sh("docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377");
+        SwarmGuard
+    }
+}
+
+impl Drop for SwarmGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "docker service ls -q --filter label=org.kernelci.kci-build.rootfs \
+                 | xargs -r docker service rm; docker swarm leave --force; \
+                 for _ in $(seq 1 20); do docker network rm docker_gwbridge 2>/dev/null && break; \
+                 sleep 0.5; done",
+            )
+            .status();
+    }
+}
+
+fn swarm_services() -> Vec<String> {
+    sh("docker service ls --filter label=org.kernelci.kci-build.rootfs --format '{{.Name}}'")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// 2c. The same builds as Swarm jobs (a real single-node swarm on this daemon; a registry
+/// with a password): each task builds and packs on its node and pushes its files; the
+/// coordinator is killed once the jobs run and a rerun attaches to them; the files are the
+/// locally built ones, byte for byte. A config whose script fails is reported with its log
+/// tail after Swarm's bounded retries, and nothing of it is stored or locked. The password
+/// reaches the jobs as a Swarm secret only: not in a job's spec, nor in any log.
+fn swarm_jobs_make_the_same_files(ws: &Workspace, first_sums: &BTreeMap<String, String>) {
+    let (user, password) = ("kci", "swarm-pass-5e1f");
+    let registry = registry::Registry::start(registry::Auth::Htpasswd {
+        user: user.into(),
+        password: password.into(),
+    });
+    let addr = registry.addr();
+    let _swarm = SwarmGuard::init();
+    // The rootfs store empty (the images store keeps the builder): everything is built.
+    let _ = std::fs::remove_dir_all(ws.store().join("rootfs"));
+    let lock_path = ws.path().join("lockfiles/rootfs.lock");
+    let lock_before = std::fs::read_to_string(&lock_path).unwrap();
+    let recipe = std::fs::read_to_string(ws.path().join("recipes/tiny.toml")).unwrap();
+    std::fs::write(
+        ws.path().join("recipes/scripts/broken.sh"),
+        "#!/bin/sh\necho 'broken: the test suite does not compile'\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path().join("recipes/broken.toml"),
+        recipe
+            .replace("name = \"tiny\"", "name = \"broken\"")
+            .replace("[\"amd64\", \"arm64\"]", "[\"amd64\"]")
+            .replace("scripts/tiny.sh", "scripts/broken.sh"),
+    )
+    .unwrap();
+    let args = [
+        "--images",
+        IMAGES,
+        "rootfs",
+        "tiny",
+        "broken",
+        "--json",
+        "--swarm",
+        "--registry",
+        &addr,
+    ];
+    let env = [
+        ("KCI_REGISTRY_USER", user),
+        ("KCI_REGISTRY_PASSWORD", password),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kci-build"))
+        .current_dir(ws.path())
+        .env("KCI_BUILD_STORE", ws.store())
+        .envs(env)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while swarm_services().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no swarm jobs: {:?}",
+            swarm_services()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "kci-build ended early");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for s in swarm_services() {
+        let spec = sh(&format!("docker service inspect {s}"));
+        assert!(!spec.contains(password), "{spec}");
+        assert!(
+            spec.contains("kci-registry-"),
+            "the secret is not mounted: {spec}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        swarm_services().len(),
+        3,
+        "the jobs outlive their coordinator"
+    );
+
+    let rerun = ws.kci_env(&args, &[env[0], env[1]]);
+    assert_eq!(rerun.code, 1, "{}", rerun.stderr);
+    let report = rerun.json();
+    let builds = report["builds"].as_array().unwrap();
+    let action = |c: &str, a: &str| {
+        builds
+            .iter()
+            .find(|b| b["config"] == c && b["arch"] == a)
+            .unwrap_or_else(|| panic!("{c}/{a} not in {report}"))
+            .clone()
+    };
+    for arch in ["amd64", "arm64"] {
+        assert_eq!(
+            action("tiny", arch)["action"],
+            "resumed",
+            "{}",
+            rerun.stderr
+        );
+    }
+    assert!(rerun.stderr.contains("Attaching"), "{}", rerun.stderr);
+    let tiny_only = serde_json::json!({
+        "builds": builds.iter().filter(|b| b["config"] == "tiny").collect::<Vec<_>>()
+    });
+    assert_eq!(
+        &rootfs_sums(&tiny_only),
+        first_sums,
+        "swarm-built files differ"
+    );
+    assert_eq!(report["pushed"], 2, "{}", rerun.stderr);
+    let broken = action("broken", "amd64");
+    assert_eq!(broken["action"], "failed", "{report}");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("failed 2 time(s)"),
+        "{report}"
+    );
+    assert!(
+        broken["log_tail"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("broken: the test suite does not compile")),
+        "{report}"
+    );
+    let broken_key = broken["key"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    assert!(!ws.store().join("rootfs").join(broken_key).exists());
+    let lock = std::fs::read_to_string(&lock_path).unwrap();
+    assert!(!lock.contains("broken"), "{lock}");
+    assert_eq!(
+        lock, lock_before,
+        "the swarm made the locked files: nothing changes"
+    );
+    assert!(swarm_services().is_empty(), "{:?}", swarm_services());
+    assert!(sh("docker secret ls --format '{{.Name}}'").contains("kci-registry-"));
+    for e in std::fs::read_dir(ws.store().join("logs")).unwrap() {
+        let text = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&text).contains(password));
+    }
+    assert!(!rerun.stderr.contains(password) && !rerun.stdout.contains(password));
+    for f in ["recipes/broken.toml", "recipes/scripts/broken.sh"] {
+        std::fs::remove_file(ws.path().join(f)).unwrap();
+    }
 }

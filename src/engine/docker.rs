@@ -70,6 +70,11 @@ impl DockerEngine {
         Ok(DockerEngine { docker })
     }
 
+    /// The bollard client, for the Swarm API ([`super::swarm`]).
+    pub(crate) fn client(&self) -> &Docker {
+        &self.docker
+    }
+
     /// The same connection, waiting at most `timeout` for the daemon to answer a request.
     pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> DockerEngine {
         self.docker.set_timeout(timeout);

@@ -23,6 +23,7 @@ pub mod docker;
 #[cfg(test)]
 pub mod fake;
 pub mod pool;
+pub mod swarm;
 
 pub use docker::DockerEngine;
 

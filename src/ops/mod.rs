@@ -19,6 +19,7 @@ pub mod plan;
 pub mod prod;
 pub mod push;
 pub mod rootfs;
+pub mod rootfs_task;
 pub mod store;
 pub mod why;
 

@@ -16,6 +16,7 @@ pub mod oci;
 pub mod pack;
 pub mod plan;
 pub mod recipes;
+pub mod task;
 
 pub mod artifact;
 pub mod cpio;

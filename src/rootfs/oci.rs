@@ -186,6 +186,19 @@ pub async fn push(
     dir: &Path,
 ) -> anyhow::Result<bool> {
     let (repo, tag) = reference(prefix, job);
+    push_to(reg, &repo, &tag, job, dir).await
+}
+
+/// [`push`] under another tag: a Swarm task pushes its files under a candidate tag, which
+/// the coordinator checks before the key's own tag names them.
+pub async fn push_to(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    job: &RootfsJob,
+    dir: &Path,
+) -> anyhow::Result<bool> {
+    let (repo, tag) = (repo.to_owned(), tag.to_owned());
     if reg.manifest_digest(&repo, &tag).await?.is_some() {
         return Ok(false);
     }
@@ -238,6 +251,18 @@ pub async fn pull(
     store_dir: &Path,
 ) -> anyhow::Result<Pulled> {
     let (repo, tag) = reference(prefix, job);
+    pull_from(reg, &repo, &tag, job, store_dir).await
+}
+
+/// [`pull`] from another tag (a Swarm task's candidate), checked the same way.
+pub async fn pull_from(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    job: &RootfsJob,
+    store_dir: &Path,
+) -> anyhow::Result<Pulled> {
+    let (repo, tag) = (repo.to_owned(), tag.to_owned());
     let Some(digest) = reg.manifest_digest(&repo, &tag).await? else {
         return Ok(Pulled::Missing);
     };

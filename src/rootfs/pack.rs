@@ -211,6 +211,52 @@ pub async fn pack<E: crate::engine::Engine>(
             peak_rss::show()
         );
     }
+    let made = join_steps(work).await;
+    collected?;
+    let made = made?;
+    tracing::info!(
+        "{}: packed in {:.1}s, peak RSS {}",
+        ctx.label,
+        started.elapsed().as_secs_f64(),
+        peak_rss::show()
+    );
+    manifest(job, made, debs, out)
+}
+
+/// Makes the five files and the manifest in `out` from the raw files already in `raw`
+/// (a Swarm task packs its own `/out` where it built it: `kci-build rootfs-task`).
+pub async fn pack_dir(
+    job: &RootfsJob,
+    raw: &Path,
+    out: &Path,
+    packing: &Arc<Packing>,
+    debs: BTreeMap<String, crate::core::names::Digest>,
+) -> anyhow::Result<RootfsManifest> {
+    let ctx = Arc::new(Ctx {
+        label: job.label(),
+        out: out.to_owned(),
+        sde: job.source_date_epoch,
+        preset: job.xz_preset,
+        packing: packing.clone(),
+    });
+    let mut work = Vec::new();
+    for (file, step) in RAW_FILES {
+        let path = raw.join(file);
+        if !path.is_file() {
+            anyhow::bail!("the build made no {}", path.display());
+        }
+        let ctx = ctx.clone();
+        work.push(tokio::task::spawn_blocking(move || step(&ctx, &path)));
+    }
+    let made = join_steps(work).await?;
+    manifest(job, made, debs, out)
+}
+
+/// Waits for every step (none is left writing), then returns what they made or the first
+/// error.
+async fn join_steps(
+    work: Vec<tokio::task::JoinHandle<anyhow::Result<Made>>>,
+) -> anyhow::Result<Vec<Made>> {
     let mut made = Vec::new();
     let mut failed = None;
     for w in work {
@@ -220,17 +266,10 @@ pub async fn pack<E: crate::engine::Engine>(
             Err(e) => drop(failed.get_or_insert(anyhow::anyhow!("a packing step panicked: {e}"))),
         }
     }
-    collected?;
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(made),
     }
-    tracing::info!(
-        "{}: packed in {:.1}s, peak RSS {}",
-        ctx.label,
-        started.elapsed().as_secs_f64(),
-        peak_rss::show()
-    );
-    manifest(job, made, debs, out)
 }
 
 fn manifest(

@@ -41,14 +41,14 @@ pub(super) struct JobCtx<E> {
 
 /// A job that did not make its files: why, and the end of its build log.
 pub(super) struct JobFailure {
-    error: String,
-    log_tail: Vec<String>,
+    pub error: String,
+    pub log_tail: Vec<String>,
     /// The store's file system filled up: the machine's fault, and a rerun after space is
     /// freed collects the finished container again.
-    disk_full: bool,
+    pub disk_full: bool,
 }
 
-fn fail(error: String) -> JobFailure {
+pub(super) fn fail(error: String) -> JobFailure {
     JobFailure {
         error,
         log_tail: Vec::new(),
@@ -97,42 +97,53 @@ pub(super) async fn run_all<E: Engine>(
     }
     while let Some(joined) = tasks.join_next().await {
         let (job, secs, r) = joined.context("a rootfs task panicked")?;
-        let label = job.label();
-        match r {
-            Ok((manifest, resumed)) => {
-                let action = if resumed {
-                    RootfsAction::Resumed
-                } else {
-                    RootfsAction::Built
-                };
-                ctx.printer.status(
-                    if resumed { "Resumed" } else { "Built" },
-                    format!("{label} ({}) in {secs:.1}s", job.key.short()),
-                );
-                outcomes.push(RootfsOutcome::made(&job, action, secs, &manifest));
-                made.insert(
-                    (job.config, job.arch),
-                    Made {
-                        manifest,
-                        on_storage: false,
-                    },
-                );
-            }
-            Err(failure) => {
-                ctx.printer.error(format!("{label}: {}", failure.error));
-                let mut outcome =
-                    RootfsOutcome::failed(&job, secs, failure.error, failure.log_tail);
-                outcome.disk_full = failure.disk_full;
-                outcomes.push(outcome);
-            }
-        }
+        record(&ctx.printer, job, secs, r, outcomes, made);
     }
     Ok(())
 }
 
+/// What one job's end means for the report and for what the run made.
+pub(super) fn record(
+    printer: &Printer,
+    job: RootfsJob,
+    secs: f64,
+    r: Result<(crate::core::rootfs_lock::RootfsManifest, bool), JobFailure>,
+    outcomes: &mut Vec<RootfsOutcome>,
+    made: &mut BTreeMap<(String, String), Made>,
+) {
+    let label = job.label();
+    match r {
+        Ok((manifest, resumed)) => {
+            let action = if resumed {
+                RootfsAction::Resumed
+            } else {
+                RootfsAction::Built
+            };
+            printer.status(
+                if resumed { "Resumed" } else { "Built" },
+                format!("{label} ({}) in {secs:.1}s", job.key.short()),
+            );
+            outcomes.push(RootfsOutcome::made(&job, action, secs, &manifest));
+            made.insert(
+                (job.config, job.arch),
+                Made {
+                    manifest,
+                    on_storage: false,
+                },
+            );
+        }
+        Err(failure) => {
+            printer.error(format!("{label}: {}", failure.error));
+            let mut outcome = RootfsOutcome::failed(&job, secs, failure.error, failure.log_tail);
+            outcome.disk_full = failure.disk_full;
+            outcomes.push(outcome);
+        }
+    }
+}
+
 /// Why a build failed: its exit code (or, for 0, that it fetched what no pin covers) and each
 /// unpinned fetch, with how to pin a clone.
-fn failure_message(
+pub(super) fn failure_message(
     code: i64,
     log: &Path,
     unpinned: Vec<Unpinned>,
@@ -164,10 +175,10 @@ fn failure_message(
 
 /// Every fetch of a finished build that no pin of its recipe covers: what its log shows, and
 /// what the proxy refused it or served it from another recipe's pins.
-fn unpinned_of<E>(ctx: &JobCtx<E>, job: &RootfsJob, log_path: &Path) -> Vec<Unpinned> {
+pub(super) fn unpinned_of(apt_served: &Path, job: &RootfsJob, log_path: &Path) -> Vec<Unpinned> {
     let mut unpinned = unpinned_fetches(log_path);
-    let mut refused = crate::pinserve::read_unpinned(&ctx.apt_served, job.key.hex());
-    refused.extend(served_unpinned(ctx, job));
+    let mut refused = crate::pinserve::read_unpinned(apt_served, job.key.hex());
+    refused.extend(served_unpinned(apt_served, job));
     if !refused.is_empty() {
         // The proxy's record names each URL; the tools' words for the same refusals go.
         unpinned.retain(|u| !matches!(u, Unpinned::Download(_)));
@@ -181,7 +192,7 @@ fn unpinned_of<E>(ctx: &JobCtx<E>, job: &RootfsJob, log_path: &Path) -> Vec<Unpi
 
 /// The downloads the proxy served this build that its own recipe does not pin: the proxy
 /// serves every pin of the run, but only the recipe's own are in the build's key.
-fn served_unpinned<E>(ctx: &JobCtx<E>, job: &RootfsJob) -> Vec<Refused> {
+fn served_unpinned(apt_served: &Path, job: &RootfsJob) -> Vec<Refused> {
     use crate::core::urlsource::normalized;
     let own: std::collections::BTreeSet<String> = job
         .facts
@@ -189,7 +200,7 @@ fn served_unpinned<E>(ctx: &JobCtx<E>, job: &RootfsJob) -> Vec<Refused> {
         .filter(|(k, _)| k.starts_with("url-source."))
         .filter_map(|(_, fact)| fact.rsplit_once(' ').map(|(url, _)| normalized(url)))
         .collect();
-    crate::pinserve::read_served(&ctx.apt_served, job.key.hex())
+    crate::pinserve::read_served(apt_served, job.key.hex())
         .into_iter()
         .filter(|url| !own.contains(&normalized(url)))
         .map(Refused::Url)
@@ -198,7 +209,7 @@ fn served_unpinned<E>(ctx: &JobCtx<E>, job: &RootfsJob) -> Vec<Refused> {
 
 /// What a build's log shows it fetched without a pin.
 #[derive(Debug, PartialEq, Eq)]
-enum Unpinned {
+pub(super) enum Unpinned {
     /// A git URL no source pins (git's message names the path the URL was sent to).
     Clone(String),
     /// A download through the build's proxy, which serves the pinned archive only (curl's
@@ -232,7 +243,7 @@ fn unpinned_fetches(log: &Path) -> Vec<Unpinned> {
     found
 }
 
-fn tail(path: &Path, n: usize) -> Vec<String> {
+pub(super) fn tail(path: &Path, n: usize) -> Vec<String> {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
@@ -285,7 +296,7 @@ async fn run_job<E: Engine>(
     .map_err(|e| fail(e.to_string()))?;
     // A script that fetched what no pin covers failed that fetch: the build fails too, even
     // when the script went on (KernelCI's scripts do not all `set -e`).
-    let unpinned = unpinned_of(ctx, job, &log_path);
+    let unpinned = unpinned_of(&ctx.apt_served, job, &log_path);
     if code != 0 || !unpinned.is_empty() {
         if let Some(b) = &bar {
             b.finish_and_clear();
@@ -394,15 +405,7 @@ async fn attach_or_start<E: Engine>(
                 .remove_container(name)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            // A fresh build: what the proxy served (or refused) an earlier one of the key
-            // is not its.
-            let served = ctx.apt_served.join(format!("{}.debs", job.key.hex()));
-            if let Err(e) = std::fs::remove_file(&served) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(fail(format!("removing {}: {e}", served.display())));
-                }
-            }
-            crate::pinserve::clear_unpinned(&ctx.apt_served, job.key.hex());
+            forget_served(&ctx.apt_served, job)?;
             binfmt::ensure(&job.arch).map_err(|e| fail(format!("{}: {}", e.message, e.hint)))?;
             builder::start(engine, name, job, image_id, env, tar.to_vec())
                 .await
@@ -416,9 +419,22 @@ async fn attach_or_start<E: Engine>(
     Ok(resumed)
 }
 
+/// Before a fresh build: what the proxy served (or refused) an earlier one of the key is
+/// not its.
+pub(super) fn forget_served(apt_served: &Path, job: &RootfsJob) -> Result<(), JobFailure> {
+    let served = apt_served.join(format!("{}.debs", job.key.hex()));
+    if let Err(e) = std::fs::remove_file(&served) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(fail(format!("removing {}: {e}", served.display())));
+        }
+    }
+    crate::pinserve::clear_unpinned(apt_served, job.key.hex());
+    Ok(())
+}
+
 /// Removes what a killed run left while packing `key` (its temp dir under the store): this
 /// run is about to pack the same key, and runs on one lockfile do not overlap.
-fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
+pub(super) fn remove_stale_temp_dirs(store_root: &Path, key: &Digest) {
     let prefix = crate::store::Store::rootfs_temp_prefix(key);
     let Ok(entries) = std::fs::read_dir(store_root) else {
         return;

@@ -18,6 +18,7 @@ mod prepare;
 mod publish;
 pub mod report;
 mod select;
+mod swarm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,6 +91,8 @@ pub struct RootfsOptions {
     /// `--registry`: the OCI registry every machine shares results through — the builder
     /// image and each (config, arch) by key, looked up before building, pushed when missing.
     pub registry: Option<String>,
+    /// `--swarm`: build as Swarm jobs of the daemon's swarm (needs `registry`).
+    pub swarm: bool,
     /// Download rules and the xz memory budget of the packing step.
     pub packing: pack::PackSettings,
 }
@@ -178,7 +181,12 @@ pub async fn run(ctx: &Context, opts: &RootfsOptions) -> anyhow::Result<RootfsRe
             apt: pins_of(&pins),
             downloads: urlsource::served(&url_pins),
         };
-        build_all(ws, opts, &builder_image, &pins, &mut c, printer).await?;
+        match (&registry, opts.swarm) {
+            (Some(reg), true) => {
+                build_on_swarm(ws, opts, reg, &builder_image, &pins, &mut c, printer).await?
+            }
+            _ => build_all(ws, opts, &builder_image, &pins, &mut c, printer).await?,
+        }
     }
     if opts.resume && !c.outcomes.iter().any(|o| o.action == RootfsAction::Resumed) {
         printer.warn("--resume: no container of an earlier run was left to pick up");
@@ -256,6 +264,83 @@ async fn build_all(
     };
     let todo = std::mem::take(&mut c.todo);
     jobs::run_all(ctx, todo, opts.jobs, &mut c.outcomes, &mut c.made).await
+}
+
+/// [`build_all`] as Swarm jobs: the task image (builder + this kci-build) pushed by digest,
+/// the registry credentials as a Swarm secret, then every job at once.
+async fn build_on_swarm(
+    ws: &Workspace,
+    opts: &RootfsOptions,
+    reg: &crate::registry::Registry,
+    builder_image: &crate::store::StoredImage,
+    pins: &aptproxy::ProxyPins,
+    c: &mut classify::Classified,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let engine = DockerEngine::connect(&ws.env.engine).await?;
+    let swarm = crate::engine::swarm::Swarm::of(&engine).await?;
+    let proxy = aptproxy::lease(&ws.store, pins, printer).await?;
+    for t in &mut c.todo {
+        // The build's http_proxy, which the task gives its script only (its own requests to
+        // the registry must not go through the apt proxy).
+        t.env.push(format!(
+            "{}={}",
+            crate::ops::rootfs_task::BUILD_PROXY_VAR,
+            proxy.url_for(t.job.key.hex())
+        ));
+    }
+    let prefix = ws.settings.prefix.as_str();
+    let binary = std::env::current_exe().context("finding the kci-build binary")?;
+    let image = crate::rootfs::task::push(
+        reg,
+        &ws.store,
+        builder_image,
+        &crate::publish::repository(prefix, &builder_image.target),
+        &swarm::task_repo(prefix),
+        &binary,
+    )
+    .await
+    .with_context(|| format!("pushing the swarm task image to {}", reg.host()))?;
+    printer.status("Pushed", format!("the swarm task image {image}"));
+    let creds = crate::registry::auth::credentials_for(reg.host(), &ws.env.registry);
+    let secret = match &creds {
+        Some(c) => Some(
+            swarm
+                .secret(
+                    format!("{}:{}", c.username, c.password.expose()).as_bytes(),
+                    std::collections::HashMap::from([(
+                        crate::rootfs::builder::LABEL.to_owned(),
+                        "registry".to_owned(),
+                    )]),
+                )
+                .await?,
+        ),
+        None => None,
+    };
+    let ctx = swarm::SwarmCtx {
+        constraint: swarm::task_constraint(&swarm.node_arches().await?)?,
+        swarm,
+        reg: reg.clone(),
+        registry_arg: opts.registry.clone().unwrap_or_default(),
+        prefix: prefix.to_owned(),
+        image,
+        secret,
+        auth: creds.map(|c| bollard::auth::DockerCredentials {
+            username: Some(c.username),
+            password: Some(c.password.expose().to_owned()),
+            serveraddress: Some(reg.host().to_owned()),
+            ..Default::default()
+        }),
+        xz_memory: opts.packing.xz_memory,
+        store_root: store_dir(ws),
+        recipes: opts.recipes.clone(),
+        logs: ws.store.logs_dir(),
+        apt_served: ws.store.apt_served_dir(),
+        printer: printer.clone(),
+        store: ws.store.clone(),
+    };
+    let todo = std::mem::take(&mut c.todo);
+    swarm::run_all(ctx, todo, &mut c.outcomes, &mut c.made).await
 }
 
 /// Pushes every made (config, arch) whose files are in the store and which the registry
