@@ -336,6 +336,11 @@ impl Swarm {
 
     /// The job's whole log so far (every attempt's, stdout and stderr).
     pub async fn log(&self, name: &str) -> Result<Vec<u8>, DaemonError> {
+        self.log_tail(name, "all").await
+    }
+
+    /// The last `lines` lines of the job's log (`"all"`: all of it).
+    pub async fn log_tail(&self, name: &str, lines: &str) -> Result<Vec<u8>, DaemonError> {
         let mut stream = self.docker.service_logs(
             name,
             Some(
@@ -343,6 +348,7 @@ impl Swarm {
                     .stdout(true)
                     .stderr(true)
                     .follow(false)
+                    .tail(lines)
                     .build(),
             ),
         );

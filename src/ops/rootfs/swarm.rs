@@ -262,10 +262,12 @@ async fn job_spec(
     })
 }
 
-/// Waits until the job completes or every attempt failed, saying when Swarm tries again.
+/// Waits until the job completes or every attempt failed, saying when Swarm tries again and
+/// which phase the build is in (the last `kci-phase:` line of its log's tail).
 async fn wait(ctx: &SwarmCtx, job: &RootfsJob, name: &str) -> Result<JobState, JobFailure> {
     let bar = ctx.printer.spinner(&job.label());
     let mut attempt_seen = 1;
+    let mut phase_seen = String::new();
     let end = loop {
         let state = ctx
             .swarm
@@ -282,8 +284,15 @@ async fn wait(ctx: &SwarmCtx, job: &RootfsJob, name: &str) -> Result<JobState, J
                         swarm::MAX_ATTEMPTS
                     ));
                 }
-                if let Some(b) = &bar {
-                    b.set_message(format!("swarm job, attempt {attempt}"));
+                let tail = ctx.swarm.log_tail(name, "40").await.unwrap_or_default();
+                if let Some(phase) = last_phase(&tail).filter(|p| *p != phase_seen) {
+                    match &bar {
+                        Some(b) => b.set_message(format!("{phase} (swarm, attempt {attempt})")),
+                        None => ctx
+                            .printer
+                            .status("Running", format!("{}: {phase}", job.label())),
+                    }
+                    phase_seen = phase;
                 }
             }
             JobState::Missing => {
@@ -299,6 +308,14 @@ async fn wait(ctx: &SwarmCtx, job: &RootfsJob, name: &str) -> Result<JobState, J
         b.finish_and_clear();
     }
     end
+}
+
+/// The phase the last `kci-phase:` line of `log` names.
+fn last_phase(log: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(log)
+        .lines()
+        .rev()
+        .find_map(|l| l.trim_end().strip_prefix("kci-phase: ").map(str::to_owned))
 }
 
 /// A completed job: its log checked for fetches no pin covers, then its candidate pulled
@@ -333,5 +350,31 @@ async fn collect(
         Pulled::Bad(why) => Err(fail(format!(
             "what the swarm job pushed is not what the key makes: {why}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phase_is_the_last_one_the_log_names() {
+        let log = b"kci-phase: bootstrap\nI: downloading\nkci-phase: script\nhello\n";
+        assert_eq!(last_phase(log).as_deref(), Some("script"));
+        assert_eq!(last_phase(b"no phase yet\n"), None);
+    }
+
+    #[test]
+    fn jobs_run_on_nodes_of_the_task_images_platform() {
+        let here = crate::engine::swarm::node_arch(crate::rootfs::binfmt::native_arch())
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            task_constraint(&["riscv64".into(), here.clone()]).unwrap(),
+            format!("node.platform.arch == {here}")
+        );
+        let e = task_constraint(&["riscv64".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("riscv64"), "{e:#}");
+        assert!(task_constraint(&[]).is_err());
     }
 }
