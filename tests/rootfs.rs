@@ -429,18 +429,7 @@ fn tiny_rootfs_is_reproducible_for_amd64_and_arm64_and_resumes_after_a_kill() {
     );
     // Alongside it, a config whose script fails: tiny is still built, uploaded and locked;
     // the failure is listed with the tail of its log, nothing of it is stored or locked.
-    std::fs::write(
-        ws.path().join("recipes/scripts/broken.sh"),
-        "#!/bin/sh\necho 'broken: the test suite does not compile'\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::write(
-        ws.path().join("recipes/broken.toml"),
-        text.replace("name = \"tiny\"", "name = \"broken\"")
-            .replace("[\"amd64\", \"arm64\"]", "[\"amd64\"]")
-            .replace("scripts/tiny.sh", "scripts/broken.sh"),
-    )
-    .unwrap();
+    write_broken_recipe(&ws, &text);
     let with_broken = ws.kci(&[
         "--images", IMAGES, "rootfs", "tiny", "broken", "--arch", "amd64", "--json",
     ]);
@@ -575,19 +564,7 @@ fn swarm_jobs_make_the_same_files(ws: &Workspace, first_sums: &BTreeMap<String, 
     let lock_path = ws.path().join("lockfiles/rootfs.lock");
     let lock_before = std::fs::read_to_string(&lock_path).unwrap();
     let recipe = std::fs::read_to_string(ws.path().join("recipes/tiny.toml")).unwrap();
-    std::fs::write(
-        ws.path().join("recipes/scripts/broken.sh"),
-        "#!/bin/sh\necho 'broken: the test suite does not compile'\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::write(
-        ws.path().join("recipes/broken.toml"),
-        recipe
-            .replace("name = \"tiny\"", "name = \"broken\"")
-            .replace("[\"amd64\", \"arm64\"]", "[\"amd64\"]")
-            .replace("scripts/tiny.sh", "scripts/broken.sh"),
-    )
-    .unwrap();
+    write_broken_recipe(ws, &recipe);
     let args = [
         "--images",
         IMAGES,
@@ -705,4 +682,20 @@ fn swarm_jobs_make_the_same_files(ws: &Workspace, first_sums: &BTreeMap<String, 
     for f in ["recipes/broken.toml", "recipes/scripts/broken.sh"] {
         std::fs::remove_file(ws.path().join(f)).unwrap();
     }
+}
+
+/// `broken`: the tiny recipe `text` for amd64 only, with a script that exits 3.
+fn write_broken_recipe(ws: &Workspace, text: &str) {
+    std::fs::write(
+        ws.path().join("recipes/scripts/broken.sh"),
+        "#!/bin/sh\necho 'broken: the test suite does not compile'\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path().join("recipes/broken.toml"),
+        text.replace("name = \"tiny\"", "name = \"broken\"")
+            .replace("[\"amd64\", \"arm64\"]", "[\"amd64\"]")
+            .replace("scripts/tiny.sh", "scripts/broken.sh"),
+    )
+    .unwrap();
 }

@@ -178,13 +178,7 @@ pub async fn pack<E: crate::engine::Engine>(
     packing: &Arc<Packing>,
     debs: BTreeMap<String, crate::core::names::Digest>,
 ) -> anyhow::Result<RootfsManifest> {
-    let ctx = Arc::new(Ctx {
-        label: job.label(),
-        out: out.to_owned(),
-        sde: job.source_date_epoch,
-        preset: job.xz_preset,
-        packing: packing.clone(),
-    });
+    let ctx = Arc::new(Ctx::of(job, out, packing));
     let _ = peak_rss::reset();
     let started = Instant::now();
     let mut work = Vec::new();
@@ -232,13 +226,7 @@ pub async fn pack_dir(
     packing: &Arc<Packing>,
     debs: BTreeMap<String, crate::core::names::Digest>,
 ) -> anyhow::Result<RootfsManifest> {
-    let ctx = Arc::new(Ctx {
-        label: job.label(),
-        out: out.to_owned(),
-        sde: job.source_date_epoch,
-        preset: job.xz_preset,
-        packing: packing.clone(),
-    });
+    let ctx = Arc::new(Ctx::of(job, out, packing));
     let mut work = Vec::new();
     for (file, step) in RAW_FILES {
         let path = raw.join(file);
@@ -379,6 +367,16 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn of(job: &RootfsJob, out: &Path, packing: &Arc<Packing>) -> Ctx {
+        Ctx {
+            label: job.label(),
+            out: out.to_owned(),
+            sde: job.source_date_epoch,
+            preset: job.xz_preset,
+            packing: packing.clone(),
+        }
+    }
+
     /// Runs one step, tracing how long it took (`-v`).
     fn timed<T, E>(&self, step: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let t = Instant::now();
