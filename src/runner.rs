@@ -151,24 +151,27 @@ fn dispatch(ctx: &Context, cli: &Cli, lockfile_given: bool) -> anyhow::Result<()
         Command::Gc { .. } => gc(ctx, cli),
         Command::Store { action } => store(ctx, action),
         Command::AptProxy { .. } => apt_proxy(ctx, cli),
-        Command::RootfsTask(args) => {
-            let opts = ops::rootfs_task::TaskOptions {
-                registry: args.registry.clone(),
-                repo: args.repo.clone(),
-                tag: args.tag.clone(),
-                inputs_repo: args.inputs_repo.clone(),
-                inputs: args.inputs.clone(),
-                config: args.config.clone(),
-                arch: args.arch.clone(),
-                key: args.key.clone(),
-                source_date_epoch: args.source_date_epoch,
-                xz_preset: args.xz_preset,
-                xz_memory: args.xz_memory << 20,
-            };
-            cancellable(ops::rootfs_task::run(&opts), "the task stopped")?
-        }
+        Command::RootfsTask(args) => rootfs_task(args),
         Command::Prod { .. } => prod(ctx, cli),
     }
+}
+
+/// `kci-build rootfs-task`: one Swarm job of `rootfs --swarm`, on its node.
+fn rootfs_task(args: &crate::cli::RootfsTaskArgs) -> anyhow::Result<()> {
+    let opts = ops::rootfs_task::TaskOptions {
+        registry: args.registry.clone(),
+        repo: args.repo.clone(),
+        tag: args.tag.clone(),
+        inputs_repo: args.inputs_repo.clone(),
+        inputs: args.inputs.clone(),
+        config: args.config.clone(),
+        arch: args.arch.clone(),
+        key: args.key.clone(),
+        source_date_epoch: args.source_date_epoch,
+        xz_preset: args.xz_preset,
+        xz_memory: args.xz_memory << 20,
+    };
+    cancellable(ops::rootfs_task::run(&opts), "the task stopped")?
 }
 
 /// `kci-build gc`: the sweep, under the store's lock (taken by the command).

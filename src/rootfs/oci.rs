@@ -198,8 +198,7 @@ pub async fn push_to(
     job: &RootfsJob,
     dir: &Path,
 ) -> anyhow::Result<bool> {
-    let (repo, tag) = (repo.to_owned(), tag.to_owned());
-    if reg.manifest_digest(&repo, &tag).await?.is_some() {
+    if reg.manifest_digest(repo, tag).await?.is_some() {
         return Ok(false);
     }
     let manifest_path = dir.join(MANIFEST);
@@ -220,14 +219,14 @@ pub async fn push_to(
         });
     }
     for f in &files {
-        reg.push_blob(&repo, &f.digest, &dir.join(&f.name)).await?;
+        reg.push_blob(repo, &f.digest, &dir.join(&f.name)).await?;
     }
     let empty = tempfile::NamedTempFile::new_in(dir.parent().unwrap_or(dir))?;
     std::fs::write(empty.path(), EMPTY)?;
-    reg.push_blob(&repo, &Digest::of(EMPTY), empty.path())
+    reg.push_blob(repo, &Digest::of(EMPTY), empty.path())
         .await?;
     let bytes = artifact_manifest(&job.key, &files);
-    reg.put_manifest(&repo, &tag, MANIFEST_MEDIA_TYPE, &bytes)
+    reg.put_manifest(repo, tag, MANIFEST_MEDIA_TYPE, &bytes)
         .await?;
     Ok(true)
 }
@@ -262,11 +261,10 @@ pub async fn pull_from(
     job: &RootfsJob,
     store_dir: &Path,
 ) -> anyhow::Result<Pulled> {
-    let (repo, tag) = (repo.to_owned(), tag.to_owned());
-    let Some(digest) = reg.manifest_digest(&repo, &tag).await? else {
+    let Some(digest) = reg.manifest_digest(repo, tag).await? else {
         return Ok(Pulled::Missing);
     };
-    let bytes = reg.get_manifest(&repo, &digest).await?;
+    let bytes = reg.get_manifest(repo, &digest).await?;
     let files = match files_of(&bytes) {
         Ok(f) => f,
         Err(why) => return Ok(Pulled::Bad(why)),
@@ -282,7 +280,7 @@ pub async fn pull_from(
         let file =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = HashWriter::new(std::io::BufWriter::new(file));
-        reg.get_blob(&repo, &f.digest, &mut w).await?;
+        reg.get_blob(repo, &f.digest, &mut w).await?;
         w.flush()?;
         w.inner.get_ref().sync_all()?;
         let (got, size) = w.digest();
